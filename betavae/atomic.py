@@ -1,0 +1,82 @@
+"""Atomic file writes: a reader sees the old file or the whole new one, never a torn one.
+
+Each write goes to a temporary file in the destination's directory, is fsynced, then renamed
+over the destination (rename is atomic within one file system), and the directory is fsynced
+so the rename itself survives a power loss.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(handle, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def write_text(path: str | Path, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+def write_json(path: str | Path, data: object) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def torch_bytes(obj: object) -> bytes:
+    # torch.save names the zip's inner folder after the file it writes to; saving to memory
+    # keeps that name fixed, so equal checkpoints are equal bytes whatever the temp file name.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def write_torch(path: str | Path, obj: object) -> None:
+    write_bytes(path, torch_bytes(obj))
+
+
+def write_figure(path: str | Path, figure) -> None:
+    buffer = io.BytesIO()
+    # No Software/date metadata, so the same figure is the same bytes on every run.
+    figure.savefig(buffer, format="png", metadata={"Software": None}, dpi=figure.dpi)
+    write_bytes(path, buffer.getvalue())
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        handle = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)

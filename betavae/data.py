@@ -1,0 +1,81 @@
+"""MNIST as uint8 tensors resident on the training device, split and batched with tensor ops.
+
+Images stay uint8 (1 byte per pixel, 47 MB for all 60k) and become float only a batch at a time;
+batches are index gathers from a seeded permutation, so no Python runs per sample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from betavae import idx
+from betavae.params import Params
+
+TRAIN_IMAGES = "train-images-idx3-ubyte"
+TRAIN_LABELS = "train-labels-idx1-ubyte"
+TEST_IMAGES = "t10k-images-idx3-ubyte"
+TEST_LABELS = "t10k-labels-idx1-ubyte"
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    images: torch.Tensor  # (N, 28, 28) uint8
+    labels: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def to(self, device: torch.device) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device))
+
+
+def load_split(data_dir: Path, images_name: str, labels_name: str, limit: int = 0) -> Split:
+    data_dir = Path(data_dir)
+    images = idx.read_images(data_dir / images_name)
+    labels = idx.read_labels(data_dir / labels_name)
+    if len(images) != len(labels):
+        raise idx.IdxError(f"{data_dir}: {len(images)} images but {len(labels)} labels")
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    return Split(torch.from_numpy(images.copy()), torch.from_numpy(labels.astype("int64")))
+
+
+def load_train_val(data_dir: Path, params: Params) -> tuple[Split, Split]:
+    """The training pool (first data.limit images, or all) split by a seeded permutation."""
+    pool = load_split(data_dir, TRAIN_IMAGES, TRAIN_LABELS, params.data.limit)
+    if len(pool) != params.pool_images:
+        raise idx.IdxError(f"{data_dir}: {len(pool)} training images, params expect {params.pool_images}")
+    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(params.seed))
+    val_index = order[: params.data.val_size].sort().values
+    train_index = order[params.data.val_size:].sort().values
+    return _take(pool, train_index), _take(pool, val_index)
+
+
+def load_test(data_dir: Path, limit: int = 0) -> Split:
+    return load_split(data_dir, TEST_IMAGES, TEST_LABELS, limit)
+
+
+def _take(split: Split, index: torch.Tensor) -> Split:
+    return Split(split.images[index], split.labels[index])
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 28, 28) -> float (B, 1, 28, 28) in [0, 1]."""
+    return images.unsqueeze(1).float().div_(255)
+
+
+def shuffled_batches(count: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """One epoch of index batches; the last partial batch is dropped so every step sees batch_size
+    images (steady batch-norm statistics); a fresh permutation each epoch covers it next time."""
+    order = torch.randperm(count, generator=generator, device=generator.device)
+    full = count // batch_size * batch_size
+    return list(order[:full].view(-1, batch_size))
+
+
+def ordered_batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for start in range(0, len(split), batch_size):
+        yield to_float(split.images[start:start + batch_size]), split.labels[start:start + batch_size]

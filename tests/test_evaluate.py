@@ -1,0 +1,63 @@
+import math
+
+import pytest
+import torch
+
+from betavae import evaluate, runtime
+from betavae.data import Split
+from betavae.loss import gaussian_log_density, kl_per_image, reconstruction_per_image
+from betavae.model import ConvVAE, ModelConfig
+
+CPU = runtime.Runtime(device=torch.device("cpu"), dtype=None, channels_last=False)
+
+
+def _split(count=6):
+    torch.manual_seed(1)
+    return Split((torch.rand(count, 28, 28) * 255).to(torch.uint8), torch.arange(count) % 3)
+
+
+def test_importance_weighted_bound_matches_a_hand_computed_estimate():
+    torch.manual_seed(0)
+    model = ConvVAE(ModelConfig(latent_dim=3)).eval()
+    split = _split()
+    samples = 5
+    results = evaluate.per_image(model, split, samples, CPU, torch.Generator().manual_seed(7))
+
+    x = split.images.unsqueeze(1).float() / 255
+    with torch.no_grad():
+        mu, logvar = model.encode(x)
+        eps = torch.randn(samples, *mu.shape, generator=torch.Generator().manual_seed(7))
+        z = mu + torch.exp(0.5 * logvar) * eps  # (K, B, Z)
+        log_px = torch.stack([-reconstruction_per_image(model.decode(z[k]), x) for k in range(samples)])
+        log_w = log_px + gaussian_log_density(z, 0 * z, 0 * z) - gaussian_log_density(z, mu, logvar)
+    expected_ll = torch.logsumexp(log_w.double(), 0) - math.log(samples)
+    assert torch.allclose(results.log_likelihood, expected_ll, atol=1e-3)
+    assert torch.allclose(results.recon, -log_px.mean(0).double(), atol=1e-3)
+    assert torch.allclose(results.kl, kl_per_image(mu, logvar).double(), atol=1e-5)
+
+
+def test_more_importance_samples_tighten_the_bound_below_the_elbo():
+    torch.manual_seed(0)
+    model = ConvVAE(ModelConfig(latent_dim=3)).eval()
+    results = evaluate.per_image(model, _split(), 64, CPU, torch.Generator().manual_seed(0))
+    metrics = evaluate.summarize(results, beta=0.5)
+    assert metrics["nll"] <= metrics["neg_elbo"]
+    assert metrics["neg_elbo"] == pytest.approx(metrics["recon"] + metrics["kl"])
+    assert metrics["loss"] == pytest.approx(metrics["recon"] + 0.5 * metrics["kl"])
+
+
+def test_active_units_counts_dimensions_whose_mean_varies():
+    means = torch.zeros(1000, 4)
+    means[:, 0] = torch.linspace(-1, 1, 1000)  # variance ~0.33: active
+    means[:, 1] = torch.linspace(-0.1, 0.1, 1000)  # variance ~0.0033: inactive
+    means[:, 2] = 5.0  # constant: inactive however large
+    assert evaluate.active_units(means) == 1
+
+
+def test_per_digit_groups_by_label():
+    results = evaluate.PerImage(recon=torch.tensor([1.0, 2.0, 3.0, 5.0]), kl=torch.tensor([1.0, 1.0, 2.0, 4.0]),
+                                log_likelihood=torch.tensor([-1.0, -2.0, -3.0, -5.0]),
+                                posterior_mean=torch.zeros(4, 2))
+    rows = evaluate.per_digit(results, torch.tensor([0, 1, 1, 0]))
+    assert rows == [{"digit": 0, "count": 2, "recon": 3.0, "kl": 2.5, "nll": 3.0},
+                    {"digit": 1, "count": 2, "recon": 2.5, "kl": 1.5, "nll": 2.5}]

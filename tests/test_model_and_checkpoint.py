@@ -1,0 +1,94 @@
+import torch
+import pytest
+
+from betavae import atomic, checkpoint
+from betavae.model import ARCHITECTURE, ConvVAE, ModelConfig
+
+
+def test_shapes_through_encode_reparameterize_decode():
+    model = ConvVAE(ModelConfig(latent_dim=7, dropout=0.0)).eval()
+    x = torch.rand(5, 1, 28, 28)
+    mu, logvar = model.encode(x)
+    assert mu.shape == logvar.shape == (5, 7)
+    assert model.decode(model.reparameterize(mu, logvar)).shape == (5, 1, 28, 28)
+    logits, mu2, _ = model(x)
+    assert logits.shape == (5, 1, 28, 28) and torch.equal(mu, mu2)
+
+
+def test_channels_follow_the_spec():
+    model = ConvVAE(ModelConfig())
+    convs = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    deconvs = [m for m in model.decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [c.out_channels for c in convs] == [32, 64, 128]
+    assert [d.in_channels for d in deconvs] + [deconvs[-1].out_channels] == [128, 64, 32, 1]
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.decoder.modules()) == 2
+
+
+def test_reparameterize_has_the_posterior_moments():
+    torch.manual_seed(0)
+    mu, logvar = torch.full((200_000, 1), 2.0), torch.full((200_000, 1), 2 * torch.log(torch.tensor(3.0)))
+    z = ConvVAE.reparameterize(mu, logvar)
+    assert abs(z.mean().item() - 2.0) < 0.03 and abs(z.std().item() - 3.0) < 0.03
+
+
+def _saved_model(tmp_path, **overrides):
+    model = ConvVAE(ModelConfig(latent_dim=3))
+    record = checkpoint.model_record(model.state_dict(), model.config, {"beta": 0.8}, 4, 123.0)
+    record.update(overrides)
+    atomic.write_torch(tmp_path / "model.pt", record)
+    return model
+
+
+def test_model_checkpoint_round_trip_is_self_describing(tmp_path):
+    model = _saved_model(tmp_path)
+    loaded, record = checkpoint.load_model(tmp_path / "model.pt", torch.device("cpu"))
+    assert record["epoch"] == 4 and record["params"] == {"beta": 0.8}
+    assert record["architecture"] == ARCHITECTURE and not loaded.training
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor)
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["model_config"] == {"latent_dim": 3, "dropout": 0.1}
+
+
+def test_same_checkpoint_is_the_same_bytes(tmp_path):
+    torch.manual_seed(0)
+    _saved_model(tmp_path)
+    first = (tmp_path / "model.pt").read_bytes()
+    torch.manual_seed(0)
+    _saved_model(tmp_path)
+    assert (tmp_path / "model.pt").read_bytes() == first
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda path: path.unlink(), "no such checkpoint"),
+    (lambda path: path.write_bytes(path.read_bytes()[:1000]), "unreadable, truncated or not a torch checkpoint"),
+    (lambda path: path.write_bytes(b"hello"), "unreadable, truncated or not a torch checkpoint"),
+])
+def test_missing_or_truncated_checkpoint_is_one_clear_error(tmp_path, damage, message):
+    _saved_model(tmp_path)
+    damage(tmp_path / "model.pt")
+    with pytest.raises(checkpoint.CheckpointError, match=message):
+        checkpoint.load_model(tmp_path / "model.pt", torch.device("cpu"))
+
+
+def test_checkpoint_of_another_architecture_or_kind_is_refused(tmp_path):
+    _saved_model(tmp_path, architecture="conv-beta-vae/0")
+    with pytest.raises(checkpoint.CheckpointError, match="written for model 'conv-beta-vae/0'"):
+        checkpoint.load_model(tmp_path / "model.pt", torch.device("cpu"))
+    _saved_model(tmp_path, format=checkpoint.TRAIN_STATE_FORMAT)
+    with pytest.raises(checkpoint.CheckpointError, match="expected 'betavae-model/1'"):
+        checkpoint.load_model(tmp_path / "model.pt", torch.device("cpu"))
+
+
+def test_weights_that_do_not_fit_are_refused(tmp_path):
+    _saved_model(tmp_path, model_config={"latent_dim": 5, "dropout": 0.1})
+    with pytest.raises(checkpoint.CheckpointError, match="weights do not fit the model"):
+        checkpoint.load_model(tmp_path / "model.pt", torch.device("cpu"))
+
+
+def test_pickled_code_in_a_checkpoint_is_not_executed(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("executed",))
+    torch.save({"format": checkpoint.MODEL_FORMAT, "x": Evil()}, tmp_path / "model.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="unreadable"):
+        checkpoint.load_model(tmp_path / "model.pt", torch.device("cpu"))

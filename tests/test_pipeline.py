@@ -1,0 +1,117 @@
+"""End to end: the real dvc.yaml in a temporary git copy of the repository, on tiny fixtures."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from betavae.download import TEST_CHECKSUMS_ENV
+from tests.conftest import TINY_PARAMS, write_mnist
+
+REPO = Path(__file__).resolve().parents[1]
+METRICS = ("recon", "kl", "loss", "neg_elbo", "nll", "active_units")
+
+
+def _sh(args: list[str], cwd: Path, env: dict) -> str:
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def copy_repository(destination: Path) -> None:
+    """The files git would commit (tracked, or untracked and not ignored) as a fresh one-commit repo."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=REPO, capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+
+
+def _write_params(repo: Path, overrides: dict) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            params[key].update(value)
+        else:
+            params[key] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    repo = root / "repo"
+    copy_repository(repo)
+    checksums = write_mnist(root / "mnist")
+    (root / "md5.json").write_text(json.dumps(checksums))
+    env = {**os.environ, "MNIST_DIR": str(root / "mnist"), TEST_CHECKSUMS_ENV: str(root / "md5.json"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
+           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com"}
+    for stale in ("dvc.lock", "reports/metrics.json"):
+        (repo / stale).unlink(missing_ok=True)
+    _write_params(repo, TINY_PARAMS)
+    _sh(["git", "init", "-q", "-b", "main"], repo, env)
+    _sh(["git", "add", "-A"], repo, env)
+    _sh(["git", "commit", "-qm", "tiny copy"], repo, env)
+    return repo, env
+
+
+def test_repro_runs_every_stage_then_is_up_to_date(pipeline):
+    repo, env = pipeline
+    _sh(["dvc", "repro"], repo, env)
+    metrics = json.loads((repo / "reports" / "metrics.json").read_text())["test"]
+    assert set(metrics) == set(METRICS)
+    for name in ("training_history", "samples", "reconstructions", "interpolation", "latent_projection"):
+        assert (repo / "reports" / "figures" / f"{name}.png").stat().st_size > 1000
+    assert (repo / "reports" / "per_digit.csv").read_text().startswith("digit,count,recon,kl,nll\n")
+    assert list((repo / "reports" / "train" / "snapshots").glob("samples_epoch_*.png"))
+    assert "up to date" in _sh(["dvc", "status"], repo, env)
+    assert "didn't change" in _sh(["dvc", "repro"], repo, env) or "up to date" in _sh(["dvc", "status"], repo, env)
+    _sh(["git", "add", "-A"], repo, env)
+    _sh(["git", "commit", "-qm", "baseline run"], repo, env)
+
+
+def test_experiment_with_other_beta_is_compared_by_metrics_diff_and_exp_show(pipeline):
+    repo, env = pipeline
+    _sh(["dvc", "exp", "run", "-S", "beta=1.0"], repo, env)
+    diff = json.loads(_sh(["dvc", "metrics", "diff", "--json"], repo, env))
+    changed = diff["reports/metrics.json"]
+    assert {f"test.{m}" for m in ("recon", "kl", "loss", "neg_elbo", "nll")} <= set(changed)
+    shown = json.loads(_sh(["dvc", "exp", "show", "--json"], repo, env))
+    runs = _flatten_runs(shown)
+    betas = sorted(run["params"]["params.yaml"]["data"]["beta"] for run in runs)
+    assert betas == [0.8, 1.0]
+    for run in runs:
+        assert set(run["metrics"]["reports/metrics.json"]["data"]["test"]) == set(METRICS)
+
+
+def test_invalid_experiment_params_fail_at_once_with_the_key_named(pipeline):
+    repo, env = pipeline
+    for override, message in (("beta=-1", "beta must be >= 0"), ("z_dim=0", "z_dim must be >= 1")):
+        result = subprocess.run(["dvc", "exp", "run", "-S", override], cwd=repo, env=env,
+                                capture_output=True, text=True)
+        assert result.returncode != 0
+        assert message in result.stdout + result.stderr
+        _sh(["git", "checkout", "--", "params.yaml"], repo, env)
+
+
+def _flatten_runs(shown: list[dict]) -> list[dict]:
+    """`dvc exp show --json` -> the data of the baseline and each experiment, with metrics."""
+    runs = []
+    for entry in shown:
+        if entry["rev"] == "workspace":  # a copy of whichever run was applied last
+            continue
+        runs.append(entry["data"])
+        for experiment in entry.get("experiments") or []:
+            runs.extend(revision["data"] for revision in experiment["revs"])
+    return [run for run in runs if run.get("metrics")]

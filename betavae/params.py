@@ -62,6 +62,7 @@ class Params:
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     channels_last: bool = True
+    compile: bool = False
 
     @property
     def train_images(self) -> int:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from betavae import atomic, checkpoint, images, runtime, schedules
 from betavae.augment import random_affine
 from betavae.data import Split, load_train_val, shuffled_batches, to_float
-from betavae.loss import beta_vae_loss, kl_per_image, reconstruction_per_image
+from betavae.loss import LossTerms, beta_vae_loss, kl_per_image, reconstruction_per_image
 from betavae.model import ConvVAE, ModelConfig
 from betavae.params import Params
 
@@ -69,6 +69,7 @@ class Session:
     train: Split
     val: Split
     fixed_latents: torch.Tensor  # (64, Z): the same prior draws at every snapshot
+    forward: Callable  # the model's forward for training steps: the model itself, or compiled
 
     @property
     def steps_per_epoch(self) -> int:
@@ -106,8 +107,9 @@ def _start(params: Params, data_dir: Path) -> Session:
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.base_lr, weight_decay=params.weight_decay)
     generator = torch.Generator(run.device).manual_seed(params.seed)
     latents = torch.randn(SNAPSHOT_SAMPLES, params.z_dim, generator=torch.Generator().manual_seed(params.seed))
+    forward = torch.compile(model) if run.compile else model
     return Session(params, run, model, optimizer, generator, train_split.to(run.device),
-                   val_split.to(run.device), latents.to(run.device))
+                   val_split.to(run.device), latents.to(run.device), forward)
 
 
 def _train_and_validate(session: Session, epoch: int, bar: tqdm) -> dict:
@@ -128,26 +130,14 @@ def _train_and_validate(session: Session, epoch: int, bar: tqdm) -> dict:
 
 
 def _train_epoch(session: Session, epoch: int, bar: tqdm) -> dict:
-    p, run, model = session.params, session.run, session.model
-    model.train()
+    p, run = session.params, session.run
+    session.model.train()
     steps = session.steps_per_epoch
     # Running sums stay on the device: reading them every step would stall a GPU.
     totals = torch.zeros(2, device=run.device)
     first_bad_step = torch.full((), -1, dtype=torch.long, device=run.device)
     for step, batch in enumerate(shuffled_batches(len(session.train), p.batch_size, session.generator)):
-        t = epoch - 1 + step / steps
-        for group in session.optimizer.param_groups:
-            group["lr"] = schedules.learning_rate(t, p.base_lr, p.max_lr, p.warmup_epochs, p.epochs)
-        x = random_affine(to_float(session.train.images[batch]), p.augment.rotation,
-                          p.augment.translate, session.generator)
-        x = run.prepare(x)
-        with run.autocast():
-            logits, mu, logvar = model(x)
-        terms = beta_vae_loss(logits, x, mu, logvar, schedules.kl_weight(t, p.beta, p.kl_anneal_epochs))
-        session.optimizer.zero_grad(set_to_none=True)
-        terms.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
-        session.optimizer.step()
+        terms = train_step(session, batch, t=epoch - 1 + step / steps)
         totals += torch.stack([terms.recon.detach(), terms.kl.detach()])
         bad = ~torch.isfinite(terms.loss.detach()) & (first_bad_step < 0)
         first_bad_step = torch.where(bad, step, first_bad_step)
@@ -158,6 +148,24 @@ def _train_epoch(session: Session, epoch: int, bar: tqdm) -> dict:
                                "(lower max_lr or grad_clip and rerun)")
     recon, kl = (totals / steps).tolist()
     return {"loss": recon + p.beta * kl, "recon": recon, "kl": kl}
+
+
+def train_step(session: Session, batch: torch.Tensor, t: float) -> LossTerms:
+    """One optimiser step on the training images at index `batch`, t epochs into training."""
+    p, run = session.params, session.run
+    for group in session.optimizer.param_groups:
+        group["lr"] = schedules.learning_rate(t, p.base_lr, p.max_lr, p.warmup_epochs, p.epochs)
+    x = random_affine(to_float(session.train.images[batch]), p.augment.rotation,
+                      p.augment.translate, session.generator)
+    x = run.prepare(x)
+    with run.autocast():
+        logits, mu, logvar = session.forward(x)
+    terms = beta_vae_loss(logits, x, mu, logvar, schedules.kl_weight(t, p.beta, p.kl_anneal_epochs))
+    session.optimizer.zero_grad(set_to_none=True)
+    terms.loss.backward()
+    torch.nn.utils.clip_grad_norm_(session.model.parameters(), p.grad_clip)
+    session.optimizer.step()
+    return terms
 
 
 @torch.no_grad()

@@ -46,9 +46,8 @@ def _write_params(repo: Path, overrides: dict) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
+def tiny_copy(root: Path) -> tuple[Path, dict]:
+    """A git repo at root/repo holding this repository with the tiny params, and its environment."""
     repo = root / "repo"
     copy_repository(repo)
     checksums = write_mnist(root / "mnist")
@@ -64,6 +63,11 @@ def pipeline(tmp_path_factory):
     _sh(["git", "add", "-A"], repo, env)
     _sh(["git", "commit", "-qm", "tiny copy"], repo, env)
     return repo, env
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    return tiny_copy(tmp_path_factory.mktemp("pipeline"))
 
 
 def test_repro_runs_every_stage_then_is_up_to_date(pipeline):
@@ -103,6 +107,28 @@ def test_invalid_experiment_params_fail_at_once_with_the_key_named(pipeline):
         assert result.returncode != 0
         assert message in result.stdout + result.stderr
         _sh(["git", "checkout", "--", "params.yaml"], repo, env)
+
+
+# Wall-clock epoch times are in these by nature; every other output must be the same bytes.
+TIMED_OUTPUTS = {"models/checkpoint.pt", "reports/train/metrics.json", "reports/train/plots/metrics"}
+
+
+def test_two_runs_in_two_copies_record_the_same_hashes(pipeline, tmp_path):
+    repo, env = pipeline
+    other, other_env = tiny_copy(tmp_path)
+    _sh(["dvc", "repro"], other, other_env)
+    baseline = _sh(["git", "show", "HEAD:dvc.lock"], repo, env)  # the first test's committed run
+    first, second = _output_hashes(baseline), _output_hashes((other / "dvc.lock").read_text())
+    assert set(first) == set(second)
+    assert {"data/mnist", "models/model.pt", "reports/metrics.json", "reports/figures"} <= set(first)
+    assert first == second
+
+
+def _output_hashes(lock_text: str) -> dict[str, str]:
+    """path -> md5 of every stage output in a dvc.lock, except the timed ones."""
+    lock = yaml.safe_load(lock_text)
+    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])
+            if out["path"] not in TIMED_OUTPUTS}
 
 
 def _flatten_runs(shown: list[dict]) -> list[dict]:

@@ -115,3 +115,14 @@ def test_cuda_requested_without_cuda_is_a_clear_error():
         pytest.skip("this machine has CUDA")
     with pytest.raises(runtime.DeviceError, match="device: cuda was requested, but CUDA is not available"):
         runtime.resolve(parse_params({"device": "cuda"}))
+
+
+def test_checkpoint_of_another_model_version_is_not_resumed(tmp_path, mnist_dir):
+    outputs = _outputs(tmp_path)
+    training.train(_params(), mnist_dir, outputs, log=lambda _: None)
+    state = torch.load(outputs.checkpoint, weights_only=True)
+    state["architecture"] = "conv-beta-vae/0"
+    torch.save(state, outputs.checkpoint)
+    lines = []
+    training.train(_params(), mnist_dir, outputs, log=lines.append)
+    assert any("starting fresh" in line and "written for model 'conv-beta-vae/0'" in line for line in lines)

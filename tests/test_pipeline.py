@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -106,7 +107,65 @@ def test_invalid_experiment_params_fail_at_once_with_the_key_named(pipeline):
                                 capture_output=True, text=True)
         assert result.returncode != 0
         assert message in result.stdout + result.stderr
-        _sh(["git", "checkout", "--", "params.yaml"], repo, env)
+        # A failed `exp run -S` leaves its override in params.yaml, and git may not notice for a
+        # second (same size, same mtime second), so `git checkout` could be a no-op: write it back.
+        (repo / "params.yaml").write_text(_sh(["git", "show", "HEAD:params.yaml"], repo, env))
+
+
+def test_queued_sweep_runs_and_compare_draws_the_rate_distortion_plane(pipeline):
+    repo, env = pipeline
+    _sh(["git", "reset", "-q", "--hard"], repo, env)  # back to the committed baseline
+    _sh(["dvc", "checkout", "--force"], repo, env)
+    _sh(["dvc", "exp", "run", "--queue", "-S", "beta=0.5,2"], repo, env)  # 2: an int, accepted as 2.0
+    try:
+        _sh(["dvc", "queue", "start", "-j", "1"], repo, env)
+        status = _wait_for_queue(repo, env)
+        failed = [line.split()[1] for line in status.splitlines() if line.endswith("Failed")]
+        logs = "".join(_sh(["dvc", "queue", "logs", name], repo, env)[-3000:] for name in failed)
+    finally:
+        subprocess.run(["dvc", "queue", "stop"], cwd=repo, env=env, capture_output=True)
+    assert status.count("Success") == 2 and not failed, f"{status}\n{logs}"
+    csv_path, figure = repo / "reports" / "rate_distortion.csv", repo / "reports" / "figures" / "rd.png"
+    _sh([sys.executable, str(REPO / "scripts" / "compare.py"), "--repo", str(repo), "--csv", str(csv_path),
+         "--figure", str(figure), "--title", "tiny sweep"], repo, env)
+    rows = csv_path.read_text().splitlines()
+    assert rows[0] == "name,beta,z_dim,epochs,seed,recon,kl,loss,neg_elbo,nll,active_units"
+    assert [float(row.split(",")[1]) for row in rows[1:]] == [0.5, 0.8, 1.0, 2.0]
+    assert figure.stat().st_size > 10_000
+
+
+def _wait_for_queue(repo: Path, env: dict, timeout_s: float = 600) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = _sh(["dvc", "queue", "status"], repo, env)
+        if "Queued" not in status and "Running" not in status:
+            return status
+        time.sleep(2)
+    raise AssertionError(f"queue still busy after {timeout_s} s:\n{status}")
+
+
+def test_push_then_a_fresh_clone_pulls_everything_up_to_date_and_shares_experiments(pipeline, tmp_path):
+    repo, env = pipeline
+    experiment = _sh(["dvc", "exp", "list", "--name-only"], repo, env).split()[0]  # of the baseline commit
+    storage, origin, clone = tmp_path / "storage", tmp_path / "origin.git", tmp_path / "clone"
+    _sh(["git", "init", "-q", "--bare", "--initial-branch=main", str(origin)], tmp_path, env)
+    _sh(["dvc", "remote", "add", "-d", "storage", str(storage)], repo, env)
+    _sh(["git", "commit", "-qam", "add a DVC remote"], repo, env)
+    _sh(["git", "remote", "add", "origin", str(origin)], repo, env)
+    _sh(["git", "push", "-q", "origin", "main"], repo, env)
+    _sh(["dvc", "push"], repo, env)
+
+    _sh(["git", "clone", "-q", str(origin), str(clone)], tmp_path, env)
+    _sh(["dvc", "pull"], clone, env)
+    assert "up to date" in _sh(["dvc", "status"], clone, env)
+    assert (clone / "models" / "model.pt").read_bytes() == (repo / "models" / "model.pt").read_bytes()
+
+    _sh(["dvc", "exp", "push", "origin", experiment], repo, env)
+    assert experiment not in _sh(["dvc", "exp", "list", "--name-only", "--all-commits"], clone, env)
+    _sh(["dvc", "exp", "pull", "origin", experiment], clone, env)
+    assert experiment in _sh(["dvc", "exp", "list", "--name-only", "--all-commits"], clone, env)
+    _sh(["dvc", "exp", "apply", experiment], clone, env)
+    assert "up to date" in _sh(["dvc", "status"], clone, env)
 
 
 # Wall-clock epoch times are in these by nature; every other output must be the same bytes.

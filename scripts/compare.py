@@ -24,6 +24,7 @@ import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 from betavae import atomic  # noqa: E402
 
@@ -33,8 +34,9 @@ METRICS = ("recon", "kl", "loss", "neg_elbo", "nll", "active_units")
 UNFINISHED = ("Failed", "Queued", "Running")
 
 
-def collect(repo: str | None = None, num: int = 1) -> list[dict]:
-    """One dict per run with test metrics: name, the PARAMS and the test METRICS."""
+def collect(repo: str | None = None, num: int = 1, epochs: int | None = None) -> list[dict]:
+    """One dict per finished run with test metrics (of `epochs` epochs, if given): name, the
+    PARAMS and the test METRICS, sorted by β."""
     import dvc.api  # heavy import, and only this entry point needs it
 
     runs = []
@@ -46,7 +48,8 @@ def collect(repo: str | None = None, num: int = 1) -> list[dict]:
         run = {"name": name, **{key: row.get(key) for key in PARAMS},
                **{key: row.get(f"test.{key}") for key in METRICS}}
         run.update({key: int(run[key]) for key in INTEGER_PARAMS if run[key] is not None})
-        runs.append(run)
+        if epochs is None or run["epochs"] == epochs:
+            runs.append(run)
     return sorted(runs, key=lambda run: (run["beta"], run["name"]))
 
 
@@ -77,6 +80,7 @@ def figure(runs: list[dict], title: str):
     if len(set(betas)) > 1 and min(betas) > 0:
         bounds.set_xscale("log")
         bounds.set_xticks(sorted(set(betas)), [f"{b:g}" for b in sorted(set(betas))])
+        bounds.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     bounds.grid(alpha=0.3)
     bounds.legend()
     fig.suptitle(title)
@@ -88,11 +92,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", default=None, help="DVC repository (default: the current one)")
     parser.add_argument("--num", type=int, default=1, help="commits back from HEAD to include")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="only runs of this many epochs (keep one training budget per figure)")
     parser.add_argument("--csv", type=Path, default=Path("reports/rate_distortion.csv"))
     parser.add_argument("--figure", type=Path, default=Path("reports/figures/rate_distortion.png"))
     parser.add_argument("--title", default="β sweep", help="figure title, e.g. the training budget")
     args = parser.parse_args()
-    runs = collect(args.repo, args.num)
+    runs = collect(args.repo, args.num, args.epochs)
     if not runs:
         sys.exit("compare: error: no experiment with test metrics; run `dvc exp run` first")
     atomic.write_text(args.csv, to_csv(runs))

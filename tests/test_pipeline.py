@@ -98,6 +98,13 @@ def test_experiment_with_other_beta_is_compared_by_metrics_diff_and_exp_show(pip
     assert betas == [0.8, 1.0]
     for run in runs:
         assert set(run["metrics"]["reports/metrics.json"]["data"]["test"]) == set(METRICS)
+    experiment = _sh(["dvc", "exp", "list", "--name-only"], repo, env).split()[0]
+    plots = json.loads(_sh(["dvc", "plots", "diff", "HEAD", experiment, "--json"], repo, env))["data"]
+    loss = plots["Loss (β-weighted)"][0]
+    assert loss["content"]["title"]["text"] == "β-weighted loss per epoch (train and validation)"
+    overlaid = {(row["rev"], row["filename"]) for row in loss["content"]["data"]["values"]}
+    assert overlaid == {(rev, name) for rev in ("HEAD", experiment) for name in ("train/loss.tsv", "val/loss.tsv")}
+    assert sorted(image["revisions"][0] for image in plots["reports/figures/samples.png"]) == sorted(["HEAD", experiment])
 
 
 def test_invalid_experiment_params_fail_at_once_with_the_key_named(pipeline):

@@ -42,15 +42,22 @@ def collect(repo: str | None = None, num: int = 1, epochs: int | None = None) ->
     runs = []
     for row in dvc.api.exp_show(repo=repo, num=num):
         # A failed run can still show the metrics files it found, from an earlier run: skip it.
-        if row.get("rev") == "workspace" or row.get("State") in UNFINISHED or row.get("test.recon") is None:
+        if row.get("rev") == "workspace" or row.get("State") in UNFINISHED:
             continue
-        name = row.get("Experiment") or row.get("rev")
-        run = {"name": name, **{key: row.get(key) for key in PARAMS},
-               **{key: row.get(f"test.{key}") for key in METRICS}}
-        run.update({key: int(run[key]) for key in INTEGER_PARAMS if run[key] is not None})
+        run = {key: _number(row.get(key)) for key in PARAMS}
+        run.update({key: _number(row.get(f"test.{key}")) for key in METRICS})
+        if any(value is None for value in run.values()):  # a commit from before these existed
+            continue
+        run.update({key: int(run[key]) for key in INTEGER_PARAMS})
+        run = {"name": row.get("Experiment") or row.get("rev"), **run}
         if epochs is None or run["epochs"] == epochs:
             runs.append(run)
     return sorted(runs, key=lambda run: (run["beta"], run["name"]))
+
+
+def _number(value) -> float | None:
+    """DVC's table marks a missing or unreadable value with a string such as "!" or "-"."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def to_csv(runs: list[dict]) -> str:

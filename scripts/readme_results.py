@@ -15,10 +15,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain s
 from betavae import atomic  # noqa: E402
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-# (metric key, label, the write-up's value or None, what it means)
+# (metric key, label, the write-up's value or None, what it means); "\\|" keeps a bar inside a table cell
 ROWS = (
-    ("recon", "Reconstruction −log p(x|z)", 71.16, "lower is better"),
-    ("kl", "KL(q(z|x) ‖ p(z))", 29.79, "the rate, in nats"),
+    ("recon", "Reconstruction −log p(x\\|z)", 71.16, "lower is better"),
+    ("kl", "KL(q(z\\|x) ‖ p(z))", 29.79, "the rate, in nats"),
     ("loss", "Loss recon + β·KL (the spec's \"total\")", 95.00, "depends on β"),
     ("neg_elbo", "Negative ELBO recon + KL", 100.95, "the spec's is implied: 71.16 + 29.79"),
     ("nll", "NLL, importance-weighted", None, "comparable across β"),

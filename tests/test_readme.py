@@ -14,7 +14,8 @@ def test_fill_replaces_only_the_marked_block():
     filled = fill(readme, METRICS)
     assert filled.startswith("intro\n") and filled.endswith(f"{END}\noutro\n")
     assert "old table" not in filled
-    assert "| Reconstruction −log p(x|z) | 71.16 | 70.50 | lower is better |" in filled
+    assert "| Reconstruction −log p(x\\|z) | 71.16 | 70.50 | lower is better |" in filled
+    assert all(line.count(" | ") == 3 for line in table(METRICS).splitlines()[2:])  # four cells a row
     assert "| Active units (of z_dim) | — | 17 |" in filled
     assert fill(filled, METRICS) == filled
 

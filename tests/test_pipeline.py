@@ -99,6 +99,7 @@ def test_experiment_with_other_beta_is_compared_by_metrics_diff_and_exp_show(pip
     for run in runs:
         assert set(run["metrics"]["reports/metrics.json"]["data"]["test"]) == set(METRICS)
     experiment = _sh(["dvc", "exp", "list", "--name-only"], repo, env).split()[0]
+    (repo.parent / "beta_1_experiment").write_text(experiment)  # shared with the remote test
     plots = json.loads(_sh(["dvc", "plots", "diff", "HEAD", experiment, "--json"], repo, env))["data"]
     loss = plots["Loss (β-weighted)"][0]
     assert loss["content"]["title"]["text"] == "β-weighted loss per epoch (train and validation)"
@@ -153,16 +154,20 @@ def _wait_for_queue(repo: Path, env: dict, timeout_s: float = 600) -> str:
 
 def test_push_then_a_fresh_clone_pulls_everything_up_to_date_and_shares_experiments(pipeline, tmp_path):
     repo, env = pipeline
-    experiment = _sh(["dvc", "exp", "list", "--name-only"], repo, env).split()[0]  # of the baseline commit
+    experiment = (repo.parent / "beta_1_experiment").read_text()  # the workspace run of the β = 1.0 test
+    _sh(["git", "reset", "-q", "--hard"], repo, env)  # the workspace as committed: what a clone gets
+    _sh(["dvc", "checkout", "--force"], repo, env)
     storage, origin, clone = tmp_path / "storage", tmp_path / "origin.git", tmp_path / "clone"
     _sh(["git", "init", "-q", "--bare", "--initial-branch=main", str(origin)], tmp_path, env)
-    _sh(["dvc", "remote", "add", "-d", "storage", str(storage)], repo, env)
-    _sh(["git", "commit", "-qam", "add a DVC remote"], repo, env)
+    # --local: the remote lives in each clone's untracked config, so HEAD stays the experiments'
+    # baseline (a team would commit .dvc/config before running experiments instead).
+    _sh(["dvc", "remote", "add", "--local", "-d", "storage", str(storage)], repo, env)
     _sh(["git", "remote", "add", "origin", str(origin)], repo, env)
     _sh(["git", "push", "-q", "origin", "main"], repo, env)
     _sh(["dvc", "push"], repo, env)
 
     _sh(["git", "clone", "-q", str(origin), str(clone)], tmp_path, env)
+    _sh(["dvc", "remote", "add", "--local", "-d", "storage", str(storage)], clone, env)
     _sh(["dvc", "pull"], clone, env)
     assert "up to date" in _sh(["dvc", "status"], clone, env)
     assert (clone / "models" / "model.pt").read_bytes() == (repo / "models" / "model.pt").read_bytes()
@@ -186,7 +191,7 @@ def test_two_runs_in_two_copies_record_the_same_hashes(pipeline, tmp_path):
     baseline = _sh(["git", "show", "HEAD:dvc.lock"], repo, env)  # the first test's committed run
     first, second = _output_hashes(baseline), _output_hashes((other / "dvc.lock").read_text())
     assert set(first) == set(second)
-    assert {"data/mnist", "models/model.pt", "reports/metrics.json", "reports/figures"} <= set(first)
+    assert {"data/mnist", "models/model.pt", "reports/metrics.json", "reports/figures/samples.png"} <= set(first)
     assert first == second
 
 

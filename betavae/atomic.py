@@ -7,6 +7,7 @@ so the rename itself survives a power loss.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -21,7 +22,7 @@ def write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(handle, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
+        os.fchmod(handle, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()
@@ -33,13 +34,12 @@ def write_bytes(path: str | Path, data: bytes) -> None:
     _fsync_directory(path.parent)
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
+@functools.cache
+def _umask() -> int:
+    # The only way to read the umask is to set it; done once, on first write, not at import.
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-_UMASK = _current_umask()
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -56,7 +56,7 @@ def main() -> None:
     params = load_params(args.params)
     with tempfile.TemporaryDirectory() as scratch:
         data_dir = args.data if (args.data / "train-images-idx3-ubyte").exists() else _synthetic_mnist(Path(scratch))
-        session = training._start(params, data_dir)
+        session = training.start_session(params, data_dir)
         conventional = Conventional(session, params)
         floor = Floor(session, params)
         project = Project(session)
@@ -95,15 +95,16 @@ class Project:
 class AugmentingDataset(Dataset):
     """The usual way: one image at a time, augmented with torch ops inside __getitem__."""
 
-    def __init__(self, images: torch.Tensor, rotation: float, translate: float):
+    def __init__(self, images: torch.Tensor, rotation: float, translate: float, interpolation: str):
         self.images, self.rotation, self.translate = images, rotation, translate
+        self.interpolation = interpolation
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         x = self.images[index].float().div(255).view(1, 1, 28, 28)
-        return random_affine(x, self.rotation, self.translate, torch.default_generator)[0]
+        return random_affine(x, self.rotation, self.translate, torch.default_generator, self.interpolation)[0]
 
 
 class Conventional:
@@ -112,7 +113,8 @@ class Conventional:
         self.model = ConvVAE(ModelConfig(params.z_dim, params.dropout)).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=params.base_lr,
                                            weight_decay=params.weight_decay)
-        dataset = AugmentingDataset(session.train.images.cpu(), params.augment.rotation, params.augment.translate)
+        dataset = AugmentingDataset(session.train.images.cpu(), params.augment.rotation,
+                                    params.augment.translate, params.augment.interpolation)
         workers = os.cpu_count() or 1
         self.loader = DataLoader(dataset, batch_size=params.batch_size, shuffle=True, drop_last=True,
                                  num_workers=workers, persistent_workers=True,
@@ -159,7 +161,8 @@ class Floor:
                                            weight_decay=params.weight_decay)
         x = to_float(session.train.images[: params.batch_size])
         self.x = self.run.prepare(random_affine(x, params.augment.rotation, params.augment.translate,
-                                                torch.Generator(self.run.device).manual_seed(0)))
+                                                torch.Generator(self.run.device).manual_seed(0),
+                                                params.augment.interpolation))
         counter = FlopCounterMode(display=False)
         with counter:
             self._step()

@@ -1,5 +1,11 @@
 """Random rotation and translation for a whole batch at once: one affine matrix per image, one
-grid_sample call for the batch, parameters drawn from a dedicated seeded generator."""
+grid_sample call for the batch, parameters drawn from a dedicated seeded generator.
+
+Nearest-neighbour sampling is the default, as in torchvision's RandomRotation/RandomAffine: it
+only moves pixels. Bilinear sampling averages neighbours at every sub-pixel position, which turns
+crisp strokes grey; on MNIST it raises the pixel entropy of a training image from 45 to 72 nats,
+and a Bernoulli decoder trained on those targets learns to predict blur (README, Results).
+"""
 
 from __future__ import annotations
 
@@ -8,14 +14,17 @@ import math
 import torch
 import torch.nn.functional as F
 
+from betavae.params import INTERPOLATIONS
+
 
 def random_affine(x: torch.Tensor, rotation_degrees: float, translate: float,
-                  generator: torch.Generator) -> torch.Tensor:
+                  generator: torch.Generator, interpolation: str = "nearest") -> torch.Tensor:
     """x (B, C, H, W) -> x warped by a per-image rotation in [-rotation, rotation] degrees and a shift
     in [-translate, translate] of the image side on each axis; uncovered pixels become 0."""
     if rotation_degrees == 0 and translate == 0:
         return x
-    return warp(x, draw_affine(x.shape[0], rotation_degrees, translate, generator).to(x.dtype))
+    theta = draw_affine(x.shape[0], rotation_degrees, translate, generator).to(x.dtype)
+    return warp(x, theta, interpolation)
 
 
 def draw_affine(batch: int, rotation_degrees: float, translate: float,
@@ -30,7 +39,9 @@ def draw_affine(batch: int, rotation_degrees: float, translate: float,
                         torch.stack([sin, cos, shift[:, 1]], 1)], 1)
 
 
-def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """x (B, C, H, W), theta (B, 2, 3) -> output pixel at u samples x at theta @ [u, 1] (bilinear)."""
+def warp(x: torch.Tensor, theta: torch.Tensor, interpolation: str = "nearest") -> torch.Tensor:
+    """x (B, C, H, W), theta (B, 2, 3) -> output pixel at u takes x at theta @ [u, 1]."""
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return F.grid_sample(x, grid, mode=interpolation, padding_mode="zeros", align_corners=False)

@@ -53,9 +53,9 @@ def history_figure(history: pd.DataFrame):
 
 
 @torch.no_grad()
-def sample_grid(model: ConvVAE, count: int, columns: int, generator: torch.Generator) -> bytes:
-    z = torch.randn(count, model.config.latent_dim, generator=generator)
-    return images.png_bytes(images.grid(torch.sigmoid(model.decode(z)), columns))
+def sample_grid(model: ConvVAE, latents: torch.Tensor, columns: int) -> bytes:
+    """latents (N, Z), draws from the prior -> the decoder's mean images, `columns` to a row."""
+    return images.png_bytes(images.grid(torch.sigmoid(model.decode(latents)), columns))
 
 
 @torch.no_grad()

@@ -18,6 +18,7 @@ MNIST_TRAIN_IMAGES = 60_000
 MNIST_TEST_IMAGES = 10_000
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+INTERPOLATIONS = ("nearest", "bilinear")  # resampling of augmented images (betavae/augment.py)
 
 
 class ParamsError(ValueError):
@@ -26,8 +27,9 @@ class ParamsError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Augment:
-    rotation: float = 10.0  # max absolute rotation, degrees
-    translate: float = 0.1  # max absolute shift, fraction of the image side
+    rotation: float = 5.0  # max absolute rotation, degrees
+    translate: float = 0.05  # max absolute shift, fraction of the image side
+    interpolation: str = "nearest"  # how warped images are resampled
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +95,8 @@ _RULES: list[tuple[str, typing.Callable[[Params], bool], str]] = [
     ("dropout", lambda p: 0 <= p.dropout < 1, "must be in [0, 1)"),
     ("augment.rotation", lambda p: 0 <= p.augment.rotation <= 180, "must be in [0, 180] degrees"),
     ("augment.translate", lambda p: 0 <= p.augment.translate < 1, "must be in [0, 1)"),
+    ("augment.interpolation", lambda p: p.augment.interpolation in INTERPOLATIONS,
+     f"must be one of {', '.join(INTERPOLATIONS)}"),
     ("data.limit", lambda p: 0 <= p.data.limit <= MNIST_TRAIN_IMAGES,
      f"must be 0 (all) or in [1, {MNIST_TRAIN_IMAGES}]"),
     ("data.val_size", lambda p: 1 <= p.data.val_size < p.pool_images,

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from betavae import atomic, checkpoint, images, runtime, schedules
+from betavae import atomic, checkpoint, figures, runtime, schedules
 from betavae.augment import random_affine
 from betavae.data import Split, load_train_val, shuffled_batches, to_float
 from betavae.loss import LossTerms, beta_vae_loss, kl_per_image, reconstruction_per_image
@@ -78,7 +78,7 @@ class Session:
 
 def train(params: Params, data_dir: Path, outputs: Outputs, resume: str = "auto",
           log: Callable[[str], None] = print) -> Progress:
-    session = _start(params, data_dir)
+    session = start_session(params, data_dir)
     progress = _resume(session, outputs.checkpoint, resume, log)
     _restore_outputs(progress, outputs)
     live = _open_live(outputs.live_dir, progress.history)
@@ -96,7 +96,8 @@ def train(params: Params, data_dir: Path, outputs: Outputs, resume: str = "auto"
     return progress
 
 
-def _start(params: Params, data_dir: Path) -> Session:
+def start_session(params: Params, data_dir: Path) -> Session:
+    """Everything a run needs before its first step: seeded RNGs, data on the device, model, optimiser."""
     run = runtime.resolve(params)
     runtime.make_deterministic(params.seed, run.device)
     train_split, val_split = load_train_val(data_dir, params)
@@ -156,7 +157,7 @@ def train_step(session: Session, batch: torch.Tensor, t: float) -> LossTerms:
     for group in session.optimizer.param_groups:
         group["lr"] = schedules.learning_rate(t, p.base_lr, p.max_lr, p.warmup_epochs, p.epochs)
     x = random_affine(to_float(session.train.images[batch]), p.augment.rotation,
-                      p.augment.translate, session.generator)
+                      p.augment.translate, session.generator, p.augment.interpolation)
     x = run.prepare(x)
     with run.autocast():
         logits, mu, logvar = session.forward(x)
@@ -202,17 +203,11 @@ def _finish_epoch(session: Session, progress: Progress, record: dict, outputs: O
 
 
 def _snapshots(session: Session, epoch: int) -> dict[str, bytes]:
-    model, run = session.model, session.run
-    model.eval()
-    with torch.no_grad(), run.autocast():
-        samples = torch.sigmoid(model.decode(session.fixed_latents).float())
-        x = run.prepare(to_float(session.val.images[:SNAPSHOT_RECONSTRUCTIONS]))
-        mu, _ = model.encode(x)
-        reconstructions = torch.sigmoid(model.decode(mu).float())
-    pairs = images.interleave_rows(x.float(), reconstructions, GRID_COLUMNS)
+    session.model.eval()
+    x = session.run.prepare(to_float(session.val.images[:SNAPSHOT_RECONSTRUCTIONS]))
     return {
-        f"samples_epoch_{epoch:03d}.png": images.png_bytes(images.grid(samples, GRID_COLUMNS)),
-        f"recon_epoch_{epoch:03d}.png": images.png_bytes(images.grid(pairs, GRID_COLUMNS)),
+        f"samples_epoch_{epoch:03d}.png": figures.sample_grid(session.model, session.fixed_latents, GRID_COLUMNS),
+        f"recon_epoch_{epoch:03d}.png": figures.reconstruction_grid(session.model, x, GRID_COLUMNS),
     }
 
 

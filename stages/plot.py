@@ -12,6 +12,7 @@ from betavae.checkpoint import load_model
 from betavae.data import load_test, to_float
 from betavae.params import load_params
 
+SAMPLES = 64
 GRID_COLUMNS = 8
 INTERPOLATION_ROWS = 6
 INTERPOLATION_STEPS = 10
@@ -34,7 +35,8 @@ def main() -> None:
     generator = torch.Generator().manual_seed(params.seed)
 
     _save_figure(args.out / "training_history.png", figures.history_figure(figures.read_history(args.history)))
-    atomic.write_bytes(args.out / "samples.png", figures.sample_grid(model, 64, GRID_COLUMNS, generator))
+    latents = torch.randn(SAMPLES, model.config.latent_dim, generator=generator)
+    atomic.write_bytes(args.out / "samples.png", figures.sample_grid(model, latents, GRID_COLUMNS))
     atomic.write_bytes(args.out / "reconstructions.png",
                        figures.reconstruction_grid(model, to_float(test.images[:32]), GRID_COLUMNS))
     pairs = torch.randperm(len(test), generator=generator)[: 2 * INTERPOLATION_ROWS].view(2, -1)

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from betavae.augment import draw_affine, random_affine, warp
@@ -48,3 +49,36 @@ def test_each_image_gets_its_own_transform_and_seed_reproduces_it():
     again = random_affine(x, 20.0, 0.1, torch.Generator().manual_seed(3))
     assert torch.equal(first, again)
     assert not torch.allclose(first[0], first[1])
+
+
+def _digit_like(generator: torch.Generator) -> torch.Tensor:
+    """(16, 1, 28, 28) images of crisp strokes: a few grey levels on a black background."""
+    levels = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.5, 1.0])
+    return levels[torch.randint(len(levels), (16, 1, 28, 28), generator=generator)]
+
+
+def test_nearest_only_moves_pixels_so_no_new_grey_levels_appear():
+    x = _digit_like(torch.Generator().manual_seed(0))
+    out = random_affine(x, 10.0, 0.1, torch.Generator().manual_seed(1))  # the default interpolation
+    assert set(out.unique().tolist()) <= {0.0, 0.5, 1.0}
+    assert not torch.equal(out, x)
+
+
+def test_bilinear_blends_neighbours_into_new_grey_levels():
+    x = _digit_like(torch.Generator().manual_seed(0))
+    out = random_affine(x, 10.0, 0.1, torch.Generator().manual_seed(1), interpolation="bilinear")
+    assert len(set(out.unique().tolist()) - {0.0, 0.5, 1.0}) > 100
+
+
+def test_both_interpolations_draw_the_same_transforms():
+    x = torch.zeros(16, 1, 28, 28)
+    x[:, :, 9:19, 9:19] = 1.0
+    nearest = random_affine(x, 10.0, 0.1, torch.Generator().manual_seed(1), "nearest")
+    bilinear = random_affine(x, 10.0, 0.1, torch.Generator().manual_seed(1), "bilinear")
+    # same geometry: the two differ by sub-pixel resampling, not by where the content went
+    assert (nearest - bilinear).abs().mean() < 0.25 * (nearest - x).abs().mean()
+
+
+def test_unknown_interpolation_is_rejected():
+    with pytest.raises(ValueError, match="interpolation must be one of"):
+        warp(torch.zeros(1, 1, 28, 28), torch.eye(2, 3).unsqueeze(0), "bicubic")

@@ -58,6 +58,8 @@ def test_int_accepted_for_float_because_dvc_exp_run_writes_beta_4_as_int():
     ({"augment": {"rotation": 181}}, "augment.rotation must be in [0, 180]"),
     ({"augment": {"rotation": -1}}, "augment.rotation must be in [0, 180]"),
     ({"augment": {"translate": 1.0}}, "augment.translate must be in [0, 1)"),
+    ({"augment": {"interpolation": "bicubic"}}, "augment.interpolation must be one of nearest, bilinear"),
+    ({"augment": {"interpolation": 1}}, "augment.interpolation must be str"),
     ({"dropout": 1.0}, "dropout must be in [0, 1)"),
     ({"device": "tpu"}, "device must be one of auto, cpu, cuda"),
     ({"eval": {"iw_samples": 0}}, "eval.iw_samples must be >= 1"),

@@ -25,7 +25,10 @@ from betavae.model import ConvVAE
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 IMAGES_PER_BATCH = 128
-LATENTS_PER_DECODE = 8192  # decoder calls see at most this many samples at once
+# Latent samples per decoder call. On a CPU, small calls keep the (N, 32, 14, 14) activations in
+# cache: 256 decoded 1.9x faster than 8192 on the 2-core machine, with identical results. A GPU
+# wants large calls.
+LATENTS_PER_DECODE = {"cpu": 256, "cuda": 8192}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,12 +57,13 @@ def _batch(model: ConvVAE, x: torch.Tensor, samples: int, run: runtime.Runtime,
         mu, logvar = model.encode(x)
     mu, logvar = mu.float(), logvar.float()  # (B, Z)
     batch = x.shape[0]
-    chunk = max(1, LATENTS_PER_DECODE // batch)
+    chunk = max(1, LATENTS_PER_DECODE.get(x.device.type, 8192) // batch)
+    # Drawn at once, so the chunking (a speed choice) cannot change which samples are used.
+    noise = torch.randn(samples, *mu.shape, generator=generator, device=mu.device)  # (K, B, Z)
     log_weights, recons = [], []
     for done in range(0, samples, chunk):
         k = min(chunk, samples - done)
-        eps = torch.randn(k, *mu.shape, generator=generator, device=mu.device)  # (k, B, Z)
-        z = mu + torch.exp(0.5 * logvar) * eps
+        z = mu + torch.exp(0.5 * logvar) * noise[done:done + k]  # (k, B, Z)
         with run.autocast():
             logits = model.decode(z.reshape(k * batch, -1)).float()  # (k*B, 1, 28, 28)
         targets = x.float().expand(k, *x.shape).reshape(k * batch, *x.shape[1:])

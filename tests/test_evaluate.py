@@ -61,3 +61,16 @@ def test_per_digit_groups_by_label():
     rows = evaluate.per_digit(results, torch.tensor([0, 1, 1, 0]))
     assert rows == [{"digit": 0, "count": 2, "recon": 3.0, "kl": 2.5, "nll": 3.0},
                     {"digit": 1, "count": 2, "recon": 2.5, "kl": 1.5, "nll": 2.5}]
+
+
+def test_decoding_in_chunks_gives_the_same_numbers(monkeypatch):
+    torch.manual_seed(0)
+    model = ConvVAE(ModelConfig(latent_dim=3)).eval()
+
+    def run(latents_per_decode):
+        monkeypatch.setattr(evaluate, "LATENTS_PER_DECODE", {"cpu": latents_per_decode})
+        return evaluate.per_image(model, _split(), 7, CPU, torch.Generator().manual_seed(3))
+
+    whole, chunked = run(8192), run(12)  # 7 samples of 6 images: one call, or 2 + 2 + 2 + 1
+    for name in ("recon", "kl", "log_likelihood", "posterior_mean"):
+        assert torch.allclose(getattr(whole, name), getattr(chunked, name), atol=1e-5), name

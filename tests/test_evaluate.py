@@ -68,7 +68,8 @@ def test_decoding_in_chunks_gives_the_same_numbers(monkeypatch):
     model = ConvVAE(ModelConfig(latent_dim=3)).eval()
 
     def run(latents_per_decode):
-        monkeypatch.setattr(evaluate, "LATENTS_PER_DECODE", {**evaluate.LATENTS_PER_DECODE, "cpu": latents_per_decode})
+        chunks = {**evaluate.LATENTS_PER_DECODE, "cpu": latents_per_decode}
+        monkeypatch.setattr(evaluate, "LATENTS_PER_DECODE", chunks)
         return evaluate.per_image(model, _split(), 7, CPU, torch.Generator().manual_seed(3))
 
     whole, chunked = run(8192), run(12)  # 7 samples of 6 images: one call, or 2 + 2 + 2 + 1

@@ -53,20 +53,6 @@ def history_figure(history: pd.DataFrame):
 
 
 @torch.no_grad()
-def sample_grid(model: ConvVAE, latents: torch.Tensor, columns: int) -> bytes:
-    """latents (N, Z), draws from the prior -> the decoder's mean images, `columns` to a row."""
-    return images.png_bytes(images.grid(torch.sigmoid(model.decode(latents)), columns))
-
-
-@torch.no_grad()
-def reconstruction_grid(model: ConvVAE, x: torch.Tensor, columns: int) -> bytes:
-    """x (N, 1, 28, 28): rows of inputs above rows of their reconstructions from the posterior mean."""
-    mu, _ = model.encode(x)
-    return images.png_bytes(images.grid(images.interleave_rows(x, torch.sigmoid(model.decode(mu)), columns),
-                                        columns))
-
-
-@torch.no_grad()
 def interpolation_grid(model: ConvVAE, starts: torch.Tensor, ends: torch.Tensor, steps: int) -> bytes:
     """starts, ends (R, 1, 28, 28) -> R rows walking linearly in latent space between their means."""
     start_mu, _ = model.encode(starts)  # (R, Z)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -10,6 +11,9 @@ matplotlib.use("Agg")  # no display on servers or in CI; must precede pyplot imp
 import matplotlib.image
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from betavae.model import ConvVAE
 
 
 def grid(images: torch.Tensor, columns: int, padding: int = 2) -> np.ndarray:
@@ -41,3 +45,16 @@ def png_bytes(mosaic: np.ndarray, scale: int = 2) -> bytes:
     matplotlib.image.imsave(buffer, enlarged, cmap="gray", vmin=0, vmax=255, format="png",
                             metadata={"Software": None})
     return buffer.getvalue()
+
+
+@torch.no_grad()
+def sample_grid(model: ConvVAE, latents: torch.Tensor, columns: int) -> bytes:
+    """latents (N, Z), draws from the prior -> the decoder's mean images, `columns` to a row."""
+    return png_bytes(grid(torch.sigmoid(model.decode(latents)), columns))
+
+
+@torch.no_grad()
+def reconstruction_grid(model: ConvVAE, x: torch.Tensor, columns: int) -> bytes:
+    """x (N, 1, 28, 28): rows of inputs above rows of their reconstructions from the posterior mean."""
+    mu, _ = model.encode(x)
+    return png_bytes(grid(interleave_rows(x, torch.sigmoid(model.decode(mu)), columns), columns))

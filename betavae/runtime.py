@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
+import platform
 
 import torch
 
@@ -60,3 +62,26 @@ def make_deterministic(seed: int, device: torch.device) -> None:
     torch.utils.deterministic.fill_uninitialized_memory = False
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # the largest glibc accepts on 64-bit systems
+_TRIM_THRESHOLD = 1024 * 1024 * 1024
+
+
+def retain_freed_memory() -> bool:
+    """Keep the memory that freed tensors return to malloc in the process, for the next step to reuse.
+
+    PyTorch's CPU allocator hands every activation back to malloc, and glibc gives large blocks
+    back to the kernel (those above its mmap threshold, and a heap top above its trim threshold).
+    Each training step then faulted in ~80 MB of fresh zeroed pages: 20,000 page faults, about a
+    quarter of the CPU step here. Fixed, high thresholds keep those pages in the heap. The peak
+    memory is unchanged; it is only not returned between steps. Results are unaffected. Returns
+    whether the setting was applied: a no-op where malloc is not glibc's.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    mallopt = ctypes.CDLL(None).mallopt
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))

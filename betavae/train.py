@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from betavae import atomic, checkpoint, figures, runtime, schedules
+from betavae import atomic, checkpoint, images, runtime, schedules
 from betavae.augment import random_affine
 from betavae.data import Split, load_train_val, shuffled_batches, to_float
 from betavae.loss import LossTerms, beta_vae_loss, kl_per_image, reconstruction_per_image
@@ -206,8 +206,8 @@ def _snapshots(session: Session, epoch: int) -> dict[str, bytes]:
     session.model.eval()
     x = session.run.prepare(to_float(session.val.images[:SNAPSHOT_RECONSTRUCTIONS]))
     return {
-        f"samples_epoch_{epoch:03d}.png": figures.sample_grid(session.model, session.fixed_latents, GRID_COLUMNS),
-        f"recon_epoch_{epoch:03d}.png": figures.reconstruction_grid(session.model, x, GRID_COLUMNS),
+        f"samples_epoch_{epoch:03d}.png": images.sample_grid(session.model, session.fixed_latents, GRID_COLUMNS),
+        f"recon_epoch_{epoch:03d}.png": images.reconstruction_grid(session.model, x, GRID_COLUMNS),
     }
 
 

@@ -28,6 +28,7 @@ def main() -> None:
     params = load_params(args.params)
     run = runtime.resolve(params)
     runtime.make_deterministic(params.seed, run.device)
+    runtime.retain_freed_memory()
     model, record = load_model(args.model, run.device)
     if run.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -7,7 +7,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from betavae import atomic, cli, figures
+from betavae import atomic, cli, figures, images
 from betavae.checkpoint import load_model
 from betavae.data import load_test, to_float
 from betavae.params import load_params
@@ -36,9 +36,9 @@ def main() -> None:
 
     _save_figure(args.out / "training_history.png", figures.history_figure(figures.read_history(args.history)))
     latents = torch.randn(SAMPLES, model.config.latent_dim, generator=generator)
-    atomic.write_bytes(args.out / "samples.png", figures.sample_grid(model, latents, GRID_COLUMNS))
+    atomic.write_bytes(args.out / "samples.png", images.sample_grid(model, latents, GRID_COLUMNS))
     atomic.write_bytes(args.out / "reconstructions.png",
-                       figures.reconstruction_grid(model, to_float(test.images[:32]), GRID_COLUMNS))
+                       images.reconstruction_grid(model, to_float(test.images[:32]), GRID_COLUMNS))
     pairs = torch.randperm(len(test), generator=generator)[: 2 * INTERPOLATION_ROWS].view(2, -1)
     atomic.write_bytes(args.out / "interpolation.png",
                        figures.interpolation_grid(model, to_float(test.images[pairs[0]]),

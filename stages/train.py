@@ -4,7 +4,7 @@ DVCLive metrics and the sample/reconstruction snapshots."""
 import argparse
 from pathlib import Path
 
-from betavae import cli
+from betavae import cli, runtime
 from betavae.params import load_params
 from betavae.train import RESUME_MODES, Outputs, ResumeRefused, TrainingDiverged, train
 
@@ -24,6 +24,7 @@ def main() -> None:
     params = load_params(args.params)
     outputs = Outputs(args.model, args.checkpoint, args.live, args.snapshots)
     log = lambda line: print(f"train: {line}", flush=True)  # noqa: E731
+    runtime.retain_freed_memory()
     try:
         progress = train(params, args.data, outputs, resume=args.resume, log=log)
     except KeyboardInterrupt:

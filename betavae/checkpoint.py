@@ -2,7 +2,8 @@
 
 models/model.pt, the deliverable: {"format", "architecture", "model_config", "params", "epoch",
 "val_loss", "model"}. The training state (models/checkpoint.pt) adds the optimiser, every RNG, the
-metric history and the snapshot images, so an interrupted run resumes to the same bytes.
+metric history, the snapshot images and a hash of each package module that ran, so an interrupted run
+resumes to the same bytes, and only with the same code.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from betavae.model import ARCHITECTURE, ConvVAE, ModelConfig
 
 MODEL_FORMAT = "betavae-model/1"
-TRAIN_STATE_FORMAT = "betavae-train-state/1"
+TRAIN_STATE_FORMAT = "betavae-train-state/2"  # 2: records the code that wrote it
 
 
 class CheckpointError(ValueError):

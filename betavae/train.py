@@ -9,7 +9,9 @@ snapshots when due, and an atomic checkpoint of everything a resumed run needs.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -70,6 +72,7 @@ class Session:
     val: Split
     fixed_latents: torch.Tensor  # (64, Z): the same prior draws at every snapshot
     forward: Callable  # the model's forward for training steps: the model itself, or compiled
+    code: dict[str, str]  # code_fingerprint() at the start: what this run's epochs were trained by
 
     @property
     def steps_per_epoch(self) -> int:
@@ -110,7 +113,7 @@ def start_session(params: Params, data_dir: Path) -> Session:
     latents = torch.randn(SNAPSHOT_SAMPLES, params.z_dim, generator=torch.Generator().manual_seed(params.seed))
     forward = torch.compile(model) if run.compile else model
     return Session(params, run, model, optimizer, generator, train_split.to(run.device),
-                   val_split.to(run.device), latents.to(run.device), forward)
+                   val_split.to(run.device), latents.to(run.device), forward, code_fingerprint())
 
 
 def _train_and_validate(session: Session, epoch: int, bar: tqdm) -> dict:
@@ -248,6 +251,7 @@ def _train_state(session: Session, progress: Progress) -> dict:
         "format": checkpoint.TRAIN_STATE_FORMAT,
         "architecture": checkpoint.ARCHITECTURE,
         "params": session.params.to_dict(),
+        "code": session.code,
         "epoch": progress.epoch,
         "model": session.model.state_dict(),
         "optimizer": session.optimizer.state_dict(),
@@ -265,7 +269,7 @@ def _resume(session: Session, path: Path, mode: str, log: Callable[[str], None])
         return Progress()
     try:
         state = checkpoint.read(path, checkpoint.TRAIN_STATE_FORMAT)
-        _check_same_run(state, session.params)
+        _check_same_run(state, session)
         progress = _load_state(session, state)
     except (checkpoint.CheckpointError, KeyError, TypeError, ValueError, RuntimeError) as error:
         reason = " ".join(str(error).split())
@@ -277,13 +281,34 @@ def _resume(session: Session, path: Path, mode: str, log: Callable[[str], None])
     return progress
 
 
-def _check_same_run(state: dict, params: Params) -> None:
-    saved, current = state["params"], params.to_dict()
+def _check_same_run(state: dict, session: Session) -> None:
+    saved, current = state["params"], session.params.to_dict()
     # eval.* does not touch training; everything else does.
     changed = sorted(k for k in set(saved) | set(current)
                      if k != "eval" and saved.get(k) != current.get(k))
     if changed:
         raise checkpoint.CheckpointError(f"checkpoint was written with different params ({', '.join(changed)})")
+    # DVC reruns the stage when its code changes but keeps the persistent checkpoint; resuming it
+    # would finish, or pass off unchanged, a model that the old code trained.
+    saved, current = state["code"], session.code
+    changed = sorted(name for name in saved.keys() & current.keys() if saved[name] != current[name])
+    if changed:
+        raise checkpoint.CheckpointError(f"checkpoint was written by other code ({', '.join(changed)} changed)")
+
+
+def code_fingerprint() -> dict[str, str]:
+    """{"betavae/train.py": sha256 of its source, ...} for each module of this package loaded now.
+
+    Compared on the modules both sides loaded: a module the training code newly imports shows
+    up as a change in the module that imports it."""
+    root = Path(__file__).resolve().parents[1]
+    fingerprint = {}
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if path and (name == "betavae" or name.startswith("betavae.")):
+            source = Path(path).resolve()
+            fingerprint[source.relative_to(root).as_posix()] = hashlib.sha256(source.read_bytes()).hexdigest()
+    return dict(sorted(fingerprint.items()))
 
 
 def _load_state(session: Session, state: dict) -> Progress:

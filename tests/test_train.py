@@ -1,5 +1,7 @@
+import hashlib
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -79,6 +81,30 @@ def test_checkpoint_from_other_params_is_not_resumed(tmp_path, mnist_dir):
     assert any("starting fresh" in line and "different params (beta)" in line for line in lines)
     with pytest.raises(training.ResumeRefused, match="different params"):
         training.train(_params(beta=2.0), mnist_dir, outputs, resume="require", log=lambda _: None)
+
+
+def test_checkpoint_from_other_code_is_not_resumed(tmp_path, mnist_dir, monkeypatch):
+    # DVC reruns train after a code change but keeps the persistent checkpoint of the finished run
+    outputs = _outputs(tmp_path)
+    training.train(_params(epochs=2), mnist_dir, outputs, log=lambda _: None)
+    assert "betavae/augment.py" in torch.load(outputs.checkpoint, weights_only=True)["code"]
+    edited = {**training.code_fingerprint(), "betavae/augment.py": "0" * 64}
+    monkeypatch.setattr(training, "code_fingerprint", lambda: edited)
+    lines = []
+    progress = training.train(_params(epochs=2), mnist_dir, outputs, log=lines.append)
+    assert any("starting fresh: checkpoint was written by other code (betavae/augment.py changed)" in line
+               for line in lines)
+    assert [r["epoch"] for r in progress.history] == [1, 2]  # trained again, not taken over
+    with pytest.raises(training.ResumeRefused, match="other code"):
+        monkeypatch.setattr(training, "code_fingerprint", lambda: {**edited, "betavae/loss.py": "1" * 64})
+        training.train(_params(epochs=2), mnist_dir, outputs, resume="require", log=lambda _: None)
+
+
+def test_code_fingerprint_hashes_the_loaded_package_modules():
+    fingerprint = training.code_fingerprint()
+    source = (Path(training.__file__)).read_bytes()
+    assert fingerprint["betavae/train.py"] == hashlib.sha256(source).hexdigest()
+    assert all(name.startswith("betavae/") and name.endswith(".py") for name in fingerprint)
 
 
 def test_corrupt_checkpoint_is_not_resumed(tmp_path, mnist_dir):

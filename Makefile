@@ -1,30 +1,44 @@
-# make setup   create .venv from requirements.txt (again only when requirements.txt changed)
-# make repro   setup, then run the whole DVC pipeline and refresh the README's results table
-# make test    setup, then the test suite
-# make bench   setup, then the training-speed benchmark (issue: benchmarks/train_speed.py)
+# make setup     create .venv: the package (editable, with the `betavae` command) and its pinned requirements
+# make repro     setup, then `dvc repro` and the README's results table: on a fresh clone this only
+#                downloads MNIST, as the reference run's outputs are committed
+# make retrain   setup, then train from scratch (whatever training state is lying around), evaluate,
+#                plot, and compare the metrics with the committed run
+# make test      setup, lint, then the test suite
+# make lint      ruff
+# make bench     setup, then the training-speed benchmark (benchmarks/train_speed.py)
 
 VENV := .venv
-PYTHON := $(VENV)/bin/python
-INSTALLED := $(VENV)/requirements.installed
-# Stages call `python` and `dvc`; the venv's must come first.
-export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/installed
+# Stages call `python`, `dvc` and `torchrun`; the venv's must come first.
+export PATH := $(BIN):$(PATH)
 
-.PHONY: setup repro test bench
+.PHONY: setup repro retrain test lint bench
 
-setup:
-	@if ! cmp -s requirements.txt $(INSTALLED) 2>/dev/null; then \
-		echo "setup: installing requirements.txt into $(VENV)"; \
-		test -x $(PYTHON) || python3 -m venv $(VENV) || exit 1; \
-		$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements.txt || exit 1; \
-		cp requirements.txt $(INSTALLED); \
-	fi
+setup: $(STAMP)
+
+# Rebuilt only when what it is built from changes.
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@echo "setup: installing the package and requirements.txt into $(VENV)"
+	@test -x $(BIN)/python || python3 -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
 
 repro: setup
 	dvc repro
-	$(PYTHON) scripts/readme_results.py --metrics reports/metrics.json --readme README.md
+	python scripts/readme_results.py --metrics reports/metrics.json --readme README.md
 
-test: setup
-	$(PYTHON) -m pytest -q tests
+retrain: setup
+	dvc repro check_params download
+	BETAVAE_RESUME=never dvc repro --force --single-item train
+	dvc repro
+	dvc metrics diff --all HEAD
+
+lint: setup
+	ruff check .
+
+test: lint
+	python -m pytest
 
 bench: setup
-	$(PYTHON) benchmarks/train_speed.py
+	python benchmarks/train_speed.py

@@ -19,7 +19,6 @@ Writes reports/bench/train_speed.json (or --out).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -35,13 +34,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from betavae import atomic, evaluate, idx, runtime, schedules  # noqa: E402
-from betavae import train as training  # noqa: E402
-from betavae.augment import random_affine  # noqa: E402
-from betavae.data import load_test, shuffled_batches, to_float  # noqa: E402
-from betavae.loss import beta_vae_loss  # noqa: E402
-from betavae.model import ConvVAE, ModelConfig  # noqa: E402
-from betavae.params import load_params  # noqa: E402
+from betavae import atomic, evaluate, idx, runtime, schedules
+from betavae import train as training
+from betavae.augment import random_affine
+from betavae.data import load_test, shuffled_batches, to_float
+from betavae.loss import beta_vae_loss
+from betavae.model import ConvVAE, ModelConfig
+from betavae.params import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 

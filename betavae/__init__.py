@@ -1,1 +1,4 @@
-"""A convolutional β-VAE on MNIST: model, loss, data, schedules and the stages' logic."""
+"""A convolutional β-VAE on MNIST: model, loss, data, schedules, training, evaluation and the trained-model API.
+
+Importing the package loads nothing heavy; each module imports what it needs.
+"""

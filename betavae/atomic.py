@@ -2,7 +2,8 @@
 
 Each write goes to a temporary file in the destination's directory, is fsynced, then renamed
 over the destination (rename is atomic within one file system), and the directory is fsynced
-so the rename itself survives a power loss.
+so the rename itself survives a power loss. A write that fails (disk full, no permission)
+leaves the old file in place and raises `OutputError`, naming the file and the reason.
 """
 
 from __future__ import annotations
@@ -16,9 +17,23 @@ from pathlib import Path
 
 import torch
 
+from betavae.errors import BetaVAEError
+
+
+class OutputError(BetaVAEError, OSError):
+    """An output file could not be written; the old one, if any, is untouched."""
+
 
 def write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
+    try:
+        _replace(path, data)
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise OutputError(f"cannot write {path}: {reason}") from None
+
+
+def _replace(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -67,6 +82,14 @@ def write_figure(path: str | Path, figure) -> None:
     # No Software/date metadata, so the same figure is the same bytes on every run.
     figure.savefig(buffer, format="png", metadata={"Software": None}, dpi=figure.dpi)
     write_bytes(path, buffer.getvalue())
+
+
+def remove(path: str | Path) -> None:
+    """Delete a file if it is there; a failure to delete is an OutputError too."""
+    try:
+        Path(path).unlink(missing_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot remove {path}: {error.strerror or type(error).__name__}") from None
 
 
 def _fsync_directory(directory: Path) -> None:

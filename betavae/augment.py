@@ -1,10 +1,14 @@
 """Random rotation and translation for a whole batch at once: one affine matrix per image, one
 grid_sample call for the batch, parameters drawn from a dedicated seeded generator.
 
+torchvision's RandomAffine transforms one image per call on the CPU (the benchmark's conventional
+loop uses it); this warps a batch on the training device in one kernel, and under data-parallel
+training lets each process warp its share of a batch exactly as a single process would.
+
 Nearest-neighbour sampling is the default, as in torchvision's RandomRotation/RandomAffine: it
 only moves pixels. Bilinear sampling averages neighbours at every sub-pixel position, which turns
-crisp strokes grey; on MNIST it raises the pixel entropy of a training image from 45 to 72 nats,
-and a Bernoulli decoder trained on those targets learns to predict blur (README, Results).
+crisp strokes grey, and a Bernoulli decoder trained on those targets learns to predict blur
+(docs/investigations.md has the measurement).
 """
 
 from __future__ import annotations
@@ -18,13 +22,18 @@ from betavae.params import INTERPOLATIONS
 
 
 def random_affine(x: torch.Tensor, rotation_degrees: float, translate: float,
-                  generator: torch.Generator, interpolation: str = "nearest") -> torch.Tensor:
-    """x (B, C, H, W) -> x warped by a per-image rotation in [-rotation, rotation] degrees and a shift
-    in [-translate, translate] of the image side on each axis; uncovered pixels become 0."""
+                  generator: torch.Generator, interpolation: str = "nearest",
+                  batch_size: int | None = None, share: slice = slice(None)) -> torch.Tensor:
+    """x (b, C, H, W) -> x warped by a per-image rotation in [-rotation, rotation] degrees and a shift
+    in [-translate, translate] of the image side on each axis; uncovered pixels become 0.
+
+    x may be one process's `share` of a batch of batch_size images (default: x is the whole batch):
+    the parameters are drawn for the whole batch, so every process consumes the generator alike
+    and warps its images as a single process would."""
     if rotation_degrees == 0 and translate == 0:
         return x
-    theta = draw_affine(x.shape[0], rotation_degrees, translate, generator).to(x.dtype)
-    return warp(x, theta, interpolation)
+    theta = draw_affine(batch_size or x.shape[0], rotation_degrees, translate, generator)[share]
+    return warp(x, theta.to(x.dtype), interpolation)
 
 
 def draw_affine(batch: int, rotation_degrees: float, translate: float,

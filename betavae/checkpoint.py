@@ -1,31 +1,33 @@
-"""Self-describing checkpoints, readable with torch.load(weights_only=True) alone.
+"""Self-describing model files, and the one safe way this project reads any checkpoint.
 
-models/model.pt, the deliverable: {"format", "architecture", "model_config", "params", "epoch",
-"val_loss", "model"}. The training state (models/checkpoint.pt) adds the optimiser, every RNG, the
-metric history, the snapshot images and a hash of each package module that ran, so an interrupted run
-resumes to the same bytes, and only with the same code.
+models/model.pt, the deliverable: {"format", "architecture", "model_config", "params" (the training
+params that produced it), "epoch", "val_loss", "latent_kl" (validation KL of each latent dimension at
+that epoch), "model" (the weights)}. It loads with torch.load(weights_only=True) alone. The training
+state, which resumes an interrupted run, is resume.py's.
 """
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 
 import torch
 
+from betavae.errors import BetaVAEError, one_line
 from betavae.model import ARCHITECTURE, ConvVAE, ModelConfig
 
-MODEL_FORMAT = "betavae-model/1"
-TRAIN_STATE_FORMAT = "betavae-train-state/2"  # 2: records the code that wrote it
+MODEL_FORMAT = "betavae-model/2"  # 2: records only the training params, and the latent KL
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable, or not what it claims; the message names the file."""
+class CheckpointError(BetaVAEError, ValueError):
+    """A checkpoint that is missing, unreadable, unsafe, or not what it claims; the message names the file."""
 
 
-def model_record(model_state: dict, config: ModelConfig, params: dict, epoch: int,
-                 val_loss: float) -> dict:
+def model_record(weights: dict, config: ModelConfig, params: dict, epoch: int, val_loss: float,
+                 latent_kl: list[float]) -> dict:
     return {"format": MODEL_FORMAT, "architecture": ARCHITECTURE, "model_config": config.to_dict(),
-            "params": params, "epoch": epoch, "val_loss": val_loss, "model": model_state}
+            "params": params, "epoch": epoch, "val_loss": val_loss, "latent_kl": latent_kl, "model": weights}
 
 
 def read(path: str | Path, expected_format: str) -> dict:
@@ -35,9 +37,11 @@ def read(path: str | Path, expected_format: str) -> dict:
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a damaged file surfaces as any of a dozen types from torch's unpickler
-        reason = " ".join(str(error).split())[:200]
-        raise CheckpointError(f"{path}: unreadable, truncated or not a torch checkpoint ({reason})") from None
+    except pickle.UnpicklingError as error:  # what the safe loader raises for anything but data
+        raise CheckpointError(f"{path}: {_refusal(error)}") from None
+    except Exception as error:  # a damaged file surfaces as any of a dozen types from torch's reader
+        raise CheckpointError(f"{path}: unreadable, truncated or not a torch checkpoint "
+                              f"({one_line(error)[:200]})") from None
     if not isinstance(record, dict) or record.get("format") != expected_format:
         found = record.get("format") if isinstance(record, dict) else type(record).__name__
         raise CheckpointError(f"{path}: format {found!r}, expected {expected_format!r}")
@@ -47,6 +51,20 @@ def read(path: str | Path, expected_format: str) -> dict:
     return record
 
 
+def _refusal(error: pickle.UnpicklingError) -> str:
+    """Why the safe loader refused a file, without torch's advice to load it unsafely (which would
+    run whatever code the file names)."""
+    text = str(error)
+    named = re.search(r"GLOBAL ([\w.]+)", text)
+    if named:
+        return (f"refused for safety: the file references code ({named.group(1)}), which loading "
+                "would run; a checkpoint holds only tensors and plain values")
+    detail = text.split("WeightsUnpickler error:")[-1].split("Check the documentation")[0]
+    if "weights_only" in detail:  # only torch's advice is left
+        detail = "not a plain torch checkpoint"
+    return f"unreadable, truncated or not a torch checkpoint ({one_line(detail)[:200]})"
+
+
 def load_model(path: str | Path, device: torch.device) -> tuple[ConvVAE, dict]:
     """The model saved at path, in eval mode on device, with its record (params, epoch, ...)."""
     record = read(path, MODEL_FORMAT)
@@ -54,5 +72,5 @@ def load_model(path: str | Path, device: torch.device) -> tuple[ConvVAE, dict]:
         model = ConvVAE(ModelConfig(**record["model_config"]))
         model.load_state_dict(record["model"])
     except (KeyError, TypeError, RuntimeError) as error:
-        raise CheckpointError(f"{path}: weights do not fit the model ({str(error).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: weights do not fit the model ({one_line(error)[:200]})") from None
     return model.to(device).eval(), record

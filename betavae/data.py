@@ -7,18 +7,13 @@ batches are index gathers from a seeded permutation, so no Python runs per sampl
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
 from betavae import idx
 from betavae.params import Params
-
-TRAIN_IMAGES = "train-images-idx3-ubyte"
-TRAIN_LABELS = "train-labels-idx1-ubyte"
-TEST_IMAGES = "t10k-images-idx3-ubyte"
-TEST_LABELS = "t10k-labels-idx1-ubyte"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +24,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.images)
 
-    def to(self, device: torch.device) -> "Split":
+    def to(self, device: torch.device) -> Split:
         return Split(self.images.to(device), self.labels.to(device))
 
 
@@ -46,7 +41,7 @@ def load_split(data_dir: Path, images_name: str, labels_name: str, limit: int = 
 
 def load_train_val(data_dir: Path, params: Params) -> tuple[Split, Split]:
     """The training pool (first data.limit images, or all) split by a seeded permutation."""
-    pool = load_split(data_dir, TRAIN_IMAGES, TRAIN_LABELS, params.data.limit)
+    pool = load_split(data_dir, idx.TRAIN_IMAGES, idx.TRAIN_LABELS, params.data.limit)
     if len(pool) != params.pool_images:
         raise idx.IdxError(f"{data_dir}: {len(pool)} training images, params expect {params.pool_images}")
     order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(params.seed))
@@ -56,7 +51,7 @@ def load_train_val(data_dir: Path, params: Params) -> tuple[Split, Split]:
 
 
 def load_test(data_dir: Path, limit: int = 0) -> Split:
-    return load_split(data_dir, TEST_IMAGES, TEST_LABELS, limit)
+    return load_split(data_dir, idx.TEST_IMAGES, idx.TEST_LABELS, limit)
 
 
 def _take(split: Split, index: torch.Tensor) -> Split:
@@ -77,5 +72,6 @@ def shuffled_batches(count: int, batch_size: int, generator: torch.Generator) ->
 
 
 def ordered_batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The split in order, as (float images (b, 1, 28, 28), labels (b,)) batches of at most batch_size."""
     for start in range(0, len(split), batch_size):
         yield to_float(split.images[start:start + batch_size]), split.labels[start:start + batch_size]

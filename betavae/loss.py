@@ -29,9 +29,14 @@ def reconstruction_per_image(logits: torch.Tensor, x: torch.Tensor) -> torch.Ten
     return F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
 
 
+def kl_per_dimension(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """mu, logvar (B, Z) -> (B, Z): KL(N(mu_j, exp(logvar_j)) || N(0, 1)) of each latent dimension."""
+    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp())
+
+
 def kl_per_image(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """mu, logvar (B, Z) -> (B,): KL(N(mu, exp(logvar)) || N(0, I)) in closed form."""
-    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
+    return kl_per_dimension(mu, logvar).sum(1)
 
 
 def beta_vae_loss(logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,

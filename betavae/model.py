@@ -32,8 +32,8 @@ class ModelConfig:
 def _conv_block(in_channels: int, out_channels: int, kernel: int, dropout: float) -> nn.Sequential:
     # bias=False: batch norm's shift makes a conv bias redundant. Dropout2d drops whole feature
     # maps (Tompson et al. 2015): neighbouring conv activations are correlated, so dropping single
-    # pixels regularises little, and it needs B*C random draws instead of B*C*H*W (a quarter of
-    # the CPU step time with elementwise dropout).
+    # pixels regularises little, and it needs B*C random draws instead of B*C*H*W, a measurable
+    # part of the CPU step (docs/performance.md).
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel, stride=2, padding=1, bias=False),
         nn.BatchNorm2d(out_channels),
@@ -94,3 +94,21 @@ class ConvVAE(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, logvar = self.encode(x)
         return self.decode(self.reparameterize(mu, logvar)), mu, logvar
+
+
+def training_memory_bytes(config: ModelConfig, batch_size: int) -> int:
+    """An estimate of what one training step holds: weights, gradients and AdamW's two moments
+    (4 copies of the parameters), plus every layer's output for the batch, kept for the backward
+    pass and matched by a gradient of the same size (2 copies). Counted on the meta device, where
+    building the model and running it allocate nothing."""
+    with torch.device("meta"):
+        model = ConvVAE(config)
+        outputs = []
+        hooks = [module.register_forward_hook(lambda _m, _i, out: outputs.append(out))
+                 for module in model.modules() if not list(module.children())]
+        model(torch.empty(batch_size, 1, 28, 28))
+    for hook in hooks:
+        hook.remove()
+    parameters = sum(p.numel() for p in model.parameters())
+    activations = sum(t.numel() for out in outputs for t in (out if isinstance(out, tuple) else (out,)))
+    return 4 * (4 * parameters + 2 * activations)  # fp32 bytes

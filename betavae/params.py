@@ -2,26 +2,43 @@
 
 Every stage calls `load_params`; a bad file fails before any work starts, with one line that
 names the offending key. Floats accept YAML ints because `dvc exp run -S beta=4` writes an int.
+Every number is bounded by what the code can do with it; where memory is the limit, the stages
+also estimate what a run needs before allocating it (betavae/model.py, betavae/runtime.py).
+
+This module is also the one home of which params each stage's outputs depend on
+(`TRAINING_PARAMS`, `EVALUATION_PARAMS`, `PLOT_PARAMS`): dvc.yaml lists exactly these
+(tests/test_dvc_yaml.py), model.pt records the training ones, and a training checkpoint is
+resumed only when they match.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import math
+import shlex
 import typing
 from pathlib import Path
 
 import yaml
+
+from betavae import schedules
+from betavae.errors import BetaVAEError
 
 MNIST_TRAIN_IMAGES = 60_000
 MNIST_TEST_IMAGES = 10_000
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 INTERPOLATIONS = ("nearest", "bilinear")  # resampling of augmented images (betavae/augment.py)
+LAUNCHERS = ("python", "torchrun")  # the first word of `launcher`
+MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
+MAX_EPOCHS = 100_000
+MAX_LATENT_DIM = 65_536  # beyond this the latent layers alone outgrow any single machine's memory
+MAX_IW_SAMPLES = 100_000
 
 
-class ParamsError(ValueError):
+class ParamsError(BetaVAEError, ValueError):
     """A params.yaml problem; the message names the key and says what is wrong."""
 
 
@@ -65,6 +82,7 @@ class Params:
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     channels_last: bool = True
     compile: bool = False
+    launcher: str = "python"  # or "torchrun --standalone --nproc-per-node N" for data-parallel training
 
     @property
     def train_images(self) -> int:
@@ -75,21 +93,85 @@ class Params:
     def pool_images(self) -> int:
         return self.data.limit or MNIST_TRAIN_IMAGES
 
+    @property
+    def world_size(self) -> int | None:
+        """Processes the launcher starts, or None where torchrun decides at run time."""
+        return launcher_world_size(self.launcher)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def select(self, keys: typing.Iterable[str]) -> dict:
+        """The nested dict of just these keys ("beta", "data.limit", or a whole group "augment")."""
+        selected: dict = {}
+        for key in keys:
+            *groups, leaf = key.split(".")
+            target = selected
+            for group in groups:
+                target = target.setdefault(group, {})
+            value = _lookup(self, key)
+            target[leaf] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        return selected
+
+
+# Everything but evaluation's own group changes what training produces.
+TRAINING_PARAMS = tuple(field.name for field in dataclasses.fields(Params) if field.name != "eval")
+EVALUATION_PARAMS = ("seed", "data.limit", "eval.iw_samples", "device", "precision", "channels_last")
+PLOT_PARAMS = ("seed", "data.limit")
+
+
+def launcher_world_size(launcher: str) -> int | None:
+    """`python` -> 1; `torchrun ... --nnodes N --nproc-per-node M` -> N * M; None when torchrun
+    picks the count itself (--nproc-per-node auto/gpu/cpu, or an elastic --nnodes MIN:MAX)."""
+    words = shlex.split(launcher)
+    if words == ["python"]:
+        return 1
+    if not words or words[0] != "torchrun":
+        raise ValueError(f"must be `python` or start with `torchrun`, got {launcher!r}")
+    options = _torchrun_options(words[1:])
+    nodes, per_node = options.get("nnodes", "1"), options.get("nproc_per_node", "1")
+    if ":" in nodes:
+        low, _, high = nodes.partition(":")
+        nodes = low if low == high else None
+    if nodes is None or not per_node.isdigit():
+        return None
+    if not nodes.isdigit() or int(nodes) < 1 or int(per_node) < 1:
+        raise ValueError(f"--nnodes and --nproc-per-node must be positive, got {launcher!r}")
+    return int(nodes) * int(per_node)
+
+
+def _torchrun_options(words: list[str]) -> dict[str, str]:
+    options = {}
+    for i, word in enumerate(words):
+        if not word.startswith("--"):
+            continue
+        name, _, value = word[2:].partition("=")
+        if not value and i + 1 < len(words) and not words[i + 1].startswith("-"):
+            value = words[i + 1]
+        options[name.replace("-", "_")] = value
+    return options
+
+
+def _launcher_ok(params: Params) -> bool:
+    try:
+        params.world_size  # noqa: B018 (parsed for its errors)
+    except ValueError:
+        return False
+    return True
+
 
 # (key, predicate, what the value must be): checked after the types, in this order.
-_RULES: list[tuple[str, typing.Callable[[Params], bool], str]] = [
-    ("epochs", lambda p: p.epochs >= 1, "must be >= 1"),
+_RULES: list[tuple[str, typing.Callable[[Params], bool], str | typing.Callable[[Params], str]]] = [
+    ("seed", lambda p: 0 <= p.seed <= MAX_SEED, f"must be in [0, {MAX_SEED}] (a 64-bit seed)"),
+    ("epochs", lambda p: 1 <= p.epochs <= MAX_EPOCHS, f"must be in [1, {MAX_EPOCHS}]"),
     ("beta", lambda p: p.beta >= 0, "must be >= 0"),
-    ("z_dim", lambda p: p.z_dim >= 1, "must be >= 1"),
+    ("z_dim", lambda p: 1 <= p.z_dim <= MAX_LATENT_DIM, f"must be in [1, {MAX_LATENT_DIM}]"),
     ("base_lr", lambda p: p.base_lr > 0, "must be > 0"),
     ("max_lr", lambda p: p.max_lr > 0, "must be > 0"),
     ("base_lr", lambda p: p.base_lr <= p.max_lr, "must be <= max_lr"),
     ("batch_size", lambda p: p.batch_size >= 1, "must be >= 1"),
-    ("warmup_epochs", lambda p: 0 <= p.warmup_epochs <= p.epochs, "must be in [0, epochs]"),
-    ("kl_anneal_epochs", lambda p: p.kl_anneal_epochs >= 0, "must be >= 0"),
+    ("warmup_epochs", lambda p: 0 <= p.warmup_epochs <= MAX_EPOCHS, f"must be in [0, {MAX_EPOCHS}]"),
+    ("kl_anneal_epochs", lambda p: 0 <= p.kl_anneal_epochs <= MAX_EPOCHS, f"must be in [0, {MAX_EPOCHS}]"),
     ("weight_decay", lambda p: p.weight_decay >= 0, "must be >= 0"),
     ("grad_clip", lambda p: p.grad_clip > 0, "must be > 0"),
     ("dropout", lambda p: 0 <= p.dropout < 1, "must be in [0, 1)"),
@@ -104,30 +186,105 @@ _RULES: list[tuple[str, typing.Callable[[Params], bool], str]] = [
     ("batch_size", lambda p: p.batch_size <= p.train_images,
      "must not exceed the training images left after data.val_size"),
     ("snapshot_every", lambda p: p.snapshot_every >= 1, "must be >= 1"),
-    ("eval.iw_samples", lambda p: p.eval.iw_samples >= 1, "must be >= 1"),
+    ("eval.iw_samples", lambda p: 1 <= p.eval.iw_samples <= MAX_IW_SAMPLES, f"must be in [1, {MAX_IW_SAMPLES}]"),
     ("device", lambda p: p.device in DEVICES, f"must be one of {', '.join(DEVICES)}"),
     ("precision", lambda p: p.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
+    ("launcher", _launcher_ok, "must be `python` or `torchrun [options]` with positive --nnodes and --nproc-per-node"),
+    ("batch_size", lambda p: p.world_size is None or p.batch_size % p.world_size == 0,
+     lambda p: f"must be divisible by the {p.world_size} processes the launcher starts"),
 ]
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: file not found") from None
-    except yaml.YAMLError as error:
-        raise ParamsError(f"{path}: not valid YAML ({_first_line(error)})") from None
-    return parse_params(raw, source=str(path))
+    return parse_params(_read_yaml(path), source=str(path))
 
 
 def parse_params(raw: object, source: str = "params") -> Params:
-    params = _build(Params, raw if raw is not None else {}, prefix="", source=source)
+    if raw is None:
+        raise ParamsError(f"{source}: the file is empty; it must set the pipeline's parameters "
+                          "(the committed params.yaml lists them all)")
+    params = _build(Params, raw, prefix="", source=source)
     for key, holds, requirement in _RULES:
         if not holds(params):
             value = _lookup(params, key)
-            raise ParamsError(f"{source}: {key} {requirement} (got {value!r})")
+            requirement = requirement(params) if callable(requirement) else requirement
+            raise ParamsError(f"{source}: {key} {requirement} (got {_short(value)})")
     return params
+
+
+def check_file(path: str | Path) -> list[str]:
+    """Validate a params file (ParamsError if it is bad); return its warnings."""
+    return schedule_warnings(load_params(path))
+
+
+def schedule_warnings(params: Params) -> list[str]:
+    """Schedules longer than training are run as given (a quick `-S epochs=3` run never reaches the
+    peak, as in the spec's own script); say so, naming the key."""
+    warnings = []
+    if params.warmup_epochs > params.epochs:
+        peak = schedules.learning_rate(params.epochs, params.base_lr, params.max_lr, params.warmup_epochs,
+                                       params.epochs)
+        warnings.append(f"warmup_epochs ({params.warmup_epochs}) is longer than training ({params.epochs} "
+                        f"epochs): the learning rate only rises, to {peak:.3g} (max_lr {params.max_lr:g})")
+    if params.kl_anneal_epochs > params.epochs:
+        weight = schedules.kl_weight(params.epochs, params.beta, params.kl_anneal_epochs)
+        warnings.append(f"kl_anneal_epochs ({params.kl_anneal_epochs}) is longer than training "
+                        f"({params.epochs} epochs): the KL weight ends at {weight:.3g}, not beta ({params.beta:g})")
+    return warnings
+
+
+class Watch:
+    """Notices when params.yaml changes under a running stage (a second `dvc exp run -S`, started
+    while one trains, writes its values before DVC's lock refuses it)."""
+
+    def __init__(self, path: str | Path, params: Params):
+        self.path, self.params = Path(path), params
+        self.digest = _digest(self.path)
+
+    def check(self) -> None:
+        if _digest(self.path) == self.digest:
+            return
+        try:
+            now = load_params(self.path)
+            changed = ", ".join(f"{key} {_lookup(self.params, key)!r} -> {_lookup(now, key)!r}"
+                                for key in differing_keys(self.params.to_dict(), now.to_dict())) or "comments only"
+        except ParamsError as error:
+            changed = f"now invalid: {error}"
+        raise ParamsError(f"{self.path} changed while this stage ran ({changed}); nothing more is written. "
+                          "Another `dvc exp run` in this workspace probably wrote it: run experiments side "
+                          "by side with `dvc exp run --queue` and `dvc queue start`, restore params.yaml "
+                          "(README, When things go wrong), then rerun")
+
+
+def differing_keys(first: dict, second: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    keys = []
+    for key in sorted(set(first) | set(second)):
+        a, b = first.get(key), second.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += differing_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def _read_yaml(path: Path) -> object:
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ParamsError(f"{path}: cannot be read ({error})") from None
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _build(cls, raw: object, prefix: str, source: str):
@@ -158,12 +315,20 @@ def _coerce(value: object, kind: type, key: str, source: str):
         str: isinstance(value, str),
     }[kind]
     if not ok:
-        raise ParamsError(f"{source}: {key} must be {kind.__name__}, got {value!r}")
+        raise ParamsError(f"{source}: {key} must be {kind.__name__}, got {_short(value)}")
     if kind is float:
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an int beyond float's range
+            value = math.inf
         if not math.isfinite(value):
-            raise ParamsError(f"{source}: {key} must be a finite number, got {value!r}")
+            raise ParamsError(f"{source}: {key} must be a finite number, got {_short(value)}")
     return value
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def _suggest(key: str, fields: typing.Iterable[str], prefix: str) -> str:
@@ -177,7 +342,3 @@ def _lookup(params: Params, dotted: str):
     for part in dotted.split("."):
         value = getattr(value, part)
     return value
-
-
-def _first_line(error: Exception) -> str:
-    return " ".join(str(error).split())

@@ -1,44 +1,62 @@
-"""Device, precision and determinism settings, chosen once from params."""
+"""Where and how the arithmetic runs: device, autocast precision, memory layout, determinism, and
+whether a run fits in memory. Chosen once from params."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import dataclasses
+import os
 import platform
 
 import torch
+from torch import nn
 
-from betavae.params import Params
+from betavae.errors import BetaVAEError
+from betavae.params import DEVICES, Params
+
+GIB = 1024**3
 
 
-class DeviceError(RuntimeError):
-    """The requested device cannot be used here."""
+class DeviceError(BetaVAEError, RuntimeError):
+    """The requested device cannot be used here, or a run would not fit in its memory."""
 
 
 @dataclasses.dataclass(frozen=True)
-class Runtime:
+class Compute:
     device: torch.device
-    dtype: torch.dtype | None  # autocast dtype; None runs in fp32
+    autocast_dtype: torch.dtype | None  # None runs in fp32
     channels_last: bool
     compile: bool = False  # torch.compile the training forward pass
 
     def autocast(self):
-        if self.dtype is None:
+        if self.autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+    def to_layout(self, x: torch.Tensor) -> torch.Tensor:
+        """A 4-D batch in the memory layout the convolutions run fastest in (channels-last if enabled)."""
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def place(self, model: nn.Module) -> nn.Module:
+        """The model on the device, its weights in the same layout as the inputs."""
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
-def resolve(params: Params) -> Runtime:
-    device = _device(params.device)
-    return Runtime(device=device, dtype=_autocast_dtype(params.precision, device),
+
+def resolve(params: Params, local_rank: int = 0) -> Compute:
+    """The Compute for params; under torchrun on CUDA each process takes the GPU of its local rank."""
+    device = resolve_device(params.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+    return Compute(device=device, autocast_dtype=_autocast_dtype(params.precision, device),
                    channels_last=params.channels_last, compile=params.compile)
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """auto (CUDA when present, else the CPU), cpu or cuda."""
+    if name not in DEVICES:
+        raise DeviceError(f"device must be one of {', '.join(DEVICES)}; got {name!r}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -48,6 +66,8 @@ def _device(name: str) -> torch.device:
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    # auto keeps fp32 on CPUs: bf16 pays only where the CPU has bf16 instructions (AVX-512 BF16,
+    # AMX), and its quality there is unmeasured (docs/performance.md).
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
@@ -58,10 +78,34 @@ def make_deterministic(seed: int, device: torch.device) -> None:
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
     # Deterministic mode also NaN-fills every new empty tensor to expose reads of uninitialised
-    # memory: a debugging aid that cost 15% of the CPU training step here, for no change in results.
+    # memory: a debugging aid that costs a measurable share of the CPU step (docs/performance.md)
+    # and changes no result here.
     torch.utils.deterministic.fill_uninitialized_memory = False
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False
+
+
+def check_memory(needed_bytes: int, what: str, device: torch.device) -> None:
+    """Refuse, before allocating, a run whose estimated need exceeds the device's free memory."""
+    available = available_memory(device)
+    if available is not None and needed_bytes > available:
+        raise DeviceError(f"{what} needs about {needed_bytes / GIB:.1f} GiB of memory, more than the "
+                          f"{available / GIB:.1f} GiB free on {device.type}")
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes on the device, or None where it cannot be told."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    pages, size = os.sysconf_names.get("SC_AVPHYS_PAGES"), os.sysconf_names.get("SC_PAGE_SIZE")
+    return os.sysconf(pages) * os.sysconf(size) if pages and size else None
 
 
 # glibc's mallopt parameters (malloc.h)
@@ -74,9 +118,9 @@ def retain_freed_memory() -> bool:
     """Keep the memory that freed tensors return to malloc in the process, for the next step to reuse.
 
     PyTorch's CPU allocator hands every activation back to malloc, and glibc gives large blocks
-    back to the kernel (those above its mmap threshold, and a heap top above its trim threshold).
-    Each training step then faulted in ~80 MB of fresh zeroed pages: 20,000 page faults, about a
-    quarter of the CPU step here. Fixed, high thresholds keep those pages in the heap. The peak
+    back to the kernel (those above its mmap threshold, and a heap top above its trim threshold),
+    so every training step faulted its activations in again as fresh zeroed pages. Fixed, high
+    thresholds keep those pages in the heap (docs/performance.md has the measurement). The peak
     memory is unchanged; it is only not returned between steps. Results are unaffected. Returns
     whether the setting was applied: a no-op where malloc is not glibc's.
     """

@@ -20,13 +20,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
+import matplotlib.pyplot as plt
+import matplotlib.ticker
 
-from betavae import atomic  # noqa: E402
+from betavae import atomic
 
 PARAMS = ("beta", "z_dim", "epochs", "seed")
 INTEGER_PARAMS = ("z_dim", "epochs", "seed", "active_units")  # the API's table gives every number as a float

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script from anywhere
 
-from betavae import atomic  # noqa: E402
+from betavae import atomic
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 # (metric key, label, the write-up's value or None, what it means); "\\|" keeps a bar inside a table cell

@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from betavae import cli
+from betavae import workspace
 from betavae.download import download
 
 
@@ -16,4 +16,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main, "download")
+    workspace.run_stage(main, "download")

@@ -1,5 +1,6 @@
-"""Stage evaluate: test-set recon, KL, β-loss, negative ELBO, importance-weighted NLL, active
-units (--metrics, JSON) and the same per digit (--per-digit, CSV)."""
+"""Stage evaluate: test-set recon, KL, β-loss, negative ELBO, importance-weighted NLL, active units
+and KL concentration (--metrics, JSON), the same per digit (--per-digit, CSV), and the KL of each
+latent dimension, most first (--latent-kl, CSV)."""
 
 import argparse
 import csv
@@ -8,11 +9,11 @@ from pathlib import Path
 
 import torch
 
-from betavae import atomic, cli, runtime
+from betavae import atomic, runtime, workspace
 from betavae.checkpoint import load_model
 from betavae.data import load_test
-from betavae.evaluate import per_digit, per_image, summarize
-from betavae.params import load_params
+from betavae.evaluate import latent_rows, memory_bytes, per_digit, per_image, summarize
+from betavae.params import MNIST_TEST_IMAGES, Watch, load_params
 
 DECIMALS = 4
 
@@ -24,21 +25,27 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--per-digit", type=Path, required=True)
+    parser.add_argument("--latent-kl", type=Path, required=True)
     args = parser.parse_args()
     params = load_params(args.params)
-    run = runtime.resolve(params)
-    runtime.make_deterministic(params.seed, run.device)
+    watch = Watch(args.params, params)
+    compute = runtime.resolve(params)
+    runtime.make_deterministic(params.seed, compute.device)
     runtime.retain_freed_memory()
-    model, record = load_model(args.model, run.device)
-    if run.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    test = load_test(args.data, params.data.limit).to(run.device)
-    generator = torch.Generator(run.device).manual_seed(params.seed)
-    results = per_image(model, test, params.eval.iw_samples, run, generator)
+    model, record = load_model(args.model, compute.device)
+    images = params.data.limit or MNIST_TEST_IMAGES
+    runtime.check_memory(memory_bytes(model.config.latent_dim, params.eval.iw_samples, images, compute.device),
+                         f"evaluation with {params.eval.iw_samples} importance samples", compute.device)
+    model = compute.place(model)
+    test = load_test(args.data, params.data.limit).to(compute.device)
+    generator = torch.Generator(compute.device).manual_seed(params.seed)
+    results = per_image(model, test, params.eval.iw_samples, compute, generator)
     beta = record["params"]["beta"]  # the loss the model was trained for, not today's params.yaml
     metrics = {key: _round(value) for key, value in summarize(results, beta).items()}
+    watch.check()
     atomic.write_json(args.metrics, {"test": metrics})
     atomic.write_text(args.per_digit, _csv(per_digit(results, test.labels)))
+    atomic.write_text(args.latent_kl, _csv(latent_rows(results)))
     print("evaluate: " + ", ".join(f"{key} {value}" for key, value in metrics.items()))
 
 
@@ -55,4 +62,4 @@ def _csv(rows: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    cli.run(main, "evaluate")
+    workspace.run_stage(main, "evaluate")

@@ -1,22 +1,20 @@
-"""Stage plot: training history, prior samples, reconstructions, latent interpolation and a 2-D
-projection of the test set's posterior means, as PNGs in --out."""
+"""Stage plot: training history, prior samples, reconstructions, latent interpolation, a 2-D
+projection of the test set's posterior means and latent traversals, as PNGs in --out."""
 
 import argparse
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 
-from betavae import atomic, cli, figures, images
-from betavae.checkpoint import load_model
-from betavae.data import load_test, to_float
-from betavae.params import load_params
+from betavae import api, atomic, figures, grids, workspace
+from betavae.data import load_test, ordered_batches, to_float
+from betavae.params import Watch, load_params
 
-SAMPLES = 64
-GRID_COLUMNS = 8
+RECONSTRUCTIONS = 32  # test images shown with their reconstructions
 INTERPOLATION_ROWS = 6
 INTERPOLATION_STEPS = 10
-PROJECTION_BATCH = 1000
+TRAVERSAL_IMAGE = 0  # the test image whose posterior mean the traversals move around
+BATCH = 1000
 
 
 def main() -> None:
@@ -28,32 +26,31 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     params = load_params(args.params)
+    watch = Watch(args.params, params)
     torch.manual_seed(params.seed)
     # Figures are cheap; the CPU in fp32 keeps them identical wherever the model was trained.
-    model, _ = load_model(args.model, torch.device("cpu"))
+    vae = api.load(args.model, device="cpu")
     test = load_test(args.data, params.data.limit)
-    generator = torch.Generator().manual_seed(params.seed)
-
-    _save_figure(args.out / "training_history.png", figures.history_figure(figures.read_history(args.history)))
-    latents = torch.randn(SAMPLES, model.config.latent_dim, generator=generator)
-    atomic.write_bytes(args.out / "samples.png", images.sample_grid(model, latents, GRID_COLUMNS))
-    atomic.write_bytes(args.out / "reconstructions.png",
-                       images.reconstruction_grid(model, to_float(test.images[:32]), GRID_COLUMNS))
-    pairs = torch.randperm(len(test), generator=generator)[: 2 * INTERPOLATION_ROWS].view(2, -1)
-    atomic.write_bytes(args.out / "interpolation.png",
-                       figures.interpolation_grid(model, to_float(test.images[pairs[0]]),
-                                                  to_float(test.images[pairs[1]]), INTERPOLATION_STEPS))
+    history = figures.history_figure(figures.read_history(args.history))
+    pairs = torch.randperm(len(test), generator=torch.Generator().manual_seed(params.seed))
+    starts, ends = (to_float(test.images[index]) for index in pairs[: 2 * INTERPOLATION_ROWS].view(2, -1))
     with torch.no_grad():
-        means = torch.cat([model.encode(to_float(test.images[i:i + PROJECTION_BATCH]))[0]
-                           for i in range(0, len(test), PROJECTION_BATCH)])
-    _save_figure(args.out / "latent_projection.png", figures.projection_figure(means, test.labels))
+        means = torch.cat([vae.model.encode(x)[0] for x, _ in ordered_batches(test, BATCH)])
+    pictures = {
+        "samples.png": grids.mosaic(vae.sample(grids.SAMPLES, params.seed)),
+        "reconstructions.png": grids.mosaic(grids.reconstructions(vae.model, to_float(test.images[:RECONSTRUCTIONS]))),
+        "interpolation.png": grids.mosaic(grids.interpolations(vae.model, starts, ends, INTERPOLATION_STEPS),
+                                          INTERPOLATION_STEPS),
+    }
+    traversal = vae.traversal_figure(means[TRAVERSAL_IMAGE], f"the posterior mean of test image {TRAVERSAL_IMAGE}")
+    watch.check()
+    atomic.write_figure(args.out / "training_history.png", history)
+    for name, pixels in pictures.items():
+        atomic.write_bytes(args.out / name, grids.png(pixels))
+    atomic.write_figure(args.out / "latent_projection.png", figures.projection_figure(means, test.labels))
+    atomic.write_figure(args.out / "traversal.png", traversal)
     print(f"plot: figures written to {args.out}")
 
 
-def _save_figure(path: Path, figure) -> None:
-    atomic.write_figure(path, figure)
-    plt.close(figure)
-
-
 if __name__ == "__main__":
-    cli.run(main, "plot")
+    workspace.run_stage(main, "plot")

@@ -1,5 +1,5 @@
-import torch
 import pytest
+import torch
 
 from betavae import atomic, checkpoint
 from betavae.model import ARCHITECTURE, ConvVAE, ModelConfig

@@ -1,140 +1,158 @@
-import hashlib
+"""The training loop and its resume contract (betavae/resume.py), through betavae.train.train."""
+
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 import betavae.train as training
-from betavae import checkpoint, runtime
-from betavae.params import parse_params
-from tests.conftest import TINY_PARAMS
+from betavae import checkpoint, resume, runtime
+from betavae.params import TRAINING_PARAMS, parse_params
 
 
 def _outputs(root):
-    return training.Outputs(root / "model.pt", root / "checkpoint.pt", root / "live", root / "live" / "snapshots")
+    return training.Outputs(root / "model.pt", root / "checkpoint.pt", root / "live")
 
 
-def _params(**overrides):
-    return parse_params({**TINY_PARAMS, **overrides})
+class Epochs:
+    """A between_epochs callback that counts the epochs a run trains, and can stop it after one."""
+
+    def __init__(self, stop_after: int | None = None):
+        self.trained, self.stop_after = 0, stop_after
+
+    def __call__(self):
+        self.trained += 1
+        if self.trained == self.stop_after:
+            raise KeyboardInterrupt
 
 
-def test_training_writes_every_output(tmp_path, mnist_dir):
-    params = _params(epochs=3, snapshot_every=2)
-    progress = training.train(params, mnist_dir, _outputs(tmp_path), log=lambda _: None)
-    assert [r["epoch"] for r in progress.history] == [1, 2, 3]
-    model, record = checkpoint.load_model(tmp_path / "model.pt", torch.device("cpu"))
-    assert record["epoch"] == progress.best_epoch
-    assert record["val_loss"] == min(r["val/loss"] for r in progress.history)
-    assert record["params"] == params.to_dict()
+def _train(params, mnist_dir, root, epochs=None, **kwargs):
+    return training.train(params, mnist_dir, _outputs(root), log=kwargs.pop("log", lambda _: None),
+                          between_epochs=epochs or Epochs(), **kwargs)
+
+
+def _interrupted(params, mnist_dir, root, after: int):
+    with pytest.raises(KeyboardInterrupt):
+        _train(params, mnist_dir, root, Epochs(stop_after=after))
+    return torch.load(root / "checkpoint.pt", weights_only=True)
+
+
+def test_training_writes_every_output_and_then_drops_its_state(tmp_path, mnist_dir, tiny_parsed):
+    params = tiny_parsed(epochs=3, snapshot_every=2)
+    results = _train(params, mnist_dir, tmp_path)
+    assert [r["epoch"] for r in results.history] == [1, 2, 3]
+    _, record = checkpoint.load_model(tmp_path / "model.pt", torch.device("cpu"))
+    assert record["epoch"] == results.best.epoch
+    assert record["val_loss"] == min(r["val/loss"] for r in results.history)
+    assert record["params"] == params.select(TRAINING_PARAMS) and "eval" not in record["params"]
+    assert len(record["latent_kl"]) == params.z_dim
+    assert sum(record["latent_kl"]) == pytest.approx(results.history[record["epoch"] - 1]["val/kl"])
     summary = json.loads((tmp_path / "live" / "metrics.json").read_text())
     for key in ("loss", "recon", "kl"):
         assert math.isfinite(summary["train"][key]) and math.isfinite(summary["val"][key])
     assert {"lr", "kl_weight", "epoch_seconds", "best_epoch", "step"} <= set(summary)
     assert summary["kl_weight"] == pytest.approx(params.beta)
-    assert sorted(p.name for p in (tmp_path / "live" / "snapshots").iterdir()) == [
-        "recon_epoch_002.png", "recon_epoch_003.png", "samples_epoch_002.png", "samples_epoch_003.png"]
+    images = tmp_path / "live" / "plots" / "images"
+    assert sorted(p.relative_to(images).as_posix() for p in images.rglob("*.png")) == [
+        "reconstructions/2.png", "reconstructions/3.png", "samples/2.png", "samples/3.png"]
     lr_log = (tmp_path / "live" / "plots" / "metrics" / "lr.tsv").read_text().splitlines()
     assert lr_log[0] == "step\tlr" and len(lr_log) == 4
+    assert not (tmp_path / "checkpoint.pt").exists()
 
 
-def test_loss_is_the_beta_weighted_sum_in_the_history(tmp_path, mnist_dir):
-    progress = training.train(_params(beta=2.0), mnist_dir, _outputs(tmp_path), log=lambda _: None)
-    for record in progress.history:
+def test_loss_is_the_beta_weighted_sum_in_the_history(tmp_path, mnist_dir, tiny_parsed):
+    results = _train(tiny_parsed(beta=2.0), mnist_dir, tmp_path)
+    for record in results.history:
         for split in ("train", "val"):
             assert record[f"{split}/loss"] == pytest.approx(record[f"{split}/recon"] + 2.0 * record[f"{split}/kl"])
 
 
-def test_interrupted_then_resumed_run_gives_the_same_bytes(tmp_path, mnist_dir, monkeypatch):
-    params = _params(epochs=3)
-    straight = tmp_path / "straight"
-    training.train(params, mnist_dir, _outputs(straight), log=lambda _: None)
-
-    resumed = tmp_path / "resumed"
-    finish = training._finish_epoch
-
-    def interrupt_after_epoch_2(session, progress, record, outputs, live):
-        finish(session, progress, record, outputs, live)
-        if record["epoch"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(training, "_finish_epoch", interrupt_after_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        training.train(params, mnist_dir, _outputs(resumed), log=lambda _: None)
-    assert not (resumed / "model.pt").exists()
-    monkeypatch.setattr(training, "_finish_epoch", finish)
-    lines = []
-    training.train(params, mnist_dir, _outputs(resumed), log=lines.append)
+def test_interrupted_then_resumed_run_gives_the_same_bytes(tmp_path, mnist_dir, tiny_parsed):
+    params = tiny_parsed(epochs=3)
+    _train(params, mnist_dir, tmp_path / "straight")
+    root = tmp_path / "resumed"
+    state = _interrupted(params, mnist_dir, root, after=2)
+    assert state["epoch"] == 2 and not (root / "model.pt").exists()
+    lines, epochs = [], Epochs()
+    _train(params, mnist_dir, root, epochs, log=lines.append)
     assert any("resuming" in line and "after epoch 2 of 3" in line for line in lines)
-    assert (resumed / "model.pt").read_bytes() == (straight / "model.pt").read_bytes()
-    for tsv in ("train/loss.tsv", "val/kl.tsv", "lr.tsv"):
-        path = f"live/plots/metrics/{tsv}"
-        assert (resumed / path).read_text() == (straight / path).read_text()
+    assert epochs.trained == 1
+    assert (root / "model.pt").read_bytes() == (tmp_path / "straight" / "model.pt").read_bytes()
+    for logged in ("plots/metrics/train/loss.tsv", "plots/metrics/val/kl.tsv", "plots/metrics/lr.tsv",
+                   "plots/images/samples/1.png", "plots/images/reconstructions/3.png"):
+        assert (root / "live" / logged).read_bytes() == (tmp_path / "straight" / "live" / logged).read_bytes()
 
 
-def test_checkpoint_from_other_params_is_not_resumed(tmp_path, mnist_dir):
-    outputs = _outputs(tmp_path)
-    training.train(_params(), mnist_dir, outputs, log=lambda _: None)
+def test_a_finished_run_leaves_nothing_to_resume_so_a_rerun_trains_again(tmp_path, mnist_dir, tiny_parsed):
+    _train(tiny_parsed(), mnist_dir, tmp_path)
+    first = (tmp_path / "model.pt").read_bytes()
+    lines, epochs = [], Epochs()
+    _train(tiny_parsed(), mnist_dir, tmp_path, epochs, log=lines.append)
+    assert epochs.trained == 2 and not any("resuming" in line for line in lines)
+    assert (tmp_path / "model.pt").read_bytes() == first  # and training is deterministic
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda state: state["params"].update(beta=1.0), "starting fresh: checkpoint was written with different params (beta)"),
+    (lambda state: state["code"].update({"betavae/augment.py": "0" * 64}),
+     "starting fresh: checkpoint was written by other code (betavae/augment.py changed)"),
+    (lambda state: state.update(world_size=2), "starting fresh: checkpoint was written by 2 processes, this run has 1"),
+    (lambda state: state.update(architecture="conv-beta-vae/0"), "written for model 'conv-beta-vae/0'"),
+])
+def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path, mnist_dir, tiny_parsed, edit, message):
+    params = tiny_parsed(epochs=3)
+    state = _interrupted(params, mnist_dir, tmp_path, after=1)
+    edit(state)
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(resume.ResumeRefused, match="cannot resume"):
+        _train(params, mnist_dir, tmp_path, resume_mode="require")
+    lines, epochs = [], Epochs()
+    _train(params, mnist_dir, tmp_path, epochs, log=lines.append)
+    assert any(message in line for line in lines), lines
+    assert epochs.trained == 3  # trained from the start; a resumed run would train 2
+
+
+@pytest.mark.parametrize("damage", [
+    lambda state: state["rng"].update(generator=torch.zeros(3, dtype=torch.uint8)),  # the last piece applied
+    lambda state: state["optimizer"]["state"].clear() or state["optimizer"]["param_groups"].pop(),
+    lambda state: state["best"].update(weights={"nonsense": torch.zeros(1)}),
+    lambda state: state.update(history=state["history"][:-1]),
+])
+def test_a_refused_resume_gives_the_same_bytes_as_no_checkpoint(tmp_path, mnist_dir, tiny_parsed, damage):
+    params = tiny_parsed(epochs=3)
+    _train(params, mnist_dir, tmp_path / "fresh")
+    root = tmp_path / "damaged"
+    state = _interrupted(params, mnist_dir, root, after=2)
+    damage(state)
+    torch.save(state, root / "checkpoint.pt")
     lines = []
-    training.train(_params(beta=1.0), mnist_dir, outputs, log=lines.append)
-    assert any("starting fresh" in line and "different params (beta)" in line for line in lines)
-    with pytest.raises(training.ResumeRefused, match="different params"):
-        training.train(_params(beta=2.0), mnist_dir, outputs, resume="require", log=lambda _: None)
+    _train(params, mnist_dir, root, log=lines.append)
+    assert any("not resuming, starting fresh" in line for line in lines), lines
+    assert (root / "model.pt").read_bytes() == (tmp_path / "fresh" / "model.pt").read_bytes()
 
 
-def test_checkpoint_from_other_code_is_not_resumed(tmp_path, mnist_dir, monkeypatch):
-    # DVC reruns train after a code change but keeps the persistent checkpoint of the finished run
-    outputs = _outputs(tmp_path)
-    training.train(_params(epochs=2), mnist_dir, outputs, log=lambda _: None)
-    assert "betavae/augment.py" in torch.load(outputs.checkpoint, weights_only=True)["code"]
-    edited = {**training.code_fingerprint(), "betavae/augment.py": "0" * 64}
-    monkeypatch.setattr(training, "code_fingerprint", lambda: edited)
-    trained_epochs, train_epoch = [], training._train_epoch
-    monkeypatch.setattr(training, "_train_epoch",
-                        lambda session, epoch, bar: trained_epochs.append(epoch) or train_epoch(session, epoch, bar))
+def test_a_corrupt_checkpoint_is_not_resumed(tmp_path, mnist_dir, tiny_parsed):
+    (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
     lines = []
-    training.train(_params(epochs=2), mnist_dir, outputs, log=lines.append)
-    assert any("starting fresh: checkpoint was written by other code (betavae/augment.py changed)" in line
-               for line in lines)
-    assert trained_epochs == [1, 2]  # trained again; a resumed finished run would train none
-    monkeypatch.setattr(training, "code_fingerprint", lambda: {**edited, "betavae/loss.py": "1" * 64})
-    with pytest.raises(training.ResumeRefused, match="other code"):
-        training.train(_params(epochs=2), mnist_dir, outputs, resume="require", log=lambda _: None)
-
-
-def test_code_fingerprint_hashes_the_loaded_package_modules():
-    fingerprint = training.code_fingerprint()
-    source = Path(training.__file__).read_bytes()
-    assert fingerprint["betavae/train.py"] == hashlib.sha256(source).hexdigest()
-    assert all(name.startswith("betavae/") and name.endswith(".py") for name in fingerprint)
-
-
-def test_corrupt_checkpoint_is_not_resumed(tmp_path, mnist_dir):
-    outputs = _outputs(tmp_path)
-    outputs.checkpoint.write_bytes(b"garbage")
-    lines = []
-    training.train(_params(), mnist_dir, outputs, log=lines.append)
+    _train(tiny_parsed(), mnist_dir, tmp_path, log=lines.append)
     assert any("starting fresh" in line and "unreadable" in line for line in lines)
 
 
-def test_non_finite_loss_stops_naming_epoch_and_batch_and_keeps_last_checkpoint(tmp_path, mnist_dir, monkeypatch):
-    calls = {"n": 0}
-    real_loss = training.beta_vae_loss
+def test_non_finite_loss_stops_naming_epoch_and_batch_and_keeps_the_last_checkpoint(
+        tmp_path, mnist_dir, tiny_parsed, monkeypatch):
     steps_per_epoch = (400 - 64) // 32
+    calls, real_loss = {"n": 0}, training.beta_vae_loss
 
     def poisoned(*args, **kwargs):
         calls["n"] += 1
         terms = real_loss(*args, **kwargs)
-        if calls["n"] == steps_per_epoch + 3:  # epoch 2, batch 3
-            return terms._replace(loss=terms.loss * float("nan"))
-        return terms
+        return terms._replace(loss=terms.loss * float("nan")) if calls["n"] == steps_per_epoch + 3 else terms
 
-    monkeypatch.setattr(training, "beta_vae_loss", poisoned)
-    outputs = _outputs(tmp_path)
+    monkeypatch.setattr(training, "beta_vae_loss", poisoned)  # epoch 2, batch 3
     with pytest.raises(training.TrainingDiverged, match=f"epoch 2, batch 3 of {steps_per_epoch}"):
-        training.train(_params(epochs=3), mnist_dir, outputs, log=lambda _: None)
-    state = checkpoint.read(outputs.checkpoint, checkpoint.TRAIN_STATE_FORMAT)
+        _train(tiny_parsed(epochs=3), mnist_dir, tmp_path)
+    state = checkpoint.read(tmp_path / "checkpoint.pt", resume.FORMAT)
     assert state["epoch"] == 1
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
 
@@ -146,12 +164,7 @@ def test_cuda_requested_without_cuda_is_a_clear_error():
         runtime.resolve(parse_params({"device": "cuda"}))
 
 
-def test_checkpoint_of_another_model_version_is_not_resumed(tmp_path, mnist_dir):
-    outputs = _outputs(tmp_path)
-    training.train(_params(), mnist_dir, outputs, log=lambda _: None)
-    state = torch.load(outputs.checkpoint, weights_only=True)
-    state["architecture"] = "conv-beta-vae/0"
-    torch.save(state, outputs.checkpoint)
-    lines = []
-    training.train(_params(), mnist_dir, outputs, log=lines.append)
-    assert any("starting fresh" in line and "written for model 'conv-beta-vae/0'" in line for line in lines)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_each_precision_trains_to_finite_losses_on_the_cpu(tmp_path, mnist_dir, tiny_parsed, precision):
+    results = _train(tiny_parsed(epochs=1, precision=precision), mnist_dir, tmp_path)
+    assert math.isfinite(results.history[0]["train/loss"]) and math.isfinite(results.best.val_loss)

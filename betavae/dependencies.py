@@ -1,0 +1,69 @@
+"""Which package modules a stage's code runs, found once, from the imports.
+
+dvc.yaml lists exactly these as each stage's code dependencies (tests/test_dvc_yaml.py checks it),
+and a training checkpoint records a hash of each module training runs, so an interrupted run is
+resumed only by the same code (betavae/resume.py). Both ask `closure`, so the two never disagree.
+
+The modules in INERT are imported by every stage but cannot change what a stage writes (the reason
+for each is beside it); they are left out, so that rewording a message neither reruns an hour of
+training nor discards an interrupted run's checkpoint.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+from pathlib import Path
+
+PACKAGE = "betavae"
+ROOT = Path(__file__).resolve().parents[1]  # the directory that holds the package (and, in a clone, stages/)
+INERT = {
+    "betavae/errors.py": "how failures are reported, not what is computed",
+    "betavae/atomic.py": "how bytes reach the disk, not which bytes",
+    "betavae/params.py": "validation; dvc.yaml tracks each param's value key by key, and the "
+                         "committed params.yaml sets every key, so no default is ever used",
+    "betavae/workspace.py": "decides whether a stage may start, not what it writes",
+    "betavae/dependencies.py": "decides which modules a checkpoint is compared on, not what is computed",
+}
+
+
+def closure(script: str, root: Path = ROOT) -> set[str]:
+    """`script` and every package module it imports at run time, directly or not, minus INERT;
+    paths relative to root, e.g. {"stages/train.py", "betavae/train.py", ...}."""
+    seen, todo = {script}, [script]
+    while todo:
+        for module in _package_imports(root / todo.pop()) - seen:
+            seen.add(module)
+            if module not in INERT:
+                todo.append(module)
+    return seen - set(INERT)
+
+
+@functools.cache
+def code_fingerprint(module: str = "betavae/train.py") -> dict[str, str]:
+    """{"betavae/train.py": sha256 of its source, ...} over closure(module): taken once per process,
+    at the start of a run, so edits made while it trains are not mistaken for the run's own code."""
+    return {name: hashlib.sha256((ROOT / name).read_bytes()).hexdigest() for name in sorted(closure(module))}
+
+
+def _package_imports(path: Path) -> set[str]:
+    """Package modules a file imports at run time (`if TYPE_CHECKING:` imports are annotations only)."""
+    found = set()
+    for node in _runtime_nodes(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == PACKAGE:
+            if node.module == PACKAGE:
+                found |= {f"{PACKAGE}/{alias.name}.py" for alias in node.names}
+            else:
+                found.add(node.module.replace(".", "/") + ".py")
+        elif isinstance(node, ast.Import):
+            found |= {a.name.replace(".", "/") + ".py" for a in node.names if a.name.startswith(PACKAGE + ".")}
+    return found
+
+
+def _runtime_nodes(tree: ast.AST):
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        yield node
+        yield from _runtime_nodes(node)

@@ -1,0 +1,177 @@
+"""Resuming an interrupted training run: what is saved, and when it is used.
+
+What is saved. After every epoch, process 0 writes the training state to the checkpoint path
+(`--checkpoint`, models/checkpoint.pt in dvc.yaml), atomically: the model and optimiser, the shared
+generator (shuffling and augmentation) and every process's own RNG (dropout, reparameterisation
+noise; CUDA's too), the epochs done, the metric history, the best epoch so far (its weights,
+validation loss and per-dimension KL), the snapshot mosaics, and what produced it: the training
+params (params.TRAINING_PARAMS), a SHA-256 of each module training runs (dependencies.closure),
+the model architecture and the number of processes.
+
+When it is resumed. With resume mode "auto" (the default), a run continues after the last complete
+epoch of a checkpoint written by the same training params, code, architecture and number of
+processes. The whole state is checked by loading it into scratch copies before any of it is
+applied, so a resumed run trains exactly the epochs that are missing and ends with the same bytes
+as an uninterrupted run.
+
+When it is refused or ignored. A checkpoint that differs in any of those, is damaged, or holds a
+state that does not load is refused: "auto" says why and starts fresh, exactly as if there were no
+checkpoint; "require" stops with the reason (ResumeRefused); "never" ignores the file.
+
+What a resumed run rewrites. The DVCLive metrics and snapshot images of the epochs it skips, from
+the state: DVC may have removed them, and DVCLive clears its directory when it starts.
+
+When it is deleted. A run that finishes deletes its checkpoint. The state exists only while a run
+is unfinished, so it is never an output that DVC or git carries, and `dvc repro --force` after a
+finished run trains from scratch.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from betavae import atomic, checkpoint, distributed
+from betavae.dependencies import code_fingerprint
+from betavae.errors import BetaVAEError, one_line
+from betavae.model import ARCHITECTURE
+from betavae.params import TRAINING_PARAMS, differing_keys
+
+if TYPE_CHECKING:
+    from betavae.train import Trainer
+
+FORMAT = "betavae-train-state/3"  # 3: per-process RNGs, the process count, the latent KL of the best epoch
+MODES = ("auto", "never", "require")
+
+
+class ResumeRefused(BetaVAEError, RuntimeError):
+    """resume mode "require", but there is no checkpoint this run may continue from."""
+
+
+@dataclasses.dataclass
+class Best:
+    epoch: int = 0
+    val_loss: float = math.inf
+    weights: dict | None = None  # the model's state dict at that epoch, on the CPU
+    latent_kl: list[float] = dataclasses.field(default_factory=list)  # validation KL per latent dimension
+
+
+@dataclasses.dataclass
+class Results:
+    """What a run has produced so far: saved in the state after every epoch, returned at the end."""
+
+    epochs_done: int = 0
+    history: list[dict] = dataclasses.field(default_factory=list)  # one record of metrics per epoch
+    best: Best = dataclasses.field(default_factory=Best)
+    snapshots: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # DVCLive image name -> uint8 mosaic
+
+
+def rng_states(trainer: Trainer) -> list[dict]:
+    """Every process's own RNG states, gathered in every process (a collective under torchrun)."""
+    device = trainer.compute.device
+    own = {"torch": torch.get_rng_state(),
+           "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+    return distributed.gather(own, trainer.world)
+
+
+def save(path: Path, trainer: Trainer, results: Results, rng: list[dict]) -> None:
+    best = results.best
+    atomic.write_torch(path, {
+        "format": FORMAT,
+        "architecture": ARCHITECTURE,
+        "params": trainer.params.select(TRAINING_PARAMS),
+        "code": code_fingerprint(),
+        "world_size": trainer.world.size,
+        "epoch": results.epochs_done,
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "rng": {"generator": trainer.generator.get_state(), "processes": rng},
+        "best": {"epoch": best.epoch, "val_loss": best.val_loss, "weights": best.weights,
+                 "latent_kl": best.latent_kl},
+        "history": results.history,
+        "snapshots": results.snapshots,
+    })
+
+
+def restore(trainer: Trainer, path: Path, mode: str, log: Callable[[str], None]) -> Results:
+    """The results to continue from: the checkpoint's, applied to trainer, or fresh ones."""
+    if mode not in MODES:
+        raise ValueError(f"resume mode must be one of {MODES}, got {mode!r}")
+    if mode == "never" or (mode == "auto" and not path.exists()):
+        return Results()
+    try:
+        state = checkpoint.read(path, FORMAT)
+        _check_same_run(state, trainer)
+        results = _check_state(state, trainer)
+    except (BetaVAEError, KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
+        if mode == "require":
+            raise ResumeRefused(f"cannot resume: {one_line(error)}") from None
+        log(f"not resuming, starting fresh: {one_line(error)}")
+        return Results()
+    _apply(state, trainer)
+    log(f"resuming from {path} after epoch {results.epochs_done} of {trainer.params.epochs}")
+    return results
+
+
+def discard(path: Path) -> None:
+    atomic.remove(path)
+
+
+def _check_same_run(state: dict, trainer: Trainer) -> None:
+    changed = differing_keys(state["params"], trainer.params.select(TRAINING_PARAMS))
+    if changed:
+        raise checkpoint.CheckpointError(f"checkpoint was written with different params ({', '.join(changed)})")
+    # DVC reruns the stage when its code changes; finishing the old code's run would pass off its
+    # model as the new code's.
+    saved, current = state["code"], code_fingerprint()
+    changed = sorted(name for name in saved.keys() | current.keys() if saved.get(name) != current.get(name))
+    if changed:
+        raise checkpoint.CheckpointError(f"checkpoint was written by other code ({', '.join(changed)} changed)")
+    if state["world_size"] != trainer.world.size:
+        raise checkpoint.CheckpointError(f"checkpoint was written by {state['world_size']} processes, "
+                                         f"this run has {trainer.world.size}")
+
+
+def _check_state(state: dict, trainer: Trainer) -> Results:
+    """Load every piece of the state into scratch copies: whatever is wrong with it fails here,
+    before anything of the run is touched."""
+    scratch = copy.deepcopy(trainer.model)
+    scratch.load_state_dict(state["model"])
+    optimizer = type(trainer.optimizer)(scratch.parameters())  # hyperparameters come from the state
+    optimizer.load_state_dict(state["optimizer"])
+    torch.Generator(trainer.generator.device).set_state(state["rng"]["generator"])
+    own = state["rng"]["processes"][trainer.world.rank]
+    torch.Generator().set_state(own["torch"])
+    if trainer.compute.device.type == "cuda":
+        torch.Generator(trainer.compute.device).set_state(own["cuda"])
+    best = state["best"]
+    if best["weights"] is not None:
+        copy.deepcopy(trainer.model).load_state_dict(best["weights"])
+    epochs_done = int(state["epoch"])
+    history = [dict(record) for record in state["history"]]
+    epochs_in_history = [record["epoch"] for record in history]
+    if not 0 <= epochs_done <= trainer.params.epochs or epochs_in_history != list(range(1, epochs_done + 1)):
+        raise ValueError(f"checkpoint holds {epochs_done} epochs but history for epochs {epochs_in_history}")
+    snapshots = {str(name): pixels for name, pixels in state["snapshots"].items()}
+    if not all(torch.is_tensor(p) and p.dtype == torch.uint8 and p.ndim == 2 for p in snapshots.values()):
+        raise ValueError("checkpoint's snapshots are not uint8 images")
+    return Results(epochs_done=epochs_done, history=history,
+                   best=Best(int(best["epoch"]), float(best["val_loss"]), best["weights"],
+                             [float(value) for value in best["latent_kl"]]),
+                   snapshots=snapshots)
+
+
+def _apply(state: dict, trainer: Trainer) -> None:
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.generator.set_state(state["rng"]["generator"])
+    own = state["rng"]["processes"][trainer.world.rank]
+    torch.set_rng_state(own["torch"])
+    if trainer.compute.device.type == "cuda":
+        torch.cuda.set_rng_state(own["cuda"], trainer.compute.device)

@@ -1,18 +1,22 @@
-"""Training throughput: the project's loop against the conventional one and against the arithmetic floor.
+"""Training throughput: the project's loop against the conventional one, the arithmetic floor and
+the machine's own ceiling.
 
     python benchmarks/train_speed.py            # a few minutes
-    python benchmarks/train_speed.py --quick    # under a minute
+    python benchmarks/train_speed.py --quick    # about a minute
 
-In one process, same model, batch size, optimiser, loss and augmentation settings:
+In one process, with the same model, batch size, optimiser, loss and augmentation settings:
   project       the train stage's own step (betavae.train.train_step) on device-resident uint8 data
-  conventional  a torch Dataset augmenting one image at a time, a shuffling DataLoader with
-                num_workers = CPU count, default memory format, default (non-deterministic) settings
-  floor         forward + backward + optimiser step on one batch already in memory
-plus the evaluate stage's importance-weighted NLL throughput at the default eval.iw_samples.
-Trials of the three loops are interleaved and medians reported, since a shared VM's speed drifts.
-The stages keep freed memory in the process (betavae.runtime.retain_freed_memory); the setting is
-process-wide, so all three loops run with it here (which flatters the conventional loop), and
---default-allocator measures them all without it.
+  conventional  how the spec's kind of script is written: a Dataset that augments one image at a time
+                with torchvision.transforms.v2.RandomAffine, a shuffling DataLoader with num_workers =
+                CPU count, default memory format and (non-deterministic) settings
+  floor         forward + backward + optimiser step on one batch already in memory (FLOPs counted)
+  bf16 floor    the same in bf16 autocast, where the CPU has bf16 instructions (or on CUDA)
+  ceiling       a plain 2048 x 2048 fp32 matrix product: what this machine's cores can do at best
+plus the evaluate stage's importance-weighted NLL throughput at the default eval.iw_samples, and the
+page faults of one training step with and without the stages' allocator setting
+(betavae.runtime.retain_freed_memory), each in a fresh process.
+Trials of the loops are interleaved and medians reported, since a shared VM's speed drifts; compare
+only ratios from one run. The allocator setting is process-wide, so all loops run with it here.
 Writes reports/bench/train_speed.json (or --out).
 """
 
@@ -22,6 +26,7 @@ import argparse
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,49 +36,49 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
+from torchvision.transforms import InterpolationMode, v2
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from betavae import atomic, evaluate, idx, runtime, schedules
+from betavae import atomic, distributed, evaluate, idx, runtime, schedules
 from betavae import train as training
 from betavae.augment import random_affine
 from betavae.data import load_test, shuffled_batches, to_float
 from betavae.loss import beta_vae_loss
 from betavae.model import ConvVAE, ModelConfig
-from betavae.params import load_params
+from betavae.params import Params, load_params
 
 REPO = Path(__file__).resolve().parents[1]
+MATMUL_SIDE = 2048
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer, shorter trials (under a minute)")
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter trials (about a minute)")
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--data", type=Path, default=REPO / "data" / "mnist",
                         help="MNIST IDX directory; synthetic images of the same size if absent")
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "bench" / "train_speed.json")
-    parser.add_argument("--default-allocator", action="store_true",
-                        help="keep glibc malloc's defaults instead of the stages' setting")
     args = parser.parse_args()
-    retained = False if args.default_allocator else runtime.retain_freed_memory()
+    faults = {mode: _step_page_faults(mode) for mode in ("default", "retain")}
+    retained = runtime.retain_freed_memory()
     trials, steps = (3, 8) if args.quick else (5, 30)
-
     params = load_params(args.params)
     with tempfile.TemporaryDirectory() as scratch:
-        data_dir = args.data if (args.data / "train-images-idx3-ubyte").exists() else _synthetic_mnist(Path(scratch))
-        session = training.start_session(params, data_dir)
-        conventional = Conventional(session, params)
-        floor = Floor(session, params)
-        project = Project(session)
-        samples = {"project": [], "conventional": [], "floor": []}
+        real = (args.data / idx.TRAIN_IMAGES).exists()
+        data_dir = args.data if real else _synthetic_mnist(Path(scratch))
+        trainer = training.start(params, data_dir, distributed.World())
+        loops = {"project": Project(trainer), "conventional": Conventional(trainer), "floor": Floor(trainer, None),
+                 "ceiling": Ceiling()}
+        if _has_bf16(trainer.compute.device):
+            loops["floor_bf16"] = Floor(trainer, torch.bfloat16)
+        samples = {name: [] for name in loops}
         for trial in range(trials):
-            for name, loop in (("project", project), ("conventional", conventional), ("floor", floor)):
-                samples[name].append(loop.images_per_second(steps))
+            for name, loop in loops.items():
+                samples[name].append(loop.rate(steps))
             print(f"trial {trial + 1}/{trials}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in samples.items()),
                   flush=True)
-        conventional.close()
-        nll = _nll_throughput(session, params, data_dir, images=256 if args.quick else 1024)
-    report = _report(samples, floor.gflop_per_image, nll, params, data_dir == args.data, args.quick, retained)
+        loops["conventional"].close()
+        nll = _nll_throughput(trainer, params, data_dir, images=256 if args.quick else 1024)
+    report = _report(samples, loops["floor"].gflop_per_image, nll, params, real, args.quick, retained, faults)
     atomic.write_json(args.out, report)
     _print(report)
     print(f"written to {args.out}")
@@ -82,47 +87,52 @@ def main() -> None:
 class Project:
     """The train stage's step, as the stage runs it: batches from the seeded per-epoch permutation."""
 
-    def __init__(self, session: training.Session):
-        self.session = session
-        self.batches: list[torch.Tensor] = []
+    unit = "images/s"
 
-    def images_per_second(self, steps: int) -> float:
-        session = self.session
-        session.model.train()
+    def __init__(self, trainer: training.Trainer):
+        self.trainer, self.batches = trainer, []
+
+    def rate(self, steps: int) -> float:
+        trainer = self.trainer
+        trainer.model.train()
+
         def step(i: int) -> None:
             if not self.batches:
-                self.batches = shuffled_batches(len(session.train), session.params.batch_size, session.generator)
-            training.train_step(session, self.batches.pop(), t=1.0 + i / 1000)
+                self.batches = shuffled_batches(len(trainer.train), trainer.params.batch_size, trainer.generator)
+            training.train_step(trainer, self.batches.pop(), t=1.0 + i / 1000)
+
         with _deterministic(True):
-            return _time(step, steps, session.params.batch_size, session.run.device)
+            return _images_per_second(step, steps, trainer.params.batch_size, trainer.compute.device)
 
 
 class AugmentingDataset(Dataset):
-    """The usual way: one image at a time, augmented with torch ops inside __getitem__."""
+    """The usual way: one image at a time, augmented by torchvision inside __getitem__."""
 
-    def __init__(self, images: torch.Tensor, rotation: float, translate: float, interpolation: str):
-        self.images, self.rotation, self.translate = images, rotation, translate
-        self.interpolation = interpolation
+    def __init__(self, images: torch.Tensor, params: Params):
+        self.images = images
+        mode = {"nearest": InterpolationMode.NEAREST, "bilinear": InterpolationMode.BILINEAR}
+        self.transform = v2.RandomAffine(degrees=params.augment.rotation,
+                                         translate=(params.augment.translate, params.augment.translate),
+                                         interpolation=mode[params.augment.interpolation])
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        x = self.images[index].float().div(255).view(1, 1, 28, 28)
-        return random_affine(x, self.rotation, self.translate, torch.default_generator, self.interpolation)[0]
+        return self.transform(self.images[index].float().div(255).unsqueeze(0))
 
 
 class Conventional:
-    def __init__(self, session: training.Session, params):
-        self.params, self.device = params, session.run.device
-        self.model = ConvVAE(ModelConfig(params.z_dim, params.dropout)).to(self.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=params.base_lr,
-                                           weight_decay=params.weight_decay)
-        dataset = AugmentingDataset(session.train.images.cpu(), params.augment.rotation,
-                                    params.augment.translate, params.augment.interpolation)
-        workers = os.cpu_count() or 1
-        self.loader = DataLoader(dataset, batch_size=params.batch_size, shuffle=True, drop_last=True,
-                                 num_workers=workers, persistent_workers=True,
+    unit = "images/s"
+
+    def __init__(self, trainer: training.Trainer):
+        self.params, self.device = trainer.params, trainer.compute.device
+        self.model = ConvVAE(ModelConfig(self.params.z_dim, self.params.dropout)).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.params.base_lr,
+                                           weight_decay=self.params.weight_decay)
+        dataset = AugmentingDataset(trainer.train.images.cpu(), self.params)
+        self.loader = DataLoader(dataset, batch_size=self.params.batch_size, shuffle=True, drop_last=True,
+                                 num_workers=os.cpu_count() or 1, persistent_workers=True,
                                  pin_memory=self.device.type == "cuda")
         self.iterator = iter(self.loader)
 
@@ -133,9 +143,10 @@ class Conventional:
             self.iterator = iter(self.loader)
             return next(self.iterator)
 
-    def images_per_second(self, steps: int) -> float:
+    def rate(self, steps: int) -> float:
         p, model = self.params, self.model
         model.train()
+
         def step(i: int) -> None:
             t = 1.0 + i / 1000
             for group in self.optimizer.param_groups:
@@ -147,8 +158,9 @@ class Conventional:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
             self.optimizer.step()
+
         with _deterministic(False):
-            return _time(step, steps, p.batch_size, self.device)
+            return _images_per_second(step, steps, p.batch_size, self.device)
 
     def close(self) -> None:
         del self.iterator, self.loader
@@ -157,24 +169,27 @@ class Conventional:
 class Floor:
     """The arithmetic alone: one batch, already augmented and in memory, the project's fastest settings."""
 
-    def __init__(self, session: training.Session, params):
-        self.params, self.run = params, session.run
-        self.model = ConvVAE(ModelConfig(params.z_dim, params.dropout)).to(self.run.device)
-        if self.run.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=params.base_lr,
-                                           weight_decay=params.weight_decay)
-        x = to_float(session.train.images[: params.batch_size])
-        self.x = self.run.prepare(random_affine(x, params.augment.rotation, params.augment.translate,
-                                                torch.Generator(self.run.device).manual_seed(0),
-                                                params.augment.interpolation))
+    unit = "images/s"
+
+    def __init__(self, trainer: training.Trainer, autocast_dtype: torch.dtype | None):
+        self.params, self.compute = trainer.params, trainer.compute
+        self.autocast_dtype = autocast_dtype
+        self.model = self.compute.place(ConvVAE(ModelConfig(self.params.z_dim, self.params.dropout)))
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.params.base_lr,
+                                           weight_decay=self.params.weight_decay)
+        x = to_float(trainer.train.images[: self.params.batch_size])
+        augment = self.params.augment
+        self.x = self.compute.to_layout(random_affine(x, augment.rotation, augment.translate,
+                                                      torch.Generator(self.compute.device).manual_seed(0),
+                                                      augment.interpolation))
         counter = FlopCounterMode(display=False)
         with counter:
             self._step()
-        self.gflop_per_image = counter.get_total_flops() / params.batch_size / 1e9
+        self.gflop_per_image = counter.get_total_flops() / self.params.batch_size / 1e9
 
     def _step(self) -> None:
-        with self.run.autocast():
+        with torch.autocast(self.compute.device.type, dtype=self.autocast_dtype,
+                            enabled=self.autocast_dtype is not None):
             logits, mu, logvar = self.model(self.x)
         loss = beta_vae_loss(logits, self.x, mu, logvar, self.params.beta).loss
         self.optimizer.zero_grad(set_to_none=True)
@@ -182,13 +197,30 @@ class Floor:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.params.grad_clip)
         self.optimizer.step()
 
-    def images_per_second(self, steps: int) -> float:
+    def rate(self, steps: int) -> float:
         self.model.train()
         with _deterministic(False):
-            return _time(lambda i: self._step(), steps, self.params.batch_size, self.run.device)
+            return _images_per_second(lambda i: self._step(), steps, self.params.batch_size, self.compute.device)
 
 
-def _time(step, steps: int, batch_size: int, device: torch.device) -> float:
+class Ceiling:
+    """GFLOP/s of a plain fp32 matrix product on every core: the machine's own ceiling."""
+
+    unit = "GFLOP/s"
+
+    def __init__(self):
+        generator = torch.Generator().manual_seed(0)
+        self.a, self.b = (torch.randn(MATMUL_SIDE, MATMUL_SIDE, generator=generator) for _ in range(2))
+
+    def rate(self, steps: int) -> float:
+        torch.mm(self.a, self.b)
+        started = time.perf_counter()
+        for _ in range(steps):
+            torch.mm(self.a, self.b)
+        return steps * 2 * MATMUL_SIDE**3 / (time.perf_counter() - started) / 1e9
+
+
+def _images_per_second(step, steps: int, batch_size: int, device: torch.device) -> float:
     for i in range(3):  # warm-up: allocator, oneDNN primitive caches, DataLoader workers
         step(i)
     _sync(device)
@@ -202,6 +234,17 @@ def _time(step, steps: int, batch_size: int, device: torch.device) -> float:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def _has_bf16(device: torch.device) -> bool:
+    """Whether bf16 arithmetic is native here: CUDA, or a CPU with AVX-512 BF16 or AMX."""
+    if device.type == "cuda":
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 class _deterministic:
@@ -218,51 +261,103 @@ class _deterministic:
         torch.use_deterministic_algorithms(self.saved, warn_only=True)
 
 
-def _nll_throughput(session: training.Session, params, data_dir: Path, images: int) -> dict:
-    test = load_test(data_dir, images).to(session.run.device)
-    model = session.model.eval()
-    generator = torch.Generator(session.run.device).manual_seed(0)
-    evaluate.per_image(model, load_test(data_dir, 128).to(session.run.device), params.eval.iw_samples,
-                       session.run, generator)  # warm-up
-    _sync(session.run.device)
+# Minor page faults of one forward + backward pass on a batch of 256 (median of 5 after 2 warm-up
+# steps) in a fresh interpreter, since the allocator setting is process-wide and cannot be undone.
+_FAULTS_CHILD = """
+import resource, sys, torch
+from betavae import runtime
+from betavae.model import ConvVAE, ModelConfig
+if sys.argv[1] == "retain":
+    runtime.retain_freed_memory()
+torch.manual_seed(0)
+model, x = ConvVAE(ModelConfig()), torch.rand(256, 1, 28, 28)
+def step():
+    model.zero_grad(set_to_none=False)
+    logits, mu, logvar = model(x)
+    (logits.square().mean() + mu.square().mean()).backward()
+def faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    step()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+step(); step()
+print(sorted(faults() for _ in range(5))[2])
+"""
+
+
+def _step_page_faults(mode: str) -> int | None:
+    if platform.system() != "Linux":
+        return None
+    result = subprocess.run([sys.executable, "-c", _FAULTS_CHILD, mode], capture_output=True, text=True, cwd=REPO)
+    return int(result.stdout.split()[-1]) if result.returncode == 0 else None
+
+
+def _nll_throughput(trainer: training.Trainer, params: Params, data_dir: Path, images: int) -> dict:
+    device, model = trainer.compute.device, trainer.model.eval()
+    test = load_test(data_dir, images).to(device)
+    generator = torch.Generator(device).manual_seed(0)
+    evaluate.per_image(model, load_test(data_dir, 128).to(device), params.eval.iw_samples, trainer.compute,
+                       generator)  # warm-up
+    _sync(device)
     started = time.perf_counter()
-    evaluate.per_image(model, test, params.eval.iw_samples, session.run, generator)
-    _sync(session.run.device)
+    evaluate.per_image(model, test, params.eval.iw_samples, trainer.compute, generator)
+    _sync(device)
     per_second = len(test) / (time.perf_counter() - started)
-    return {"images_per_s": per_second, "iw_samples": params.eval.iw_samples,
-            "test_set_seconds": 10_000 / per_second}
+    return {"images_per_s": per_second, "iw_samples": params.eval.iw_samples, "test_set_seconds": 10_000 / per_second}
 
 
-def _report(samples: dict, gflop_per_image: float, nll: dict, params, real_data: bool, quick: bool,
-            retained_freed_memory: bool) -> dict:
+def _report(samples: dict, gflop_per_image: float, nll: dict, params: Params, real_data: bool, quick: bool,
+            retained: bool, faults: dict) -> dict:
     median = {name: statistics.median(values) for name, values in samples.items()}
     steps_per_epoch = params.train_images // params.batch_size
     epoch_seconds = steps_per_epoch * params.batch_size / median["project"]
-    return {
+    floor_gflops = median["floor"] * gflop_per_image
+    report = {
         "project": {"images_per_s": median["project"], "trials": samples["project"],
                     "epoch_seconds": epoch_seconds, "epochs_minutes": epoch_seconds * params.epochs / 60},
         "conventional": {"images_per_s": median["conventional"], "trials": samples["conventional"],
+                         "augmentation": "torchvision.transforms.v2.RandomAffine per image",
                          "num_workers": os.cpu_count()},
         "floor": {"images_per_s": median["floor"], "trials": samples["floor"],
-                  "gflop_per_image": gflop_per_image, "gflops": median["floor"] * gflop_per_image},
-        "speedup_vs_conventional": median["project"] / median["conventional"],
-        "overhead_vs_floor": median["floor"] / median["project"],
+                  "gflop_per_image": gflop_per_image, "gflops": floor_gflops},
+        "ceiling": {"gflops": median["ceiling"], "trials": samples["ceiling"],
+                    "what": f"{MATMUL_SIDE}x{MATMUL_SIDE} fp32 matrix product"},
+        "project_vs_conventional": median["project"] / median["conventional"],
+        "floor_vs_project": median["floor"] / median["project"],
+        "floor_vs_ceiling": floor_gflops / median["ceiling"],
         "evaluate_nll": nll,
+        "page_faults_per_step": {"default_allocator": faults["default"], "retained_freed_memory": faults["retain"]},
         "settings": {"batch_size": params.batch_size, "channels_last": params.channels_last,
                      "precision": params.precision, "compile": params.compile, "quick": quick,
-                     "retain_freed_memory": retained_freed_memory,
+                     "retain_freed_memory": retained,
                      "data": "MNIST" if real_data else "synthetic images of MNIST's size"},
         "machine": _machine(),
     }
+    if "floor_bf16" in median:
+        report["floor_bf16"] = {"images_per_s": median["floor_bf16"], "trials": samples["floor_bf16"],
+                                "vs_fp32_floor": median["floor_bf16"] / median["floor"]}
+    else:
+        report["floor_bf16"] = "not measured: this CPU has no bf16 instructions (AVX-512 BF16 or AMX)"
+    return report
 
 
 def _machine() -> dict:
+    flags = _cpu_flags()
     machine = {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-               "torch_threads": torch.get_num_threads(),
-               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version()}
+               "torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+               "avx512": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags, "python": platform.python_version()}
     if torch.cuda.is_available():
         machine["gpu"] = torch.cuda.get_device_name()
     return machine
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 def _cpu_model() -> str:
@@ -278,12 +373,11 @@ def _cpu_model() -> str:
 def _synthetic_mnist(directory: Path) -> Path:
     """Random uint8 images of MNIST's size: throughput does not depend on the pixels."""
     rng = np.random.default_rng(0)
-    files = {"train-images-idx3-ubyte": rng.integers(0, 256, (60_000, 28, 28), dtype=np.uint8),
-             "train-labels-idx1-ubyte": rng.integers(0, 10, 60_000, dtype=np.uint8),
-             "t10k-images-idx3-ubyte": rng.integers(0, 256, (10_000, 28, 28), dtype=np.uint8),
-             "t10k-labels-idx1-ubyte": rng.integers(0, 10, 10_000, dtype=np.uint8)}
-    for name, array in files.items():
-        (directory / name).write_bytes(idx.encode(array))
+    shapes = {idx.TRAIN_IMAGES: (60_000, 28, 28), idx.TRAIN_LABELS: (60_000,),
+              idx.TEST_IMAGES: (10_000, 28, 28), idx.TEST_LABELS: (10_000,)}
+    for name, shape in shapes.items():
+        high = 10 if len(shape) == 1 else 256
+        (directory / name).write_bytes(idx.encode(rng.integers(0, high, shape, dtype=np.uint8)))
     return directory
 
 
@@ -292,18 +386,25 @@ def _print(report: dict) -> None:
             ("conventional (Dataset + DataLoader)", report["conventional"]["images_per_s"], ""),
             ("floor (fwd + bwd + step, one batch)", report["floor"]["images_per_s"],
              f"{report['floor']['gflops']:.1f} GFLOP/s")]
+    if isinstance(report["floor_bf16"], dict):
+        rows.append(("floor in bf16 autocast", report["floor_bf16"]["images_per_s"], ""))
     print(f"\n{'loop':40s} {'images/s':>10s}")
     for name, rate, extra in rows:
         print(f"{name:40s} {rate:10.0f}  {extra}")
-    print(f"speedup vs conventional {report['speedup_vs_conventional']:.2f}x, "
-          f"overhead vs floor {report['overhead_vs_floor']:.2f}x")
+    print(f"ceiling: {report['ceiling']['gflops']:.1f} GFLOP/s ({report['ceiling']['what']})")
+    print(f"project / conventional {report['project_vs_conventional']:.2f}x, floor / project "
+          f"{report['floor_vs_project']:.2f}x, floor / ceiling {report['floor_vs_ceiling']:.2f}")
     print(f"epoch {report['project']['epoch_seconds']:.1f} s, all epochs "
           f"{report['project']['epochs_minutes']:.1f} min (projected)")
     nll = report["evaluate_nll"]
     print(f"evaluate NLL: {nll['images_per_s']:.0f} test images/s at iw_samples={nll['iw_samples']} "
           f"({nll['test_set_seconds']:.0f} s for 10,000)")
+    faults = report["page_faults_per_step"]
+    print(f"page faults per step: {faults['default_allocator']} with glibc's defaults, "
+          f"{faults['retained_freed_memory']} with freed memory retained")
     machine = report["machine"]
-    print(f"machine: {machine['cpu']}, {machine['cpu_count']} CPUs, torch {machine['torch']}"
+    print(f"machine: {machine['cpu']}, {machine['cpu_count']} CPUs, AVX-512 {machine['avx512']}, "
+          f"AVX-512 BF16 {machine['avx512_bf16']}, torch {machine['torch']}"
           + (f", {machine['gpu']}" if "gpu" in machine else ""))
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
+from PIL import Image
 
 from betavae import grids, idx, runtime
 from betavae.checkpoint import load_model
@@ -110,12 +110,11 @@ def load(path: str | Path, device: str = "auto") -> TrainedModel:
 
 def as_batch(images) -> torch.Tensor:
     """uint8 or float images, (N, 28, 28) or (N, 1, 28, 28) -> float (N, 1, 28, 28) in [0, 1]."""
-    images = torch.as_tensor(images)
-    if images.ndim == 3:
-        images = images.unsqueeze(1)
+    given = torch.as_tensor(images)
+    images = given.unsqueeze(1) if given.ndim == 3 else given
     if images.ndim != 4 or tuple(images.shape[1:]) != (1, SIDE, SIDE) or len(images) == 0:
         raise ImageError(f"images must have shape (N, {SIDE}, {SIDE}) or (N, 1, {SIDE}, {SIDE}) with N >= 1; "
-                         f"got {tuple(images.shape)}")
+                         f"got {tuple(given.shape)}")
     if images.dtype == torch.uint8:
         return images.float() / 255
     if not images.is_floating_point():
@@ -137,16 +136,14 @@ def read_images(paths: list[str | Path]) -> torch.Tensor:
 
 def _read_png(path: Path) -> torch.Tensor:
     try:
-        data = torch.from_numpy(np.frombuffer(path.read_bytes(), dtype=np.uint8).copy())
-    except OSError as error:
-        raise ImageError(f"{path}: cannot be read ({error.strerror or type(error).__name__})") from None
-    try:
-        image = torchvision.io.decode_png(data, torchvision.io.ImageReadMode.UNCHANGED)
-    except RuntimeError:
-        raise ImageError(f"{path}: not a PNG image") from None
-    channels, height, width = image.shape
-    if channels != 1 or image.dtype != torch.uint8 or (height, width) != (SIDE, SIDE):
-        kind = {1: "grey", 2: "grey with alpha", 3: "RGB", 4: "RGBA"}.get(channels, f"{channels}-channel")
-        raise ImageError(f"{path}: a {width}x{height} {kind} {image.dtype} image; expected a {SIDE}x{SIDE} "
-                         "8-bit greyscale PNG")
-    return image[0]
+        with Image.open(path) as image:
+            image.load()
+    except OSError as error:  # missing, unreadable, or not an image Pillow knows
+        reason = error.strerror or "not a PNG image"
+        raise ImageError(f"{path}: {reason}") from None
+    if image.format != "PNG" or image.mode != "L" or image.size != (SIDE, SIDE):
+        kind = {"L": "8-bit grey", "I;16": "16-bit grey", "LA": "grey with alpha", "RGB": "RGB", "RGBA": "RGBA",
+                "P": "palette", "1": "1-bit"}.get(image.mode, image.mode)
+        raise ImageError(f"{path}: a {image.size[0]}x{image.size[1]} {kind} {image.format or 'image'}; "
+                         f"expected a {SIDE}x{SIDE} 8-bit greyscale PNG")
+    return torch.from_numpy(np.array(image, dtype=np.uint8))

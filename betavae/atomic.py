@@ -26,6 +26,8 @@ class OutputError(BetaVAEError, OSError):
 
 def write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
+    if path.parent.exists() and not path.parent.is_dir():
+        raise OutputError(f"cannot write {path}: {path.parent} is not a directory")
     try:
         _replace(path, data)
     except OSError as error:

@@ -85,7 +85,7 @@ def download(out_dir: Path, log: Callable[[str], None] = print) -> str:
         for name, data in files.items():
             atomic.write_bytes(Path(out_dir) / name, data)
         return source.name
-    raise DownloadError("no source could provide MNIST:\n  " + "\n  ".join(failures))
+    raise DownloadError("no source could provide MNIST: " + "; ".join(failures))
 
 
 def _remove_unverified(out_dir: Path, checksums: dict[str, str], log: Callable[[str], None]) -> bool:

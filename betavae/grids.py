@@ -8,10 +8,12 @@ matplotlib figure and belongs in figures.py.
 
 from __future__ import annotations
 
+import io
 from typing import TYPE_CHECKING
 
 import torch
 import torchvision
+from PIL import Image
 
 if TYPE_CHECKING:
     from betavae.model import ConvVAE
@@ -37,8 +39,11 @@ def mosaic(images: torch.Tensor, columns: int = COLUMNS) -> torch.Tensor:
 
 
 def png(pixels: torch.Tensor) -> bytes:
-    """uint8 (H, W) -> grayscale PNG bytes; the same pixels always give the same bytes."""
-    return torchvision.io.encode_png(pixels.unsqueeze(0)).numpy().tobytes()
+    """uint8 (H, W) -> greyscale PNG bytes, with no timestamp: the same pixels give the same bytes.
+    Pillow, as DVCLive uses for the snapshots (torchvision's own PNG codec is deprecated)."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.numpy(), mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 @torch.no_grad()

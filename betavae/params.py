@@ -31,7 +31,6 @@ MNIST_TEST_IMAGES = 10_000
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 INTERPOLATIONS = ("nearest", "bilinear")  # resampling of augmented images (betavae/augment.py)
-LAUNCHERS = ("python", "torchrun")  # the first word of `launcher`
 MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
 MAX_EPOCHS = 100_000
 MAX_LATENT_DIM = 65_536  # beyond this the latent layers alone outgrow any single machine's memory
@@ -121,21 +120,22 @@ PLOT_PARAMS = ("seed", "data.limit")
 
 
 def launcher_world_size(launcher: str) -> int | None:
-    """`python` -> 1; `torchrun ... --nnodes N --nproc-per-node M` -> N * M; None when torchrun
-    picks the count itself (--nproc-per-node auto/gpu/cpu, or an elastic --nnodes MIN:MAX)."""
+    """`python` -> 1; `[srun [options]] torchrun ... --nnodes N --nproc-per-node M` -> N * M; None
+    where the count is decided when the processes start (--nproc-per-node auto/gpu/cpu, an elastic
+    --nnodes MIN:MAX, or a shell variable such as $SLURM_NNODES)."""
     words = shlex.split(launcher)
     if words == ["python"]:
         return 1
-    if not words or words[0] != "torchrun":
-        raise ValueError(f"must be `python` or start with `torchrun`, got {launcher!r}")
-    options = _torchrun_options(words[1:])
+    if not words or words[0] not in ("torchrun", "srun") or "torchrun" not in words:
+        raise ValueError(f"must be `python`, or `torchrun` with its options (after `srun` on Slurm), got {launcher!r}")
+    options = _torchrun_options(words[words.index("torchrun") + 1:])
     nodes, per_node = options.get("nnodes", "1"), options.get("nproc_per_node", "1")
     if ":" in nodes:
         low, _, high = nodes.partition(":")
-        nodes = low if low == high else None
-    if nodes is None or not per_node.isdigit():
+        nodes = low if low == high else ""
+    if not (nodes.isdigit() and per_node.isdigit()):
         return None
-    if not nodes.isdigit() or int(nodes) < 1 or int(per_node) < 1:
+    if int(nodes) < 1 or int(per_node) < 1:
         raise ValueError(f"--nnodes and --nproc-per-node must be positive, got {launcher!r}")
     return int(nodes) * int(per_node)
 
@@ -189,7 +189,8 @@ _RULES: list[tuple[str, typing.Callable[[Params], bool], str | typing.Callable[[
     ("eval.iw_samples", lambda p: 1 <= p.eval.iw_samples <= MAX_IW_SAMPLES, f"must be in [1, {MAX_IW_SAMPLES}]"),
     ("device", lambda p: p.device in DEVICES, f"must be one of {', '.join(DEVICES)}"),
     ("precision", lambda p: p.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
-    ("launcher", _launcher_ok, "must be `python` or `torchrun [options]` with positive --nnodes and --nproc-per-node"),
+    ("launcher", _launcher_ok, "must be `python`, or `[srun [options]] torchrun [options]` with positive "
+                               "--nnodes and --nproc-per-node"),
     ("batch_size", lambda p: p.world_size is None or p.batch_size % p.world_size == 0,
      lambda p: f"must be divisible by the {p.world_size} processes the launcher starts"),
 ]

@@ -84,6 +84,9 @@ def start(params: Params, data_dir: Path, world: distributed.World) -> Trainer:
     if params.world_size not in (None, world.size):
         raise distributed.OutOfSync(f"launcher {params.launcher!r} means {params.world_size} processes, "
                                     f"but {world.size} are running")
+    if params.batch_size % world.size:  # validation checks this where the launcher names the count
+        raise distributed.OutOfSync(f"batch_size {params.batch_size} is not divisible by the {world.size} "
+                                    "processes running")
     compute = runtime.resolve(params, world.local_rank)
     runtime.check_memory(training_memory_bytes(ModelConfig(params.z_dim), params.batch_size // world.size),
                          f"training with z_dim {params.z_dim} and batch_size {params.batch_size}", compute.device)

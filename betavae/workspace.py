@@ -13,9 +13,9 @@ runs in the repository itself, DVC_ROOT, not in a queue's copy):
 - when a stage fails, it moves params.yaml's mtime past the index's, so git compares contents and
   shows the file modified; it records the values that differ from the baseline commit in
   .dvc/tmp/, and says how to restore the file;
-- when a stage starts and params.yaml still holds recorded values, it refuses to run: they came
-  from the failed run, not from this run's -S. Repeating the failed run's exact overrides is
-  allowed; restoring params.yaml clears the record.
+- when a stage starts and params.yaml still holds recorded values that this run's own -S does not
+  set (read from the `dvc exp run` command line), it refuses to run: they came from the failed run.
+  Restoring params.yaml, or setting those keys again with -S, clears the record.
 Outside an experiment, both do nothing.
 """
 
@@ -59,9 +59,11 @@ def refuse_leftovers() -> None:
         current = _differences(root, leftovers["baseline"])
     except (OSError, subprocess.SubprocessError, yaml.YAMLError, ValueError, KeyError, TypeError):
         return  # unreadable record or params: load_params reports a bad params.yaml
-    stale = {key: value for key, value in leftovers["values"].items() if current.get(key, _MISSING) == value}
-    if not stale or current == leftovers["values"]:  # restored, or the failed run repeated as it was
-        (root / RECORD).unlink(missing_ok=True)
+    overridden = _override_keys()
+    stale = {key: value for key, value in leftovers["values"].items()
+             if current.get(key, _MISSING) == value and (overridden is None or key not in overridden)}
+    if not stale or (overridden is None and current == leftovers["values"]):
+        (root / RECORD).unlink(missing_ok=True)  # restored, or set again by this run's own -S
         return
     values = ", ".join(f"{key}: {value!r}" for key, value in stale.items())
     raise ParamsError(f"{PARAMS_FILE} still holds {values} from a failed `dvc exp run`, not from this "
@@ -97,6 +99,29 @@ def _experiment_root() -> Path | None:
         return None
     root = Path(root).resolve()
     return root if root == Path.cwd().resolve() else None
+
+
+def _override_keys() -> set[str] | None:
+    """The keys this run's `dvc exp run -S key=value` sets, read from the command line of the
+    `dvc exp run` process above this stage (/proc, Linux); None where it cannot be read, and then
+    only an exact repeat of the failed run's values counts as intended."""
+    pid = os.getppid()
+    while pid > 1:
+        try:
+            words = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+        if "exp" in words and "run" in words[words.index("exp"):]:
+            return {_key(words[i + 1]) for i, word in enumerate(words[:-1]) if word in ("-S", "--set-param")} | \
+                   {_key(word.split("=", 1)[1]) for word in words if word.startswith("--set-param=")}
+    return None
+
+
+def _key(assignment: str) -> str:
+    """"params.yaml:augment.rotation=10" -> "augment.rotation"."""
+    key = assignment.split("=", 1)[0]
+    return key.split(":", 1)[1] if ":" in key else key
 
 
 def _differences(root: Path, baseline: str) -> dict[str, object]:

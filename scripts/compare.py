@@ -2,11 +2,14 @@
 
     python scripts/compare.py          # after a sweep such as `dvc exp run --queue -S beta=0.5,1.0,2.0`
 
-Collects the baseline and its experiments with DVC's Python API (what `dvc exp show` lists),
-keeps those with test metrics, and writes
+Collects the baseline and its experiments with DVC's Python API (what `dvc exp show` lists; after
+a sweep over several machines, `dvc exp pull origin` first), keeps those with test metrics, and
+writes
   reports/rate_distortion.csv               one row per run: name, params, test metrics
   reports/figures/rate_distortion.png       KL (rate) against reconstruction (distortion), labelled
-                                            by β, beside neg_elbo and nll against β
+                                            by β; neg_elbo and nll against β; and what β does to
+                                            the latent code: active units and the dimensions that
+                                            hold 90% of the KL
 Only neg_elbo and nll compare across β; `loss` is each run's own β-weighted objective.
 """
 
@@ -18,19 +21,14 @@ import io
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import matplotlib.ticker
+from matplotlib.figure import Figure
 
 from betavae import atomic
 
 PARAMS = ("beta", "z_dim", "epochs", "seed")
-INTEGER_PARAMS = ("z_dim", "epochs", "seed", "active_units")  # the API's table gives every number as a float
-METRICS = ("recon", "kl", "loss", "neg_elbo", "nll", "active_units")
+INTEGER_PARAMS = ("z_dim", "epochs", "seed", "active_units", "kl_dims_90")  # the API gives every number as a float
+METRICS = ("recon", "kl", "loss", "neg_elbo", "nll", "active_units", "kl_dims_90")
 UNFINISHED = ("Failed", "Queued", "Running")
 
 
@@ -68,8 +66,9 @@ def to_csv(runs: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def figure(runs: list[dict], title: str):
-    fig, (plane, bounds) = plt.subplots(1, 2, figsize=(12, 5), dpi=100)
+def figure(runs: list[dict], title: str) -> Figure:
+    fig = Figure(figsize=(17, 5), dpi=100)
+    plane, bounds, code = fig.subplots(1, 3)
     rate = [run["kl"] for run in runs]
     distortion = [run["recon"] for run in runs]
     plane.plot(rate, distortion, color="0.7", zorder=1)
@@ -84,12 +83,17 @@ def figure(runs: list[dict], title: str):
     bounds.plot(betas, [run["neg_elbo"] for run in runs], "o-", label="negative ELBO (recon + KL)")
     bounds.plot(betas, [run["nll"] for run in runs], "s-", label="NLL, importance-weighted")
     bounds.set(title="Bounds on −log p(x): comparable across β", xlabel="β", ylabel="nats per image")
-    if len(set(betas)) > 1 and min(betas) > 0:
-        bounds.set_xscale("log")
-        bounds.set_xticks(sorted(set(betas)), [f"{b:g}" for b in sorted(set(betas))])
-        bounds.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    bounds.grid(alpha=0.3)
-    bounds.legend()
+    code.plot(betas, [run["active_units"] for run in runs], "o-", label="active units (Var E[z] > 0.01)")
+    code.plot(betas, [run["kl_dims_90"] for run in runs], "s-", label="dimensions holding 90% of the KL")
+    code.set(title="What β does to the latent code", xlabel="β", ylabel=f"dimensions (of z_dim {runs[0]['z_dim']})")
+    code.set_ylim(bottom=0)
+    for axis in (bounds, code):
+        if len(set(betas)) > 1 and min(betas) > 0:
+            axis.set_xscale("log")
+            axis.set_xticks(sorted(set(betas)), [f"{b:g}" for b in sorted(set(betas))])
+            axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        axis.grid(alpha=0.3)
+        axis.legend()
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -109,12 +113,11 @@ def main() -> None:
     if not runs:
         sys.exit("compare: error: no experiment with test metrics; run `dvc exp run` first")
     atomic.write_text(args.csv, to_csv(runs))
-    fig = figure(runs, args.title)
-    atomic.write_figure(args.figure, fig)
-    plt.close(fig)
+    atomic.write_figure(args.figure, figure(runs, args.title))
     for run in runs:
         print(f"compare: {run['name']}: β={run['beta']:g} recon {run['recon']:.2f} kl {run['kl']:.2f} "
-              f"neg_elbo {run['neg_elbo']:.2f} nll {run['nll']:.2f}")
+              f"neg_elbo {run['neg_elbo']:.2f} nll {run['nll']:.2f} active {run['active_units']} "
+              f"kl_dims_90 {run['kl_dims_90']}")
     print(f"compare: {len(runs)} runs -> {args.csv}, {args.figure}")
 
 

@@ -3,10 +3,12 @@ repository on them. Every test builds what it needs from these, so each one runs
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -150,6 +152,33 @@ def run():
 def make_repo():
     """make_repo(root, **param_overrides) -> (repo, env): a tiny git copy of this repository."""
     return make_tiny_repo
+
+
+def kill_process_tree(process: subprocess.Popen) -> None:
+    """SIGKILL a process and all its descendants at once, like a power cut (torchrun starts its
+    workers in sessions of their own, so killing a process group would leave them running)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, parent = int(stat.parent.name), int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(pid)
+    doomed, todo = [], [process.pid]
+    while todo:
+        pid = todo.pop()
+        doomed.append(pid)
+        todo += children.get(pid, [])
+    for pid in doomed:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    process.communicate()
+
+
+@pytest.fixture(scope="session")
+def kill_tree():
+    """kill_tree(popen): SIGKILL the process and every descendant."""
+    return kill_process_tree
 
 
 @pytest.fixture

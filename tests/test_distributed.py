@@ -1,14 +1,12 @@
 """Data-parallel training (betavae/distributed.py): shards, gradients, failures and resume, with
 torchrun and gloo on the CPU."""
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -45,6 +43,8 @@ def test_a_batch_the_processes_cannot_share_equally_is_refused_naming_the_key():
     assert parse_params({"launcher": launcher, "batch_size": 255}).world_size == 3
     assert parse_params({"launcher": "torchrun --nnodes=2 --nproc-per-node 4", "batch_size": 256}).world_size == 8
     assert parse_params({"launcher": "torchrun --nproc-per-node gpu"}).world_size is None
+    slurm = "srun --ntasks-per-node 1 torchrun --nnodes $SLURM_NNODES --nproc-per-node 4 --rdzv-backend c10d"
+    assert parse_params({"launcher": slurm}).world_size is None
 
 
 # Run under torchrun by the test below: a twin of the model without batch norm or dropout, whose DDP
@@ -148,7 +148,8 @@ def test_a_non_finite_loss_in_one_process_stops_every_process_with_one_line(work
     assert torch.load(root / "checkpoint.pt", weights_only=True)["epoch"] == 1
 
 
-def test_two_processes_killed_then_rerun_resume_to_the_bytes_of_an_uninterrupted_run(workspace, repo_root, run):
+def test_two_processes_killed_then_rerun_resume_to_the_bytes_of_an_uninterrupted_run(workspace, repo_root, run,
+                                                                                   kill_tree):
     root, params = workspace
     straight = root / "straight"
     straight.mkdir()
@@ -161,7 +162,7 @@ def test_two_processes_killed_then_rerun_resume_to_the_bytes_of_an_uninterrupted
     deadline = time.monotonic() + 300
     while not (root / "checkpoint.pt").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    _kill_tree(process)  # torchrun and both workers, like a power cut
+    kill_tree(process)  # torchrun and both workers, like a power cut
     assert not (root / "model.pt").exists(), "training finished before it could be killed"
 
     resumed = run(_train_command(root, params), repo_root, _environment())
@@ -171,34 +172,13 @@ def test_two_processes_killed_then_rerun_resume_to_the_bytes_of_an_uninterrupted
         assert (root / "live" / logged).read_bytes() == (straight / "live" / logged).read_bytes()
 
 
-def _kill_tree(process: subprocess.Popen) -> None:
-    """SIGKILL a process and all its descendants at once (torchrun starts its workers in sessions of
-    their own, so killing its process group would leave them running)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            pid, parent = int(stat.parent.name), int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(parent, []).append(pid)
-    doomed, todo = [], [process.pid]
-    while todo:
-        pid = todo.pop()
-        doomed.append(pid)
-        todo += children.get(pid, [])
-    for pid in doomed:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    process.wait()
-
-
-def test_a_checkpoint_of_two_processes_is_not_resumed_by_one(workspace, repo_root, run, tiny):
+def test_a_checkpoint_of_two_processes_is_not_resumed_by_one(workspace, repo_root, run, tiny, kill_tree):
     root, params = workspace
     process = subprocess.Popen(_train_command(root, params), cwd=repo_root, env=_environment(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while not (root / "checkpoint.pt").exists() and process.poll() is None:
         time.sleep(0.01)
-    _kill_tree(process)
+    kill_tree(process)
     params.write_text(yaml.safe_dump(tiny(epochs=4)))  # launcher: python
     command = [sys.executable, *_train_command(root, params)[len(TORCHRUN):], "--resume", "require"]
     result = run(command, repo_root, _environment(), check=False)

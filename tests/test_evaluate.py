@@ -8,7 +8,7 @@ from betavae.data import Split
 from betavae.loss import gaussian_log_density, kl_per_image, reconstruction_per_image
 from betavae.model import ConvVAE, ModelConfig
 
-CPU = runtime.Runtime(device=torch.device("cpu"), dtype=None, channels_last=False)
+CPU = runtime.Compute(device=torch.device("cpu"), autocast_dtype=None, channels_last=False)
 
 
 def _split(count=6):
@@ -57,7 +57,7 @@ def test_active_units_counts_dimensions_whose_mean_varies():
 def test_per_digit_groups_by_label():
     results = evaluate.PerImage(recon=torch.tensor([1.0, 2.0, 3.0, 5.0]), kl=torch.tensor([1.0, 1.0, 2.0, 4.0]),
                                 log_likelihood=torch.tensor([-1.0, -2.0, -3.0, -5.0]),
-                                posterior_mean=torch.zeros(4, 2))
+                                posterior_mean=torch.zeros(4, 2), latent_kl=torch.tensor([1.0, 1.0]))
     rows = evaluate.per_digit(results, torch.tensor([0, 1, 1, 0]))
     assert rows == [{"digit": 0, "count": 2, "recon": 3.0, "kl": 2.5, "nll": 3.0},
                     {"digit": 1, "count": 2, "recon": 2.5, "kl": 1.5, "nll": 2.5}]
@@ -73,5 +73,21 @@ def test_decoding_in_chunks_gives_the_same_numbers(monkeypatch):
         return evaluate.per_image(model, _split(), 7, CPU, torch.Generator().manual_seed(3))
 
     whole, chunked = run(8192), run(12)  # 7 samples of 6 images: one call, or 2 + 2 + 2 + 1
-    for name in ("recon", "kl", "log_likelihood", "posterior_mean"):
+    for name in ("recon", "kl", "log_likelihood", "posterior_mean", "latent_kl"):
         assert torch.allclose(getattr(whole, name), getattr(chunked, name), atol=1e-5), name
+
+
+def test_the_kl_of_each_dimension_adds_up_to_the_kl_and_ranks_the_code():
+    torch.manual_seed(0)
+    model = ConvVAE(ModelConfig(latent_dim=3)).eval()
+    results = evaluate.per_image(model, _split(), 4, CPU, torch.Generator().manual_seed(0))
+    assert results.latent_kl.sum().item() == pytest.approx(results.kl.mean().item())
+    rows = evaluate.latent_rows(results)
+    assert [row["rank"] for row in rows] == [1, 2, 3]
+    assert [row["kl"] for row in rows] == sorted((row["kl"] for row in rows), reverse=True)
+    assert sum(row["kl_share"] for row in rows) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("latent_kl, count", [([5.0, 3.0, 1.0, 1.0], 3), ([9.0, 0.5, 0.5], 1), ([1.0] * 10, 9)])
+def test_kl_dims_90_counts_the_fewest_dimensions_holding_90_percent(latent_kl, count):
+    assert evaluate.dimensions_holding(torch.tensor(latent_kl), 0.9) == count

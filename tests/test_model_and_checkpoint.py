@@ -1,8 +1,11 @@
+import re
+
 import pytest
 import torch
 
-from betavae import atomic, checkpoint
-from betavae.model import ARCHITECTURE, ConvVAE, ModelConfig
+from betavae import atomic, checkpoint, resume
+from betavae import runtime
+from betavae.model import ARCHITECTURE, ConvVAE, ModelConfig, training_memory_bytes
 
 
 def test_shapes_through_encode_reparameterize_decode():
@@ -33,7 +36,7 @@ def test_reparameterize_has_the_posterior_moments():
 
 def _saved_model(tmp_path, **overrides):
     model = ConvVAE(ModelConfig(latent_dim=3))
-    record = checkpoint.model_record(model.state_dict(), model.config, {"beta": 0.8}, 4, 123.0)
+    record = checkpoint.model_record(model.state_dict(), model.config, {"beta": 0.8}, 4, 123.0, [1.0, 2.0, 3.0])
     record.update(overrides)
     atomic.write_torch(tmp_path / "model.pt", record)
     return model
@@ -74,8 +77,8 @@ def test_checkpoint_of_another_architecture_or_kind_is_refused(tmp_path):
     _saved_model(tmp_path, architecture="conv-beta-vae/0")
     with pytest.raises(checkpoint.CheckpointError, match="written for model 'conv-beta-vae/0'"):
         checkpoint.load_model(tmp_path / "model.pt", torch.device("cpu"))
-    _saved_model(tmp_path, format=checkpoint.TRAIN_STATE_FORMAT)
-    with pytest.raises(checkpoint.CheckpointError, match="expected 'betavae-model/1'"):
+    _saved_model(tmp_path, format=resume.FORMAT)
+    with pytest.raises(checkpoint.CheckpointError, match="expected 'betavae-model/2'"):
         checkpoint.load_model(tmp_path / "model.pt", torch.device("cpu"))
 
 
@@ -85,10 +88,26 @@ def test_weights_that_do_not_fit_are_refused(tmp_path):
         checkpoint.load_model(tmp_path / "model.pt", torch.device("cpu"))
 
 
-def test_pickled_code_in_a_checkpoint_is_not_executed(tmp_path):
+def test_pickled_code_in_a_checkpoint_is_refused_for_safety_naming_it(tmp_path, capsys):
     class Evil:
         def __reduce__(self):
             return (print, ("executed",))
     torch.save({"format": checkpoint.MODEL_FORMAT, "x": Evil()}, tmp_path / "model.pt")
-    with pytest.raises(checkpoint.CheckpointError, match="unreadable"):
+    with pytest.raises(checkpoint.CheckpointError) as error:
         checkpoint.load_model(tmp_path / "model.pt", torch.device("cpu"))
+    assert re.search(r"refused for safety: the file references code \((builtins\.)?print\)", str(error.value))
+    assert "weights_only" not in str(error.value) and "executed" not in capsys.readouterr().out
+
+
+def test_training_memory_is_estimated_without_allocating_and_grows_with_the_run():
+    small = training_memory_bytes(ModelConfig(latent_dim=32), 256)
+    assert 50e6 < small < 1e9
+    assert training_memory_bytes(ModelConfig(latent_dim=65_536), 256) > 20 * small  # the latent layers dominate
+    assert training_memory_bytes(ModelConfig(latent_dim=32), 2560) > 5 * small
+
+
+def test_a_run_that_cannot_fit_in_memory_is_refused_before_it_allocates():
+    with pytest.raises(runtime.DeviceError, match=r"training with z_dim 9 needs about [0-9.]+ GiB of memory, more "
+                                                  r"than the [0-9.]+ GiB free on cpu"):
+        runtime.check_memory(10**15, "training with z_dim 9", torch.device("cpu"))
+    runtime.check_memory(1, "a tiny run", torch.device("cpu"))

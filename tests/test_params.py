@@ -1,9 +1,20 @@
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from betavae.params import Params, ParamsError, load_params, parse_params
+from betavae.params import (
+    MAX_SEED,
+    TRAINING_PARAMS,
+    Params,
+    ParamsError,
+    Watch,
+    check_file,
+    load_params,
+    parse_params,
+    schedule_warnings,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,8 +31,12 @@ def test_committed_params_yaml_sets_every_key_explicitly():
     assert set(raw) == set(Params.__dataclass_fields__)
 
 
-def test_empty_file_gives_defaults():
-    assert parse_params(None) == Params()
+@pytest.mark.parametrize("text", ["", "# only a comment\n"])
+def test_an_empty_file_is_refused_rather_than_silently_using_every_default(tmp_path, text):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError, match="the file is empty"):
+        load_params(path)
 
 
 def test_params_are_frozen():
@@ -45,14 +60,14 @@ def test_int_accepted_for_float_because_dvc_exp_run_writes_beta_4_as_int():
     ({"beta": float("nan")}, "beta must be a finite number"),
     ({"augment": 3}, "augment must be a mapping"),
     ({"beta": -1}, "beta must be >= 0 (got -1.0)"),
-    ({"z_dim": 0}, "z_dim must be >= 1 (got 0)"),
-    ({"epochs": 0}, "epochs must be >= 1"),
+    ({"z_dim": 0}, "z_dim must be in [1, 65536] (got 0)"),
+    ({"epochs": 0}, "epochs must be in [1, 100000]"),
     ({"batch_size": 0}, "batch_size must be >= 1"),
     ({"batch_size": 55_001}, "batch_size must not exceed the training images"),
     ({"base_lr": 0}, "base_lr must be > 0"),
     ({"max_lr": -1e-3}, "max_lr must be > 0"),
     ({"base_lr": 1e-3, "max_lr": 1e-4}, "base_lr must be <= max_lr"),
-    ({"warmup_epochs": 121}, "warmup_epochs must be in [0, epochs]"),
+    ({"warmup_epochs": -1}, "warmup_epochs must be in [0, 100000]"),
     ({"data": {"val_size": 60_000}}, "data.val_size must be >= 1 and smaller than the training images"),
     ({"data": {"limit": 1000, "val_size": 1000}}, "data.val_size must be >= 1 and smaller"),
     ({"augment": {"rotation": 181}}, "augment.rotation must be in [0, 180]"),
@@ -62,7 +77,16 @@ def test_int_accepted_for_float_because_dvc_exp_run_writes_beta_4_as_int():
     ({"augment": {"interpolation": 1}}, "augment.interpolation must be str"),
     ({"dropout": 1.0}, "dropout must be in [0, 1)"),
     ({"device": "tpu"}, "device must be one of auto, cpu, cuda"),
-    ({"eval": {"iw_samples": 0}}, "eval.iw_samples must be >= 1"),
+    ({"eval": {"iw_samples": 0}}, "eval.iw_samples must be in [1, 100000]"),
+    ({"eval": {"iw_samples": 10**6}}, "eval.iw_samples must be in [1, 100000]"),
+    ({"seed": 2**64}, "seed must be in [0, 9223372036854775807] (a 64-bit seed)"),
+    ({"seed": -1}, "seed must be in [0,"),
+    ({"z_dim": 100_000}, "z_dim must be in [1, 65536]"),
+    ({"epochs": 10**9}, "epochs must be in [1, 100000]"),
+    ({"beta": 10**400}, "beta must be a finite number"),
+    ({"launcher": "mpirun -n 2"}, "launcher must be `python`, or `[srun [options]] torchrun [options]`"),
+    ({"launcher": "torchrun --nproc-per-node 0"}, "launcher must be"),
+    ({"launcher": "torchrun --nproc-per-node 3"}, "batch_size must be divisible by the 3 processes"),
 ])
 def test_bad_values_are_rejected_naming_the_key(raw, message):
     with pytest.raises(ParamsError) as error:
@@ -79,3 +103,45 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("beta: [1, 2\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(bad)
+
+
+def test_the_largest_seed_is_usable_by_torch():
+    params = parse_params({"seed": MAX_SEED})
+    assert torch.Generator().manual_seed(params.seed).initial_seed() == MAX_SEED
+
+
+def test_schedules_longer_than_training_run_as_given_with_one_warning_each():
+    params = parse_params({"epochs": 3})  # the defaults warm up over 10 epochs and anneal over 20
+    warnings = schedule_warnings(params)
+    assert len(warnings) == 2
+    assert warnings[0].startswith("warmup_epochs (10) is longer than training (3 epochs)")
+    assert warnings[1].startswith("kl_anneal_epochs (20) is longer than training (3 epochs)")
+    assert warnings[0].endswith("the learning rate only rises, to 0.00016 (max_lr 0.0003)")
+    assert warnings[1].endswith("the KL weight ends at 0.12, not beta (0.8)")
+    assert schedule_warnings(parse_params({})) == []
+
+
+def test_training_params_are_everything_but_evaluation_settings():
+    assert set(TRAINING_PARAMS) == set(Params.__dataclass_fields__) - {"eval"}
+    selected = parse_params({"beta": 2.0}).select(TRAINING_PARAMS)
+    assert selected["beta"] == 2.0 and selected["augment"]["rotation"] == 5.0 and "eval" not in selected
+    assert parse_params({}).select(["data.limit", "seed"]) == {"data": {"limit": 0}, "seed": 42}
+
+
+def test_check_file_validates_and_returns_the_warnings(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("epochs: 3\nwarmup_epochs: 1\nkl_anneal_epochs: 1\n")
+    assert check_file(path) == []
+    path.write_text("epochs: 3\nbta: 1\n")
+    with pytest.raises(ParamsError, match="unknown key bta"):
+        check_file(path)
+
+
+def test_a_watch_names_what_changed_under_a_running_stage(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 7\n")
+    watch = Watch(path, load_params(path))
+    watch.check()  # unchanged
+    path.write_text("seed: 8\n")
+    with pytest.raises(ParamsError, match=r"changed while this stage ran \(seed 7 -> 8\).*dvc exp run --queue"):
+        watch.check()

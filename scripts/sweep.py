@@ -1,0 +1,180 @@
+"""Run one machine's share of a parameter sweep as named DVC experiments, and check that every run
+reached the shared remote.
+
+    python scripts/sweep.py --grid beta=0.5,1,2 seed=1,2 --set epochs=10 --shard 1/3 --remote origin
+
+The grid is the cartesian product of the --grid values, in the order given; shard i/N takes every
+N-th run starting at the i-th, so N machines running shards 1/N ... N/N cover it exactly once. Each
+run is queued as `dvc exp run --queue -n <name> -S key=value ...`, its name derived from its params
+(`epochs-10_beta-0.5_seed-1`), so shards never clash; `dvc queue start -j JOBS` runs them, and DVC's
+auto-push (DVC_EXP_AUTO_PUSH) sends each finished experiment, with its artifacts, to the git
+remote and the default DVC remote.
+
+DVC skips, without an error, pushing an experiment whose name the remote already has, so at the end
+every run of the shard is looked up on the remote (`git ls-remote`): the script exits non-zero
+naming each run that failed, is missing there, or is there with other params. The launcher-specific
+part (ssh, a Slurm array, SkyPilot) only has to start this command on each machine: see the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+POLL_S = 2
+STALLED_S = 60  # queued runs with no worker for this long: start the workers again
+
+
+class SweepError(Exception):
+    pass
+
+
+def grid(axes: list[tuple[str, list[str]]]) -> list[dict[str, str]]:
+    """[("beta", ["0.5", "1"]), ("seed", ["1", "2"])] -> every combination, the last key fastest."""
+    keys = [key for key, _ in axes]
+    return [dict(zip(keys, values)) for values in itertools.product(*(values for _, values in axes))]
+
+
+def shard(runs: list[dict], index: int, count: int) -> list[dict]:
+    """Shard index/count (1-based) of the runs: runs index-1, index-1+count, ..."""
+    return runs[index - 1::count]
+
+
+def run_name(assignments: dict[str, str]) -> str:
+    """{"epochs": "10", "beta": "0.5"} -> "epochs-10_beta-0.5": a valid experiment (git ref) name."""
+    name = "_".join(f"{key}-{value}" for key, value in assignments.items())
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2", type=_axis,
+                        help="params to sweep and their values")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", type=_assignment, dest="fixed",
+                        help="params set the same in every run (part of each name)")
+    parser.add_argument("--shard", default="1/1", type=_shard, help="this machine's share, i/N (default 1/1)")
+    parser.add_argument("--remote", default="origin", help="git remote the experiments are pushed to")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once on this machine (dvc queue start -j)")
+    parser.add_argument("--dry-run", action="store_true", help="print this shard's runs and stop")
+    args = parser.parse_args()
+    runs = [{**dict(args.fixed), **run} for run in shard(grid(args.grid), *args.shard)]
+    names = [run_name(run) for run in runs]
+    for name, run in zip(names, runs):
+        print(f"sweep: {name}: " + " ".join(f"-S {key}={value}" for key, value in run.items()), flush=True)
+    if args.dry_run or not runs:
+        return
+    try:
+        _require_clean_workspace()
+        env = {**os.environ, "DVC_EXP_AUTO_PUSH": "true", "DVC_EXP_GIT_REMOTE": args.remote}
+        for name, run in zip(names, runs):
+            _dvc(["exp", "run", "--queue", "-n", name, *(f"-S{key}={value}" for key, value in run.items())], env)
+        _run_queue(args.jobs, env)
+        problems = check_on_remote(names, args.remote)
+    except SweepError as error:
+        sys.exit(f"sweep: error: {error}")
+    if problems:
+        sys.exit("sweep: error: not every run reached the remote:\n" + "\n".join(f"  {p}" for p in problems))
+    print(f"sweep: all {len(names)} runs of shard {args.shard[0]}/{args.shard[1]} are on {args.remote}")
+
+
+def check_on_remote(names: list[str], remote: str) -> list[str]:
+    """One line per run that is missing on the remote, or there with params other than ours."""
+    baseline = _git(["rev-parse", "HEAD"]).strip()
+    prefix = f"refs/exps/{baseline[:2]}/{baseline[2:]}/"
+    local = _refs(_git(["for-each-ref", "--format=%(objectname) %(refname)", prefix]))
+    pushed = _refs(_git(["ls-remote", remote, f"{prefix}*"]))
+    problems = []
+    for name in names:
+        if prefix + name not in local:
+            problems.append(f"{name}: did not finish here (`dvc queue logs {name}` says why)")
+        elif prefix + name not in pushed:
+            problems.append(f"{name}: finished here but is not on {remote} (`dvc exp push {remote} {name}`)")
+        elif pushed[prefix + name] != local[prefix + name] and not _same_params(remote, prefix + name,
+                                                                                local[prefix + name]):
+            problems.append(f"{name}: {remote} already has an experiment of this name with other params, so DVC "
+                            f"did not push this one; remove that one (`dvc exp remove -g {remote} {name}`) "
+                            "or sweep under other names")
+    return problems
+
+
+def _same_params(remote: str, ref: str, local_commit: str) -> bool:
+    """Whether the remote's experiment at ref ran with the same params.yaml as ours (another machine
+    ran the same run: the results are there, only the commit differs)."""
+    scratch = "refs/betavae-sweep/remote"
+    _git(["fetch", "--quiet", remote, f"+{ref}:{scratch}"])
+    try:
+        return _git(["rev-parse", f"{scratch}:params.yaml"]) == _git(["rev-parse", f"{local_commit}:params.yaml"])
+    finally:
+        _git(["update-ref", "-d", scratch])
+
+
+def _run_queue(jobs: int, env: dict) -> None:
+    _dvc(["queue", "start", "-j", str(jobs)], env)
+    idle_since = None
+    while True:
+        time.sleep(POLL_S)
+        status = _dvc(["queue", "status"], env)
+        queued, running = status.count(" Queued"), status.count(" Running")
+        if not queued and not running:
+            return
+        idle_since = (idle_since or time.monotonic()) if not running else None
+        if idle_since and time.monotonic() - idle_since > STALLED_S:  # a worker that died early
+            _dvc(["queue", "start", "-j", str(jobs)], env)
+            idle_since = None
+
+
+def _require_clean_workspace() -> None:
+    # Queued runs take the workspace's changes to tracked files with them; every shard must run the
+    # committed baseline.
+    changed = _git(["status", "--porcelain", "--untracked-files=no"])
+    if changed.strip():
+        raise SweepError(f"the workspace has uncommitted changes; commit or stash them first:\n{changed}")
+
+
+def _refs(listing: str) -> dict[str, str]:
+    return {ref: sha for sha, ref in (line.split() for line in listing.splitlines() if line.strip())}
+
+
+def _git(args: list[str]) -> str:
+    return _call(["git", *args], os.environ)
+
+
+def _dvc(args: list[str], env: dict) -> str:
+    return _call(["dvc", *args], env)
+
+
+def _call(command: list[str], env: dict) -> str:
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=Path.cwd())
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise SweepError(f"`{' '.join(command)}` failed: {detail[-1] if detail else result.returncode}")
+    return result.stdout
+
+
+def _axis(text: str) -> tuple[str, list[str]]:
+    key, values = _assignment(text)
+    return key, [value for value in values.split(",") if value]
+
+
+def _assignment(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _shard(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)/(\d+)", text)
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise argparse.ArgumentTypeError(f"expected i/N with 1 <= i <= N, got {text!r}")
+    return int(match[1]), int(match[2])
+
+
+if __name__ == "__main__":
+    main()

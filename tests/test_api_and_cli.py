@@ -1,0 +1,214 @@
+"""The trained-model API (betavae/api.py) and the `betavae` command (betavae/cli.py)."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from betavae import api, grids, idx
+from betavae.params import load_params
+from betavae.train import Outputs, train
+
+LATENT_DIM = 4
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory, make_mnist, tiny_parsed):
+    """A tiny model trained for one epoch."""
+    root = tmp_path_factory.mktemp("model")
+    make_mnist(root / "mnist")
+    train(tiny_parsed(epochs=1, z_dim=LATENT_DIM), root / "mnist", Outputs(root / "model.pt", root / "state.pt",
+                                                                           root / "live"), log=lambda _: None)
+    return root / "model.pt"
+
+
+@pytest.fixture(scope="module")
+def vae(model_path):
+    return api.load(model_path, device="cpu")
+
+
+@pytest.fixture
+def digits(make_mnist, tmp_path):
+    make_mnist(tmp_path / "mnist")
+    return torch.from_numpy(idx.read_images(tmp_path / "mnist" / idx.TEST_IMAGES)[:5].copy())
+
+
+@pytest.mark.parametrize("form", [
+    lambda d: d,  # uint8 (N, 28, 28)
+    lambda d: d.unsqueeze(1),  # uint8 (N, 1, 28, 28)
+    lambda d: d.float() / 255,  # float in [0, 1]
+    lambda d: d.numpy(),  # a numpy array
+])
+def test_every_accepted_image_form_encodes_to_the_same_posterior(vae, digits, form):
+    mean, logvar = vae.encode(form(digits))
+    reference, _ = vae.encode(digits)
+    assert mean.shape == logvar.shape == (5, LATENT_DIM)
+    assert torch.allclose(mean, reference, atol=1e-6)
+
+
+@pytest.mark.parametrize("images, message", [
+    (torch.zeros(2, 32, 32, dtype=torch.uint8), r"must have shape \(N, 28, 28\) or \(N, 1, 28, 28\).*got \(2, 32, 32\)"),
+    (torch.zeros(28, 28), r"got \(28, 28\)"),
+    (torch.zeros(0, 28, 28), "with N >= 1"),
+    (torch.full((1, 28, 28), 255.0), r"float images must lie in \[0, 1\]; got values from 255 to 255 \(pass uint8"),
+    (torch.zeros(1, 28, 28, dtype=torch.int64), "must be uint8 .* or float .*; got torch.int64"),
+])
+def test_images_of_the_wrong_shape_type_or_range_are_refused_saying_what_they_were(vae, images, message):
+    with pytest.raises(api.ImageError, match=message):
+        vae.encode(images)
+
+
+def test_decode_sample_and_reconstruct_give_pixel_probabilities(vae, digits):
+    pictures = vae.decode(torch.zeros(3, LATENT_DIM))
+    assert pictures.shape == (3, 1, 28, 28) and 0 <= pictures.min() and pictures.max() <= 1
+    assert torch.equal(vae.sample(6, seed=1), vae.sample(6, seed=1))
+    assert not torch.equal(vae.sample(6, seed=1), vae.sample(6, seed=2))
+    assert vae.reconstruct(digits).shape == (5, 1, 28, 28)
+    with pytest.raises(api.ImageError, match=r"latents must have shape \(N, 4\); got \(3, 5\)"):
+        vae.decode(torch.zeros(3, 5))
+
+
+def test_the_model_file_describes_its_latent_code(vae):
+    assert vae.latent_dim == LATENT_DIM and len(vae.latent_kl) == LATENT_DIM
+    order = vae.dimensions_by_kl()
+    assert sorted(order) == list(range(LATENT_DIM))
+    assert all(vae.latent_kl[a] >= vae.latent_kl[b] for a, b in zip(order, order[1:]))
+    rows = vae.traversal(dimensions=order[:2])
+    assert rows.shape == (2 * len(api.TRAVERSAL_VALUES), 1, 28, 28)
+
+
+def _betavae(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "betavae.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd)
+
+
+def _png(path, pixels) -> None:
+    """pixels (C, H, W) uint8 -> a PNG file: grey for C = 1, RGB for C = 3."""
+    array = pixels.permute(1, 2, 0).numpy()
+    Image.fromarray(array[:, :, 0] if pixels.shape[0] == 1 else array).save(path)
+
+
+@pytest.fixture
+def png_digits(tmp_path, digits):
+    paths = [tmp_path / f"digit{i}.png" for i in range(3)]
+    for path, digit in zip(paths, digits):
+        _png(path, digit.unsqueeze(0))
+    return paths
+
+
+def test_sample_writes_a_grid_of_the_requested_size(model_path, tmp_path):
+    out = tmp_path / "samples.png"
+    result = _betavae("sample", "--model", model_path, "-n", 10, "--seed", 3, "--out", out)
+    assert result.returncode == 0, result.stderr
+    with Image.open(out) as image:
+        assert image.mode == "L" and image.size == (2 * (8 * 30 + 2), 2 * (2 * 30 + 2))  # 2 rows of 8, scale 2
+
+
+def test_reconstruct_reads_png_files_and_idx_files(model_path, tmp_path, png_digits, make_mnist):
+    assert _betavae("reconstruct", "--model", model_path, "--images", *png_digits, "--out", tmp_path / "a.png").returncode == 0
+    make_mnist(tmp_path / "mnist")
+    result = _betavae("reconstruct", "--model", model_path, "--images", tmp_path / "mnist" / idx.TEST_IMAGES,
+                      "--out", tmp_path / "b.png")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "b.png").stat().st_size > (tmp_path / "a.png").stat().st_size
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".npy"])
+def test_encode_writes_the_posterior_of_each_image(model_path, tmp_path, png_digits, vae, suffix):
+    out = tmp_path / f"latents{suffix}"
+    assert _betavae("encode", "--model", model_path, "--images", *png_digits, "--out", out).returncode == 0
+    mean, logvar = vae.encode(api.read_images(png_digits))
+    if suffix == ".npy":
+        saved = np.load(out)
+        assert saved.shape == (3, 2, LATENT_DIM) and np.allclose(saved[:, 0], mean.numpy(), atol=1e-5)
+    else:
+        rows = list(csv.DictReader(out.open()))
+        assert [row["image"] for row in rows] == ["digit0.png", "digit1.png", "digit2.png"]
+        assert float(rows[1]["logvar_3"]) == pytest.approx(logvar[1, 3].item(), abs=1e-5)
+
+
+def test_traverse_draws_around_the_prior_or_an_image(model_path, tmp_path, png_digits):
+    assert _betavae("traverse", "--model", model_path, "--out", tmp_path / "t.png").returncode == 0
+    result = _betavae("traverse", "--model", model_path, "--images", *png_digits, "--index", 2,
+                      "--rows", 2, "--out", tmp_path / "u.png")
+    assert result.returncode == 0, result.stderr
+    assert "traversal written" in result.stdout and (tmp_path / "u.png").stat().st_size > 5_000
+
+
+def test_every_subcommand_has_help():
+    for command in ("sample", "reconstruct", "encode", "traverse", "check-params"):
+        result = _betavae(command, "--help")
+        assert result.returncode == 0 and "usage: betavae" in result.stdout, command
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda m, t, p: ["sample", "--model", t / "none.pt", "--out", t / "s.png"], "none.pt: no such checkpoint"),
+    (lambda m, t, p: ["sample", "--model", _damaged(m, t), "--out", t / "s.png"],
+     "damaged.pt: unreadable, truncated or not a torch checkpoint"),
+    (lambda m, t, p: ["sample", "--model", m, "--out", t / "missing" / "s.png"],
+     "directory {t}/missing does not exist"),
+    (lambda m, t, p: ["reconstruct", "--model", m, "--images", _rgb(t), "--out", t / "r.png"],
+     "rgb.png: a 28x28 RGB PNG; expected a 28x28 8-bit greyscale PNG"),
+    (lambda m, t, p: ["reconstruct", "--model", m, "--images", _big(t), "--out", t / "r.png"],
+     "big.png: a 32x30 8-bit grey PNG; expected a 28x28"),
+    (lambda m, t, p: ["encode", "--model", m, "--images", *p, "--out", t / "l.txt"], "must end in .csv or .npy"),
+    (lambda m, t, p: ["encode", "--model", m, "--images", t / "nothing", "--out", t / "l.csv"], "nothing: no such file"),
+    (lambda m, t, p: ["traverse", "--model", m, "--images", *p, "--index", 7, "--out", t / "t.png"],
+     "--index 7: the images hold 3"),
+])
+def test_bad_input_is_one_line_and_a_non_zero_exit(model_path, tmp_path, png_digits, make_args, message):
+    result = _betavae(*make_args(model_path, tmp_path, png_digits))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    line = result.stderr.strip()
+    assert "\n" not in line and line.startswith("betavae: error: ")
+    assert message.format(t=tmp_path) in line
+
+
+def _damaged(model, tmp_path):
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(model.read_bytes()[:5000])
+    return damaged
+
+
+def _rgb(tmp_path):
+    _png(tmp_path / "rgb.png", torch.zeros(3, 28, 28, dtype=torch.uint8))
+    return tmp_path / "rgb.png"
+
+
+def _big(tmp_path):
+    _png(tmp_path / "big.png", torch.zeros(1, 30, 32, dtype=torch.uint8))
+    return tmp_path / "big.png"
+
+
+def test_check_params_validates_without_running_anything(tmp_path, repo_root):
+    assert _betavae("check-params", "--params", repo_root / "params.yaml").stdout.strip().endswith("is valid")
+    bad = tmp_path / "params.yaml"
+    shutil.copy(repo_root / "params.yaml", bad)
+    bad.write_text(bad.read_text() + "bta: 1\n")
+    result = _betavae("check-params", "--params", bad)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"betavae: error: {bad}: unknown key bta (did you mean beta?)"
+
+
+def test_the_console_script_is_installed_with_the_package():
+    found = shutil.which("betavae", path=str(__import__("pathlib").Path(sys.executable).parent))
+    assert found, "betavae is not installed beside this Python (make setup)"
+    assert subprocess.run([found, "--help"], capture_output=True, text=True).returncode == 0
+
+
+def test_the_committed_model_samples_exactly_the_committed_figure(repo_root, tmp_path):
+    model = repo_root / "models" / "model.pt"
+    if not model.exists():
+        pytest.skip("no committed reference run")
+    seed = load_params(repo_root / "params.yaml").seed
+    out = tmp_path / "samples.png"
+    assert _betavae("sample", "--model", model, "-n", grids.SAMPLES, "--seed", seed, "--device", "cpu",
+                    "--out", out).returncode == 0
+    assert out.read_bytes() == (repo_root / "reports" / "figures" / "samples.png").read_bytes()

@@ -1,0 +1,86 @@
+"""A sweep split over machines (scripts/sweep.py): two clones act as two machines that share a bare
+git repository and a local-directory DVC remote."""
+
+from __future__ import annotations
+
+import csv
+import sys
+
+import pytest
+import yaml
+
+from scripts import sweep
+
+GRID = ["--grid", "beta=0.5,2", "seed=1,2"]
+
+
+def test_shards_cover_the_grid_exactly_once_with_names_from_the_params():
+    runs = sweep.grid([("beta", ["0.5", "2"]), ("seed", ["1", "2"])])
+    assert runs == [{"beta": "0.5", "seed": "1"}, {"beta": "0.5", "seed": "2"},
+                    {"beta": "2", "seed": "1"}, {"beta": "2", "seed": "2"}]
+    shards = [sweep.shard(runs, i, 3) for i in (1, 2, 3)]
+    assert sorted(map(str, sum(shards, []))) == sorted(map(str, runs))
+    assert sweep.run_name({"epochs": "10", "beta": "0.5"}) == "epochs-10_beta-0.5"
+    assert sweep.run_name({"launcher": "torchrun --nproc-per-node 2"}) == "launcher-torchrun---nproc-per-node-2"
+
+
+@pytest.fixture
+def machines(tiny_repo, tmp_path, run):
+    """origin (bare git), storage (DVC remote), and two clones of it, each with its data cached."""
+    repo, env = tiny_repo
+    origin, storage = tmp_path / "origin.git", tmp_path / "storage"
+    run(["git", "init", "-q", "--bare", "--initial-branch=main", str(origin)], tmp_path, env)
+    run(["git", "remote", "add", "origin", str(origin)], repo, env)
+    run(["git", "push", "-q", "origin", "main"], repo, env)
+    clones = []
+    for name in ("first", "second"):
+        clone = tmp_path / name
+        run(["git", "clone", "-q", str(origin), str(clone)], tmp_path, env)
+        run(["dvc", "remote", "add", "--local", "-d", "storage", str(storage)], clone, env)
+        run(["dvc", "repro", "download"], clone, env)
+        clones.append(clone)
+    return origin, storage, clones, env
+
+
+def _sweep(clone, env, run, *args, check=True):
+    return run([sys.executable, "scripts/sweep.py", *GRID, "--set", "epochs=1", *args], clone, env, check=check)
+
+
+def test_two_machines_run_their_shards_and_an_analyst_pulls_and_compares_all_four(machines, tmp_path, run):
+    origin, storage, (first, second), env = machines
+    for index, clone in enumerate((first, second), start=1):
+        result = _sweep(clone, env, run, "--shard", f"{index}/2")
+        assert f"all 2 runs of shard {index}/2 are on origin" in result.stdout
+
+    analyst = tmp_path / "analyst"
+    run(["git", "clone", "-q", str(origin), str(analyst)], tmp_path, env)
+    run(["dvc", "remote", "add", "--local", "-d", "storage", str(storage)], analyst, env)
+    run(["dvc", "exp", "pull", "origin"], analyst, env)
+    names = set(run(["dvc", "exp", "list", "--name-only"], analyst, env).stdout.split())
+    assert names == {f"epochs-1_beta-{beta}_seed-{seed}" for beta in ("0.5", "2") for seed in ("1", "2")}
+    run([sys.executable, "scripts/compare.py", "--csv", "rd.csv", "--figure", "rd.png"], analyst, env)
+    rows = list(csv.DictReader((analyst / "rd.csv").open()))
+    assert sorted((row["beta"], row["seed"]) for row in rows) == \
+        [("0.5", "1"), ("0.5", "2"), ("2.0", "1"), ("2.0", "2")]
+
+
+def test_a_run_the_remote_has_with_other_params_fails_the_shard_naming_it(machines, run):
+    origin, storage, (first, second), env = machines
+    clash = "epochs-1_beta-0.5_seed-1"  # what shard 1/2 will call its first run
+    run(["dvc", "exp", "run", "-n", clash, "-S", "epochs=1", "-S", "beta=9"], second, env)
+    run(["dvc", "exp", "push", "origin", clash], second, env)
+
+    result = _sweep(first, env, run, "--shard", "1/2", check=False)
+    assert result.returncode != 0
+    assert (f"{clash}: origin already has an experiment of this name with other params, so DVC did not push "
+            "this one") in result.stderr
+    assert "epochs-1_beta-2_seed-1" not in result.stderr  # the shard's other run reached the remote
+    pushed = run(["dvc", "exp", "list", "origin", "--name-only"], first, env).stdout.split()
+    assert "epochs-1_beta-2_seed-1" in pushed
+    assert yaml.safe_load(run(["git", "show", f"refs/exps/{_baseline(first, env, run)}/{clash}:params.yaml"], first,
+                              env).stdout)["beta"] == 0.5  # our run is kept locally, not lost
+
+
+def _baseline(clone, env, run) -> str:
+    head = run(["git", "rev-parse", "HEAD"], clone, env).stdout.strip()
+    return f"{head[:2]}/{head[2:]}"

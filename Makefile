@@ -26,7 +26,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 repro: setup
 	dvc repro
-	python scripts/readme_results.py --metrics reports/metrics.json --readme README.md
+	python scripts/readme_results.py
 
 retrain: setup
 	dvc repro check_params download

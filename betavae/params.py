@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from betavae import schedules
-from betavae.errors import BetaVAEError
+from betavae.errors import BetaVAEError, one_line
 
 MNIST_TRAIN_IMAGES = 60_000
 MNIST_TEST_IMAGES = 10_000
@@ -278,7 +278,7 @@ def _read_yaml(path: Path) -> object:
     except (OSError, UnicodeDecodeError) as error:
         raise ParamsError(f"{path}: cannot be read ({error})") from None
     except yaml.YAMLError as error:
-        raise ParamsError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+        raise ParamsError(f"{path}: not valid YAML ({one_line(error)})") from None
 
 
 def _digest(path: Path) -> str | None:

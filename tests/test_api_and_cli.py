@@ -54,7 +54,8 @@ def test_every_accepted_image_form_encodes_to_the_same_posterior(vae, digits, fo
 
 
 @pytest.mark.parametrize("images, message", [
-    (torch.zeros(2, 32, 32, dtype=torch.uint8), r"must have shape \(N, 28, 28\) or \(N, 1, 28, 28\).*got \(2, 32, 32\)"),
+    (torch.zeros(2, 32, 32, dtype=torch.uint8),
+     r"must have shape \(N, 28, 28\) or \(N, 1, 28, 28\).*got \(2, 32, 32\)"),
     (torch.zeros(28, 28), r"got \(28, 28\)"),
     (torch.zeros(0, 28, 28), "with N >= 1"),
     (torch.full((1, 28, 28), 255.0), r"float images must lie in \[0, 1\]; got values from 255 to 255 \(pass uint8"),
@@ -67,7 +68,7 @@ def test_images_of_the_wrong_shape_type_or_range_are_refused_saying_what_they_we
 
 def test_decode_sample_and_reconstruct_give_pixel_probabilities(vae, digits):
     pictures = vae.decode(torch.zeros(3, LATENT_DIM))
-    assert pictures.shape == (3, 1, 28, 28) and 0 <= pictures.min() and pictures.max() <= 1
+    assert pictures.shape == (3, 1, 28, 28) and pictures.min() >= 0 and pictures.max() <= 1
     assert torch.equal(vae.sample(6, seed=1), vae.sample(6, seed=1))
     assert not torch.equal(vae.sample(6, seed=1), vae.sample(6, seed=2))
     assert vae.reconstruct(digits).shape == (5, 1, 28, 28)
@@ -112,7 +113,8 @@ def test_sample_writes_a_grid_of_the_requested_size(model_path, tmp_path):
 
 
 def test_reconstruct_reads_png_files_and_idx_files(model_path, tmp_path, png_digits, make_mnist):
-    assert _betavae("reconstruct", "--model", model_path, "--images", *png_digits, "--out", tmp_path / "a.png").returncode == 0
+    result = _betavae("reconstruct", "--model", model_path, "--images", *png_digits, "--out", tmp_path / "a.png")
+    assert result.returncode == 0, result.stderr
     make_mnist(tmp_path / "mnist")
     result = _betavae("reconstruct", "--model", model_path, "--images", tmp_path / "mnist" / idx.TEST_IMAGES,
                       "--out", tmp_path / "b.png")
@@ -159,7 +161,8 @@ def test_every_subcommand_has_help():
     (lambda m, t, p: ["reconstruct", "--model", m, "--images", _big(t), "--out", t / "r.png"],
      "big.png: a 32x30 8-bit grey PNG; expected a 28x28"),
     (lambda m, t, p: ["encode", "--model", m, "--images", *p, "--out", t / "l.txt"], "must end in .csv or .npy"),
-    (lambda m, t, p: ["encode", "--model", m, "--images", t / "nothing", "--out", t / "l.csv"], "nothing: no such file"),
+    (lambda m, t, p: ["encode", "--model", m, "--images", t / "nothing", "--out", t / "l.csv"],
+     "nothing: no such file"),
     (lambda m, t, p: ["traverse", "--model", m, "--images", *p, "--index", 7, "--out", t / "t.png"],
      "--index 7: the images hold 3"),
 ])

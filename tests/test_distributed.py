@@ -2,10 +2,8 @@
 torchrun and gloo on the CPU."""
 
 import os
-import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
@@ -101,12 +99,13 @@ def test_the_ddp_gradient_equals_the_single_process_gradient_on_the_union_of_the
 
 
 def _environment() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _train_command(root, params):
     return [*TORCHRUN, "-m", "stages.train", "--params", str(params), "--data", str(root / "mnist"),
-            "--model", str(root / "model.pt"), "--checkpoint", str(root / "checkpoint.pt"), "--live", str(root / "live")]
+            "--model", str(root / "model.pt"), "--checkpoint", str(root / "checkpoint.pt"),
+            "--live", str(root / "live")]
 
 
 @pytest.fixture

@@ -159,6 +159,6 @@ def test_bad_gzip_is_a_source_failure():
 def test_mirrors_and_their_checksums_are_torchvisions():
     from torchvision.datasets import MNIST
 
-    assert download.MIRRORS == tuple(MNIST.mirrors)
+    assert tuple(MNIST.mirrors) == download.MIRRORS
     assert {f"{name}.gz": md5 for name, md5 in download.GZ_MD5.items()} == dict(MNIST.resources)
     assert set(download.FILES) == set(idx.MNIST_FILES)

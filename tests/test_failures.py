@@ -19,7 +19,8 @@ from betavae import checkpoint, resume
 
 def _train_command(root, params) -> list[str]:
     return [sys.executable, "-m", "stages.train", "--params", str(params), "--data", str(root / "mnist"),
-            "--model", str(root / "model.pt"), "--checkpoint", str(root / "checkpoint.pt"), "--live", str(root / "live")]
+            "--model", str(root / "model.pt"), "--checkpoint", str(root / "checkpoint.pt"),
+            "--live", str(root / "live")]
 
 
 def _evaluate_command(root, params, model) -> list[str]:

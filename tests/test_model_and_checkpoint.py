@@ -3,8 +3,7 @@ import re
 import pytest
 import torch
 
-from betavae import atomic, checkpoint, resume
-from betavae import runtime
+from betavae import atomic, checkpoint, resume, runtime
 from betavae.model import ARCHITECTURE, ConvVAE, ModelConfig, training_memory_bytes
 
 

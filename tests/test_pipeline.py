@@ -32,7 +32,8 @@ def test_repro_writes_every_output_and_commits_them_to_git(tiny_run, run):
     for name in FIGURES:
         assert run(["git", "ls-files", "--error-unmatch", f"reports/figures/{name}.png"], repo, env)
     assert (repo / "reports" / "per_digit.csv").read_text().startswith("digit,count,recon,kl,nll\n")
-    assert (repo / "reports" / "latent_kl.csv").read_text().startswith("rank,dimension,kl,kl_share,mean_variance,active\n")
+    latent_kl = (repo / "reports" / "latent_kl.csv").read_text()
+    assert latent_kl.startswith("rank,dimension,kl,kl_share,mean_variance,active\n")
     assert run(["git", "ls-files", "models/model.pt", "reports/train/plots/images/samples/2.png"], repo, env).stdout
     assert not (repo / "models" / "checkpoint.pt").exists()
     assert "up to date" in run(["dvc", "status"], repo, env).stdout
@@ -84,7 +85,8 @@ def test_an_experiment_with_other_beta_is_compared_by_metrics_diff_exp_show_and_
     assert overlaid == {(rev, name) for rev in ("HEAD", experiment) for name in ("train/loss.tsv", "val/loss.tsv")}
     snapshots = [name for name in plots if name.startswith("reports/train/plots/images/samples/")]
     assert sorted(snapshots) == ["reports/train/plots/images/samples/1.png", "reports/train/plots/images/samples/2.png"]
-    assert sorted(image["revisions"][0] for image in plots["reports/figures/traversal.png"]) == sorted(["HEAD", experiment])
+    traversals = plots["reports/figures/traversal.png"]
+    assert sorted(image["revisions"][0] for image in traversals) == sorted(["HEAD", experiment])
 
 
 def test_a_quick_run_with_schedules_longer_than_training_warns_and_runs(clone, run):
@@ -208,7 +210,7 @@ TIMED_OUTPUTS = {"reports/train/metrics.json", "reports/train/plots"}
 
 
 def test_two_runs_in_two_copies_record_the_same_hashes(tiny_run, make_repo, tmp_path, run):
-    repo, env = tiny_run
+    repo, _ = tiny_run
     other, other_env = make_repo(tmp_path)
     run(["dvc", "repro"], other, other_env)
     first = _output_hashes((repo / "dvc.lock").read_text())

@@ -65,7 +65,7 @@ def test_two_machines_run_their_shards_and_an_analyst_pulls_and_compares_all_fou
 
 
 def test_a_run_the_remote_has_with_other_params_fails_the_shard_naming_it(machines, run):
-    origin, storage, (first, second), env = machines
+    _, _, (first, second), env = machines
     clash = "epochs-1_beta-0.5_seed-1"  # what shard 1/2 will call its first run
     run(["dvc", "exp", "run", "-n", clash, "-S", "epochs=1", "-S", "beta=9"], second, env)
     run(["dvc", "exp", "push", "origin", clash], second, env)

@@ -94,7 +94,8 @@ def test_a_finished_run_leaves_nothing_to_resume_so_a_rerun_trains_again(tmp_pat
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda state: state["params"].update(beta=1.0), "starting fresh: checkpoint was written with different params (beta)"),
+    (lambda state: state["params"].update(beta=1.0),
+     "starting fresh: checkpoint was written with different params (beta)"),
     (lambda state: state["code"].update({"betavae/augment.py": "0" * 64}),
      "starting fresh: checkpoint was written by other code (betavae/augment.py changed)"),
     (lambda state: state.update(world_size=2), "starting fresh: checkpoint was written by 2 processes, this run has 1"),

@@ -81,7 +81,8 @@ def traversal_figure(pixels: torch.Tensor, labels: list[str], values: torch.Tens
     axis = figure.subplots()
     axis.imshow(pixels.numpy(), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     axis.set_yticks([(i + 0.5) * height / rows for i in range(rows)], labels)
-    axis.set_xticks([(i + 0.5) * width / columns for i in range(columns)], [f"{v:+.1f}" for v in values.tolist()])
+    axis.set_xticks([(i + 0.5) * width / columns for i in range(columns)],
+                    [f"{round(v, 1) + 0:+.1f}" for v in values.tolist()])  # + 0 turns -0.0 into 0.0
     axis.set_xlabel("value of the traversed dimension (prior standard deviations)")
     axis.tick_params(length=0)
     for spine in axis.spines.values():

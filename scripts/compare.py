@@ -48,9 +48,14 @@ def collect(repo: str | None = None, num: int = 1, epochs: int | None = None) ->
             continue
         run.update({key: int(run[key]) for key in INTEGER_PARAMS})
         run = {"name": row.get("Experiment") or row.get("rev"), **run}
-        if epochs is None or run["epochs"] == epochs:
+        # The same params and metrics at several commits (--num) are one run: keep the newest.
+        if (epochs is None or run["epochs"] == epochs) and not any(_same(run, kept) for kept in runs):
             runs.append(run)
-    return sorted(runs, key=lambda run: (run["beta"], run["name"]))
+    return sorted(runs, key=lambda run: (run["beta"], run["seed"], run["name"]))
+
+
+def _same(run: dict, other: dict) -> bool:
+    return all(run[key] == other[key] for key in (*PARAMS, *METRICS))
 
 
 def _number(value) -> float | None:
@@ -106,14 +111,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None,
                         help="only runs of this many epochs (keep one training budget per figure)")
     parser.add_argument("--csv", type=Path, default=Path("reports/rate_distortion.csv"))
-    parser.add_argument("--figure", type=Path, default=Path("reports/figures/rate_distortion.png"))
+    parser.add_argument("--figure", type=Path, default=Path("reports/figures/rate_distortion.png"),
+                        help="the figure to write; '' for none (e.g. a table of seeds)")
     parser.add_argument("--title", default="β sweep", help="figure title, e.g. the training budget")
     args = parser.parse_args()
     runs = collect(args.repo, args.num, args.epochs)
     if not runs:
         sys.exit("compare: error: no experiment with test metrics; run `dvc exp run` first")
     atomic.write_text(args.csv, to_csv(runs))
-    atomic.write_figure(args.figure, figure(runs, args.title))
+    if str(args.figure) not in ("", "."):
+        atomic.write_figure(args.figure, figure(runs, args.title))
     for run in runs:
         print(f"compare: {run['name']}: β={run['beta']:g} recon {run['recon']:.2f} kl {run['kl']:.2f} "
               f"neg_elbo {run['neg_elbo']:.2f} nll {run['nll']:.2f} active {run['active_units']} "

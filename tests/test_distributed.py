@@ -118,7 +118,8 @@ def workspace(tmp_path, make_mnist, tiny):
 
 # Stage train under torchrun, with the loss of process 1 poisoned at one step of epoch 2.
 POISONED_TRAIN = """
-import runpy, sys, torch
+import os, runpy, sys, torch
+sys.path.insert(0, os.getcwd())  # as `python -m stages.train` would: the stages live in the repository root
 import betavae.train as training
 real, calls = training.beta_vae_loss, {"n": 0}
 def poisoned(*args, **kwargs):

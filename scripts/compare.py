@@ -119,13 +119,15 @@ def main() -> None:
     if not runs:
         sys.exit("compare: error: no experiment with test metrics; run `dvc exp run` first")
     atomic.write_text(args.csv, to_csv(runs))
+    written = [args.csv]
     if str(args.figure) not in ("", "."):
         atomic.write_figure(args.figure, figure(runs, args.title))
+        written.append(args.figure)
     for run in runs:
         print(f"compare: {run['name']}: β={run['beta']:g} recon {run['recon']:.2f} kl {run['kl']:.2f} "
               f"neg_elbo {run['neg_elbo']:.2f} nll {run['nll']:.2f} active {run['active_units']} "
               f"kl_dims_90 {run['kl_dims_90']}")
-    print(f"compare: {len(runs)} runs -> {args.csv}, {args.figure}")
+    print(f"compare: {len(runs)} runs -> {', '.join(map(str, written))}")
 
 
 if __name__ == "__main__":

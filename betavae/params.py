@@ -18,6 +18,7 @@ import difflib
 import hashlib
 import math
 import shlex
+import time
 import typing
 from pathlib import Path
 
@@ -246,6 +247,7 @@ class Watch:
     def check(self) -> None:
         if _digest(self.path) == self.digest:
             return
+        _wait_until_settled(self.path)  # the writer may be midway: describe the file it leaves, not a torn one
         try:
             now = load_params(self.path)
             changed = ", ".join(f"{key} {_lookup(self.params, key)!r} -> {_lookup(now, key)!r}"
@@ -279,6 +281,16 @@ def _read_yaml(path: Path) -> object:
         raise ParamsError(f"{path}: cannot be read ({error})") from None
     except yaml.YAMLError as error:
         raise ParamsError(f"{path}: not valid YAML ({one_line(error)})") from None
+
+
+def _wait_until_settled(path: Path, pause_s: float = 0.2, tries: int = 25) -> None:
+    """Return once two reads pause_s apart agree (or after tries reads)."""
+    last = _digest(path)
+    for _ in range(tries):
+        time.sleep(pause_s)
+        now, last = last, _digest(path)
+        if now == last:
+            return
 
 
 def _digest(path: Path) -> str | None:

@@ -285,12 +285,13 @@ def _read_yaml(path: Path) -> object:
 
 def _wait_until_settled(path: Path, pause_s: float = 0.2, tries: int = 25) -> None:
     """Return once two reads pause_s apart agree (or after tries reads)."""
-    last = _digest(path)
+    previous = _digest(path)
     for _ in range(tries):
         time.sleep(pause_s)
-        now, last = last, _digest(path)
-        if now == last:
+        current = _digest(path)
+        if current == previous:
             return
+        previous = current
 
 
 def _digest(path: Path) -> str | None:

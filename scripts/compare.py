@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None,
                         help="only runs of this many epochs (keep one training budget per figure)")
     parser.add_argument("--csv", type=Path, default=Path("reports/rate_distortion.csv"))
-    parser.add_argument("--figure", type=Path, default=Path("reports/figures/rate_distortion.png"),
+    parser.add_argument("--figure", default="reports/figures/rate_distortion.png",
                         help="the figure to write; '' for none (e.g. a table of seeds)")
     parser.add_argument("--title", default="β sweep", help="figure title, e.g. the training budget")
     args = parser.parse_args()
@@ -120,8 +120,8 @@ def main() -> None:
         sys.exit("compare: error: no experiment with test metrics; run `dvc exp run` first")
     atomic.write_text(args.csv, to_csv(runs))
     written = [args.csv]
-    if str(args.figure) not in ("", "."):
-        atomic.write_figure(args.figure, figure(runs, args.title))
+    if args.figure:
+        atomic.write_figure(Path(args.figure), figure(runs, args.title))
         written.append(args.figure)
     for run in runs:
         print(f"compare: {run['name']}: β={run['beta']:g} recon {run['recon']:.2f} kl {run['kl']:.2f} "

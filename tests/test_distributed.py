@@ -118,8 +118,7 @@ def workspace(tmp_path, make_mnist, tiny):
 
 # Stage train under torchrun, with the loss of process 1 poisoned at one step of epoch 2.
 POISONED_TRAIN = """
-import os, runpy, sys, torch
-sys.path.insert(0, os.getcwd())  # as `python -m stages.train` would: the stages live in the repository root
+import runpy, sys, torch
 import betavae.train as training
 real, calls = training.beta_vae_loss, {"n": 0}
 def poisoned(*args, **kwargs):
@@ -138,7 +137,9 @@ def test_a_non_finite_loss_in_one_process_stops_every_process_with_one_line(work
     script = root / "poisoned.py"
     script.write_text(POISONED_TRAIN)
     command = _train_command(root, params)
-    result = run([*TORCHRUN, str(script), *command[command.index("--params"):]], repo_root, _environment(),
+    # A script, unlike `-m`, does not put the working directory on the path: the stages live there.
+    environment = {**_environment(), "PYTHONPATH": str(repo_root)}
+    result = run([*TORCHRUN, str(script), *command[command.index("--params"):]], repo_root, environment,
                  check=False)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("train: error:")]

@@ -1,3 +1,4 @@
+import threading
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,16 @@ def test_check_file_validates_and_returns_the_warnings(tmp_path):
     path.write_text("epochs: 3\nbta: 1\n")
     with pytest.raises(ParamsError, match="unknown key bta"):
         check_file(path)
+
+
+def test_a_watch_describes_the_file_its_writer_leaves_not_a_torn_one(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 7\n")
+    watch = Watch(path, load_params(path))
+    path.write_text("")  # a writer that has truncated the file and not yet written it
+    threading.Timer(0.1, path.write_text, ["seed: 8\n"]).start()
+    with pytest.raises(ParamsError, match=r"changed while this stage ran \(seed 7 -> 8\)"):
+        watch.check()
 
 
 def test_a_watch_names_what_changed_under_a_running_stage(tmp_path):

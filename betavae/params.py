@@ -247,7 +247,10 @@ class Watch:
     def check(self) -> None:
         if _digest(self.path) == self.digest:
             return
-        _wait_until_settled(self.path)  # the writer may be midway: describe the file it leaves, not a torn one
+        # DVC rewrites params.yaml several times per `exp run` (stash, apply, reset, unstash): describe
+        # the file once it has stayed the same for a while, and carry on if it came back unchanged.
+        if _wait_until_settled(self.path) == self.digest:
+            return
         try:
             now = load_params(self.path)
             changed = ", ".join(f"{key} {_lookup(self.params, key)!r} -> {_lookup(now, key)!r}"
@@ -283,15 +286,16 @@ def _read_yaml(path: Path) -> object:
         raise ParamsError(f"{path}: not valid YAML ({one_line(error)})") from None
 
 
-def _wait_until_settled(path: Path, pause_s: float = 0.2, tries: int = 25) -> None:
-    """Return once two reads pause_s apart agree (or after tries reads)."""
-    previous = _digest(path)
-    for _ in range(tries):
-        time.sleep(pause_s)
+def _wait_until_settled(path: Path, quiet_s: float = 1.0, poll_s: float = 0.1, limit_s: float = 10.0) -> str | None:
+    """The file's digest once it has not changed for quiet_s (or after limit_s)."""
+    digest, unchanged_since = _digest(path), time.monotonic()
+    deadline = unchanged_since + limit_s
+    while time.monotonic() - unchanged_since < quiet_s and time.monotonic() < deadline:
+        time.sleep(poll_s)
         current = _digest(path)
-        if current == previous:
-            return
-        previous = current
+        if current != digest:
+            digest, unchanged_since = current, time.monotonic()
+    return digest
 
 
 def _digest(path: Path) -> str | None:

@@ -148,6 +148,20 @@ def test_a_watch_describes_the_file_its_writer_leaves_not_a_torn_one(tmp_path):
         watch.check()
 
 
+def test_a_watch_reports_where_a_series_of_writes_ends_and_ignores_a_file_put_back(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 7\n")
+    watch = Watch(path, load_params(path))
+    path.write_text("seed: 42\n")  # as DVC's stash of the workspace does, for a moment
+    threading.Timer(0.3, path.write_text, ["seed: 7\n"]).start()
+    watch.check()  # put back as it was: nothing to stop for
+    path.write_text("seed: 42\n")
+    for delay, text in ((0.3, "seed: 7\n"), (0.6, "seed: 8\n")):  # stash, unstash, apply the new -S
+        threading.Timer(delay, path.write_text, [text]).start()
+    with pytest.raises(ParamsError, match=r"changed while this stage ran \(seed 7 -> 8\)"):
+        watch.check()
+
+
 def test_a_watch_names_what_changed_under_a_running_stage(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("seed: 7\n")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 
@@ -64,8 +65,10 @@ def test_two_exp_runs_at_once_fail_clearly_and_lose_nothing(tiny_repo, run):
 
     assert second.returncode != 0  # DVC's lock refuses it, after writing seed: 8
     assert first.returncode != 0, stdout
-    assert "train: error: params.yaml changed while this stage ran (seed 7 -> 8); nothing more is written" in stderr, \
-        stderr[-2000:]
+    # The message names the file as the second run leaves it: seed 8 once DVC is done, or, if DVC is slow
+    # between its stash and unstash, the committed values it shows for that while.
+    assert re.search(r"train: error: params\.yaml changed while this stage ran "
+                     r"\((seed 7 -> 8|epochs 40 -> 2, seed 7 -> 42)\); nothing more is written", stderr), stderr[-2000:]
     assert (repo / "models" / "model.pt").read_bytes() == committed_model  # not a seed-7 model beside seed: 8
     assert run(["dvc", "exp", "list", "--name-only"], repo, env).stdout.strip() == ""
     assert (repo / "models" / "checkpoint.pt").exists()  # the epochs done so far, resumable

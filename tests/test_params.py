@@ -138,34 +138,40 @@ def test_check_file_validates_and_returns_the_warnings(tmp_path):
         check_file(path)
 
 
-def test_a_watch_describes_the_file_its_writer_leaves_not_a_torn_one(tmp_path):
+def _watched(tmp_path, text: str = "seed: 7\n"):
+    """A params file holding text, and a Watch on it."""
     path = tmp_path / "params.yaml"
-    path.write_text("seed: 7\n")
-    watch = Watch(path, load_params(path))
+    path.write_text(text)
+    return path, Watch(path, load_params(path))
+
+
+def _write_later(path, *writes: tuple[float, str]) -> None:
+    """Another writer: each text lands in path after its delay in seconds."""
+    for delay, text in writes:
+        threading.Timer(delay, path.write_text, [text]).start()
+
+
+def test_a_watch_describes_the_file_its_writer_leaves_not_a_torn_one(tmp_path):
+    path, watch = _watched(tmp_path)
     path.write_text("")  # a writer that has truncated the file and not yet written it
-    threading.Timer(0.1, path.write_text, ["seed: 8\n"]).start()
+    _write_later(path, (0.1, "seed: 8\n"))
     with pytest.raises(ParamsError, match=r"changed while this stage ran \(seed 7 -> 8\)"):
         watch.check()
 
 
 def test_a_watch_reports_where_a_series_of_writes_ends_and_ignores_a_file_put_back(tmp_path):
-    path = tmp_path / "params.yaml"
-    path.write_text("seed: 7\n")
-    watch = Watch(path, load_params(path))
+    path, watch = _watched(tmp_path)
     path.write_text("seed: 42\n")  # as DVC's stash of the workspace does, for a moment
-    threading.Timer(0.3, path.write_text, ["seed: 7\n"]).start()
+    _write_later(path, (0.3, "seed: 7\n"))
     watch.check()  # put back as it was: nothing to stop for
     path.write_text("seed: 42\n")
-    for delay, text in ((0.3, "seed: 7\n"), (0.6, "seed: 8\n")):  # stash, unstash, apply the new -S
-        threading.Timer(delay, path.write_text, [text]).start()
+    _write_later(path, (0.3, "seed: 7\n"), (0.6, "seed: 8\n"))  # stash, unstash, apply the new -S
     with pytest.raises(ParamsError, match=r"changed while this stage ran \(seed 7 -> 8\)"):
         watch.check()
 
 
 def test_a_watch_names_what_changed_under_a_running_stage(tmp_path):
-    path = tmp_path / "params.yaml"
-    path.write_text("seed: 7\n")
-    watch = Watch(path, load_params(path))
+    path, watch = _watched(tmp_path)
     watch.check()  # unchanged
     path.write_text("seed: 8\n")
     with pytest.raises(ParamsError, match=r"changed while this stage ran \(seed 7 -> 8\).*dvc exp run --queue"):

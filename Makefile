@@ -3,8 +3,9 @@
 #                downloads MNIST, as the reference run's outputs are committed
 # make retrain   setup, then train from scratch (whatever training state is lying around), evaluate,
 #                plot, and compare the metrics with the committed run
-# make test      setup, lint, then the test suite
-# make lint      ruff
+# make test      setup, lint, then the fast tier: every test that runs in this process (a few minutes)
+# make test-all  setup, lint, then every test, with the DVC, git and torchrun end-to-end runs (CI's)
+# make lint      ruff on the code, actionlint on the GitHub workflow
 # make bench     setup, then the training-speed benchmark (benchmarks/train_speed.py)
 
 VENV := .venv
@@ -13,7 +14,7 @@ STAMP := $(VENV)/installed
 # Stages call `python`, `dvc` and `torchrun`; the venv's must come first.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup repro retrain test lint bench
+.PHONY: setup repro retrain test test-all lint bench
 
 setup: $(STAMP)
 
@@ -36,8 +37,12 @@ retrain: setup
 
 lint: setup
 	ruff check .
+	actionlint .github/workflows/ci.yml
 
 test: lint
+	python -m pytest -m "not slow"
+
+test-all: lint
 	python -m pytest
 
 bench: setup

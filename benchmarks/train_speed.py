@@ -45,6 +45,7 @@ from betavae.data import load_test, shuffled_batches, to_float
 from betavae.loss import beta_vae_loss
 from betavae.model import ConvVAE, ModelConfig
 from betavae.params import Params, load_params
+from betavae.state import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 MATMUL_SIDE = 2048
@@ -65,7 +66,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         real = (args.data / idx.TRAIN_IMAGES).exists()
         data_dir = args.data if real else _synthetic_mnist(Path(scratch))
-        trainer = training.start(params, data_dir, distributed.World())
+        trainer = training.prepare(params, data_dir, distributed.World())
         loops = {"project": Project(trainer), "conventional": Conventional(trainer), "floor": Floor(trainer, None),
                  "ceiling": Ceiling()}
         if _has_bf16(trainer.compute.device):
@@ -89,7 +90,7 @@ class Project:
 
     unit = "images/s"
 
-    def __init__(self, trainer: training.Trainer):
+    def __init__(self, trainer: Trainer):
         self.trainer, self.batches = trainer, []
 
     def rate(self, steps: int) -> float:
@@ -125,7 +126,7 @@ class AugmentingDataset(Dataset):
 class Conventional:
     unit = "images/s"
 
-    def __init__(self, trainer: training.Trainer):
+    def __init__(self, trainer: Trainer):
         self.params, self.device = trainer.params, trainer.compute.device
         self.model = ConvVAE(ModelConfig(self.params.z_dim, self.params.dropout)).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.params.base_lr,
@@ -171,7 +172,7 @@ class Floor:
 
     unit = "images/s"
 
-    def __init__(self, trainer: training.Trainer, autocast_dtype: torch.dtype | None):
+    def __init__(self, trainer: Trainer, autocast_dtype: torch.dtype | None):
         self.params, self.compute = trainer.params, trainer.compute
         self.autocast_dtype = autocast_dtype
         self.model = self.compute.place(ConvVAE(ModelConfig(self.params.z_dim, self.params.dropout)))
@@ -291,7 +292,7 @@ def _step_page_faults(mode: str) -> int | None:
     return int(result.stdout.split()[-1]) if result.returncode == 0 else None
 
 
-def _nll_throughput(trainer: training.Trainer, params: Params, data_dir: Path, images: int) -> dict:
+def _nll_throughput(trainer: Trainer, params: Params, data_dir: Path, images: int) -> dict:
     device, model = trainer.compute.device, trainer.model.eval()
     test = load_test(data_dir, images).to(device)
     generator = torch.Generator(device).manual_seed(0)

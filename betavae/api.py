@@ -8,8 +8,10 @@
     same = vae.reconstruct(digits)                 # (N, 1, 28, 28)
 
 Images may be uint8 (0-255) or float (0-1), shaped (N, 28, 28) or (N, 1, 28, 28), as torch
-tensors or numpy arrays; anything else is refused with an ImageError that says what it got.
-The `betavae` command (betavae/cli.py) does the same from a shell.
+tensors or numpy arrays; anything else is refused with an ImageError that says what it got, and a
+latent code of the wrong shape with a LatentError. Requests too large for the memory free here are
+refused before anything is allocated. The `betavae` command (betavae/cli.py) does the same from a
+shell.
 """
 
 from __future__ import annotations
@@ -22,17 +24,20 @@ from PIL import Image
 
 from betavae import grids, idx, runtime
 from betavae.checkpoint import load_model
-from betavae.errors import BetaVAEError
-from betavae.figures import traversal_figure
+from betavae.data import INFERENCE_BATCH
+from betavae.errors import BetaVAEError, one_line
 
 SIDE = idx.IMAGE_SIDE
-BATCH = 1000  # images per forward pass, to bound memory
 TRAVERSAL_VALUES = torch.linspace(-3, 3, 11)  # -3 to +3 prior standard deviations
 TRAVERSAL_ROWS = 10  # dimensions shown in a traversal, most KL first
 
 
 class ImageError(BetaVAEError, ValueError):
     """Images of the wrong shape, type or range, or an image file that is not a 28x28 grey digit."""
+
+
+class LatentError(BetaVAEError, ValueError):
+    """A latent code, dimension or count that does not fit the model."""
 
 
 class TrainedModel:
@@ -58,21 +63,22 @@ class TrainedModel:
     @torch.no_grad()
     def encode(self, images) -> tuple[torch.Tensor, torch.Tensor]:
         """images -> posterior mean and log-variance, each (N, Z), on the CPU."""
-        parts = [self.model.encode(x.to(self.device)) for x in as_batch(images).split(BATCH)]
+        parts = [self.model.encode(x.to(self.device)) for x in as_batch(images).split(INFERENCE_BATCH)]
         return (torch.cat([mean for mean, _ in parts]).cpu(), torch.cat([logvar for _, logvar in parts]).cpu())
 
     @torch.no_grad()
     def decode(self, latents) -> torch.Tensor:
         """latents (N, Z) -> pixel probabilities (N, 1, 28, 28), on the CPU."""
-        latents = torch.as_tensor(latents, dtype=torch.float32)
-        if latents.ndim != 2 or latents.shape[1] != self.latent_dim:
-            raise ImageError(f"latents must have shape (N, {self.latent_dim}); got {tuple(latents.shape)}")
-        return torch.cat([grids.samples(self.model, z.to(self.device)).cpu() for z in latents.split(BATCH)])
+        latents = self._latents(latents, "latents", (-1, self.latent_dim))
+        check_images_fit(len(latents), "decoding")
+        return torch.cat([self.model.pixel_probabilities(z.to(self.device)).cpu()
+                          for z in latents.split(INFERENCE_BATCH)])
 
     def sample(self, count: int, seed: int = 0) -> torch.Tensor:
         """count images decoded from prior draws that depend on the seed alone."""
-        if count < 1:
-            raise ImageError(f"the number of samples must be >= 1; got {count}")
+        if not isinstance(count, int) or count < 1:
+            raise LatentError(f"the number of samples must be an integer >= 1; got {count!r}")
+        check_images_fit(count, f"{count} samples")
         return self.decode(grids.prior_latents(seed, self.latent_dim, count))
 
     def reconstruct(self, images) -> torch.Tensor:
@@ -84,13 +90,40 @@ class TrainedModel:
                   values: torch.Tensor = TRAVERSAL_VALUES) -> torch.Tensor:
         """Rows of decodings, one per dimension (default: the TRAVERSAL_ROWS with most KL), moving it
         through `values` with the other dimensions at `base` (default: the prior mean, 0)."""
-        base = torch.zeros(self.latent_dim) if base is None else torch.as_tensor(base, dtype=torch.float32)
-        dimensions = self.dimensions_by_kl()[:TRAVERSAL_ROWS] if dimensions is None else dimensions
+        base = torch.zeros(self.latent_dim) if base is None else self._latents(base, "base", (self.latent_dim,))
+        dimensions = self.dimensions_by_kl()[:TRAVERSAL_ROWS] if dimensions is None else list(dimensions)
+        bad = [d for d in dimensions if not isinstance(d, int) or not 0 <= d < self.latent_dim]
+        if bad or not dimensions:
+            raise LatentError(f"dimensions must be a non-empty list of integers in [0, {self.latent_dim}); got "
+                              f"{dimensions!r}")
+        values = self._latents(values, "values", (-1,))
+        check_images_fit(len(dimensions) * len(values), "the traversal")
         return grids.traversal(self.model, base.to(self.device), dimensions, values).cpu()
 
+    def _latents(self, given, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """given as a float tensor of `shape` (-1: any length >= 1) with finite values, else LatentError."""
+        try:
+            latents = torch.as_tensor(given, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise LatentError(f"{name} must be numbers; got {type(given).__name__} ({error})") from None
+        fits = latents.ndim == len(shape) and all(want in (-1, got) for want, got in zip(shape, latents.shape))
+        if not fits or latents.numel() == 0:
+            wanted = ", ".join("N" if size == -1 else str(size) for size in shape)
+            raise LatentError(f"{name} must have shape ({wanted}{',' if len(shape) == 1 else ''}) with N >= 1; "
+                              f"got {tuple(latents.shape)}")
+        if not torch.isfinite(latents).all():
+            raise LatentError(f"{name} must be finite; got NaN or infinity")
+        return latents
+
     def traversal_figure(self, base: torch.Tensor | None = None, what: str = "the prior mean",
-                         rows: int = TRAVERSAL_ROWS):
-        """The labelled traversal figure of the `rows` dimensions with most KL around `base`."""
+                         rows: int | None = None):
+        """The labelled traversal figure of the `rows` dimensions with most KL around `base`
+        (default: TRAVERSAL_ROWS, or every dimension of a smaller code)."""
+        from betavae.figures import traversal_figure  # matplotlib: only drawing a figure needs it
+
+        rows = min(TRAVERSAL_ROWS, self.latent_dim) if rows is None else rows
+        if not isinstance(rows, int) or not 1 <= rows <= self.latent_dim:
+            raise LatentError(f"rows must be in [1, {self.latent_dim}] (the latent dimensions); got {rows!r}")
         order, kl = self.dimensions_by_kl(), self.latent_kl
         shown = order[:rows]
         labels = [f"z{dim}  KL {kl[dim].item():.2f}" for dim in shown]
@@ -106,6 +139,12 @@ def load(path: str | Path, device: str = "auto") -> TrainedModel:
     """The model saved at path (models/model.pt), on `device`: auto (CUDA if present), cpu or cuda."""
     model, record = load_model(path, runtime.resolve_device(device))
     return TrainedModel(model, record)
+
+
+def check_images_fit(count: int, what: str) -> None:
+    """Refuse, before allocating, `count` decoded images (and their grid) beyond the free memory."""
+    image_bytes = SIDE * SIDE * 4 * 3  # float pixels, a copy on their way to a grid, its uint8 cells
+    runtime.check_memory(count * image_bytes, what, torch.device("cpu"))
 
 
 def as_batch(images) -> torch.Tensor:
@@ -137,10 +176,18 @@ def read_images(paths: list[str | Path]) -> torch.Tensor:
 def _read_png(path: Path) -> torch.Tensor:
     try:
         with Image.open(path) as image:
+            if image.size != (SIDE, SIDE):  # before decoding: a huge image is never loaded
+                raise ImageError(f"{path}: a {image.size[0]}x{image.size[1]} image; expected a {SIDE}x{SIDE} "
+                                 "8-bit greyscale PNG")
             image.load()
+    except ImageError:
+        raise
     except OSError as error:  # missing, unreadable, or not an image Pillow knows
-        reason = error.strerror or "not a PNG image"
+        reason = error.strerror or f"not a readable PNG image ({one_line(error)[:120]})"
         raise ImageError(f"{path}: {reason}") from None
+    except Exception as error:  # Pillow raises many types for damaged files (ValueError, SyntaxError, ...)
+        detail = f"{type(error).__name__}: {one_line(error)[:120]}"
+        raise ImageError(f"{path}: not a readable PNG image ({detail})") from None
     if image.format != "PNG" or image.mode != "L" or image.size != (SIDE, SIDE):
         kind = {"L": "8-bit grey", "I;16": "16-bit grey", "LA": "grey with alpha", "RGB": "RGB", "RGBA": "RGBA",
                 "P": "palette", "1": "1-bit"}.get(image.mode, image.mode)

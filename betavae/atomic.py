@@ -12,10 +12,9 @@ import functools
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-
-import torch
 
 from betavae.errors import BetaVAEError
 
@@ -70,6 +69,8 @@ def write_json(path: str | Path, data: object) -> None:
 def torch_bytes(obj: object) -> bytes:
     # torch.save names the zip's inner folder after the file it writes to; saving to memory
     # keeps that name fixed, so equal checkpoints are equal bytes whatever the temp file name.
+    import torch  # only the writers of torch files need it
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
@@ -84,6 +85,27 @@ def write_figure(path: str | Path, figure) -> None:
     # No Software/date metadata, so the same figure is the same bytes on every run.
     figure.savefig(buffer, format="png", metadata={"Software": None}, dpi=figure.dpi)
     write_bytes(path, buffer.getvalue())
+
+
+def replace_directory(destination: str | Path, source: str | Path) -> None:
+    """Move the directory source to destination, replacing what was there: the old directory is
+    moved aside first and deleted last, so destination is never a mix of the two."""
+    destination, source = Path(destination), Path(source)
+    aside = destination.with_name(f".{destination.name}.old")
+    try:
+        shutil.rmtree(aside, ignore_errors=True)
+        if destination.exists():
+            os.replace(destination, aside)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(source, destination)  # a rename on one file system
+        _fsync_directory(destination.parent)
+    except OSError as error:
+        raise OutputError(f"cannot replace {destination} with {source}: {error.strerror or error}") from None
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def remove_directory(path: str | Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def remove(path: str | Path) -> None:

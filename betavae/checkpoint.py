@@ -66,11 +66,19 @@ def _refusal(error: pickle.UnpicklingError) -> str:
 
 
 def load_model(path: str | Path, device: torch.device) -> tuple[ConvVAE, dict]:
-    """The model saved at path, in eval mode on device, with its record (params, epoch, ...)."""
+    """The model saved at path, in eval mode on device, with its record (params, epoch, ...). Every
+    consumer of a model file (evaluate, plot, export, the API and CLI) loads it here, so a file whose
+    weights hold NaN or infinity is refused by all of them."""
     record = read(path, MODEL_FORMAT)
     try:
         model = ConvVAE(ModelConfig(**record["model_config"]))
         model.load_state_dict(record["model"])
-    except (KeyError, TypeError, RuntimeError) as error:
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{path}: weights do not fit the model ({one_line(error)[:200]})") from None
+    broken = [name for name, tensor in model.state_dict().items()
+              if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if broken:
+        more = f" and {len(broken) - 1} more" if len(broken) > 1 else ""
+        raise CheckpointError(f"{path}: the weights hold NaN or infinity ({broken[0]}{more}); "
+                              "this is not a usable model")
     return model.to(device).eval(), record

@@ -4,27 +4,29 @@
     betavae reconstruct --model models/model.pt --images digit.png [more.png ...] --out recon.png
     betavae encode      --model models/model.pt --images data/mnist/t10k-images-idx3-ubyte --out latents.csv
     betavae traverse    --model models/model.pt --out traversal.png [--images digit.png --index 0]
+    betavae digits      --images data/mnist/t10k-images-idx3-ubyte --first 8 --out-dir digits/
     betavae check-params [--params params.yaml]
 
-Every subcommand has --help. Errors are one line and a non-zero exit (betavae/errors.py).
+Every subcommand has --help. Every argument is bounded by what the code can do, and errors are one
+line and a non-zero exit (betavae/errors.py). The model and its libraries (torch, matplotlib) are
+imported by the commands that need them, so `check-params` and `--help` answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from betavae import api, atomic, errors, grids
+from betavae import errors
 from betavae.errors import BetaVAEError
-from betavae.params import check_file
+from betavae.params import MAX_SEED, PARAMS_FILE
 
 PROGRAM = "betavae"
+DEFAULT_MODEL = Path("models/model.pt")
+DEFAULT_IMAGES = Path("data/mnist/t10k-images-idx3-ubyte")
+MAX_GRID_IMAGES = 10_000  # a grid PNG beyond this is too large to look at
+MAX_DIGITS = 10_000  # PNG files `digits` writes at once
 
 
 class UsageError(BetaVAEError):
@@ -32,18 +34,27 @@ class UsageError(BetaVAEError):
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     errors.run(lambda: args.command(args), PROGRAM)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line (`--help` shows the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{errors.line(PROGRAM, message)} (see `{self.prog} --help`)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    parser = _Parser(prog=PROGRAM, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND", parser_class=_Parser)
 
     sample = _model_command(commands, "sample", _sample, "decode prior samples into a grid PNG")
-    sample.add_argument("-n", "--count", type=int, default=grids.SAMPLES, help="images (default: %(default)s)")
-    sample.add_argument("--seed", type=int, default=0, help="seed of the prior draws (default: %(default)s)")
+    sample.add_argument("-n", "--count", type=_bounded(1, MAX_GRID_IMAGES),
+                        help=f"images, 1 to {MAX_GRID_IMAGES} (default: as many as reports/figures/samples.png)")
+    sample.add_argument("--seed", type=_bounded(0, MAX_SEED), default=0,
+                        help="seed of the prior draws (default: %(default)s)")
 
     reconstruct = _model_command(commands, "reconstruct", _reconstruct,
                                  "a grid PNG: rows of images, each above their reconstructions")
@@ -56,24 +67,33 @@ def _parser() -> argparse.ArgumentParser:
     traverse = _model_command(commands, "traverse", _traverse, "decodings as each of the most informative "
                               "latent dimensions moves from -3 to +3, the others fixed")
     _images_argument(traverse, required=False)
-    traverse.add_argument("--index", type=int, default=0,
+    traverse.add_argument("--index", type=_bounded(0, None), default=0,
                           help="which of --images to traverse around (default: 0; without --images, the prior mean)")
-    traverse.add_argument("--rows", type=int, default=api.TRAVERSAL_ROWS,
-                          help="dimensions to show, most KL first (default: %(default)s)")
+    traverse.add_argument("--rows", type=_bounded(1, None),
+                          help="dimensions to show, most KL first, at most the latent size (default: as in "
+                               "reports/figures/traversal.png)")
+
+    digits = commands.add_parser("digits", help="write images of an IDX file as 28x28 grey PNGs",
+                                 description="Write the first images of an IDX file (the test set by default) "
+                                             "as 28x28 greyscale PNG files, to use with --images.")
+    digits.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="IDX image file (default: %(default)s)")
+    digits.add_argument("--first", type=_bounded(1, MAX_DIGITS), default=8, help="how many (default: %(default)s)")
+    digits.add_argument("--out-dir", type=Path, required=True, help="directory for digit-<index>.png; must exist")
+    digits.set_defaults(command=_digits)
 
     check = commands.add_parser("check-params", help="validate a params file without running anything",
                                 description="Validate a params file and print its warnings.")
-    check.add_argument("--params", type=Path, default=Path("params.yaml"))
+    check.add_argument("--params", type=Path, default=Path(PARAMS_FILE))
     check.set_defaults(command=_check_params)
     return parser
 
 
 def _model_command(commands, name: str, function, summary: str) -> argparse.ArgumentParser:
     parser = commands.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
-    parser.add_argument("--model", type=Path, default=Path("models/model.pt"),
-                        help="trained model file (default: %(default)s)")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="trained model file (default: %(default)s)")
     parser.add_argument("--out", type=Path, required=True, help="output file; its directory must exist")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="auto (CUDA if present), cpu or cuda")
     parser.set_defaults(command=function)
     return parser
 
@@ -83,20 +103,45 @@ def _images_argument(parser: argparse.ArgumentParser, required: bool) -> None:
                         help="one IDX image file (e.g. data/mnist/t10k-images-idx3-ubyte) or 28x28 grey PNG files")
 
 
+def _bounded(low: int, high: int | None):
+    """An argparse type: an integer in [low, high] (no upper bound where high is None)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            upper = "" if high is None else f" and <= {high}"
+            raise argparse.ArgumentTypeError(f"must be >= {low}{upper}, got {value}")
+        return value
+    return parse
+
+
 def _sample(args) -> None:
+    from betavae import api, grids
+
     _check_out(args.out)
-    _write_grid(args.out, api.load(args.model, args.device).sample(args.count, args.seed))
+    _write_grid(args.out, api.load(args.model, args.device).sample(args.count or grids.SAMPLES, args.seed))
 
 
 def _reconstruct(args) -> None:
+    from betavae import api, grids
+
     _check_out(args.out)
-    images = api.read_images(args.images)
+    images = _read_images(args.images)
     outputs = api.load(args.model, args.device).reconstruct(images)
     columns = min(grids.COLUMNS, len(images))
     _write_grid(args.out, grids.interleave_rows(api.as_batch(images), outputs, columns), columns)
 
 
 def _encode(args) -> None:
+    import io
+
+    import numpy as np
+    import torch
+
+    from betavae import api, atomic
+
     if args.out.suffix not in (".csv", ".npy"):
         raise UsageError(f"--out {args.out}: must end in .csv or .npy")
     _check_out(args.out)
@@ -112,14 +157,16 @@ def _encode(args) -> None:
 
 
 def _traverse(args) -> None:
+    from betavae import api, atomic
+
     _check_out(args.out)
-    if args.rows < 1:
-        raise UsageError(f"--rows must be >= 1; got {args.rows}")
     vae = api.load(args.model, args.device)
+    if args.rows is not None and args.rows > vae.latent_dim:
+        raise UsageError(f"--rows {args.rows}: the model has {vae.latent_dim} latent dimensions")
     base, around = None, "the prior mean"
     if args.images:
         images = api.read_images(args.images)
-        if not 0 <= args.index < len(images):
+        if args.index >= len(images):
             raise UsageError(f"--index {args.index}: the images hold {len(images)}")
         base = vae.encode(images[args.index:args.index + 1])[0][0]
         around = f"the posterior mean of {_names(args.images, len(images))[args.index]}"
@@ -127,10 +174,33 @@ def _traverse(args) -> None:
     print(f"{PROGRAM}: traversal written to {args.out}")
 
 
+def _digits(args) -> None:
+    from betavae import api, atomic, grids
+
+    if not args.out_dir.is_dir():
+        raise UsageError(f"--out-dir {args.out_dir}: not a directory")
+    images = api.read_images([args.images])[:args.first]
+    for index, image in enumerate(images):
+        atomic.write_bytes(args.out_dir / f"digit-{index:04d}.png", grids.png(image))
+    print(f"{PROGRAM}: {len(images)} digits written to {args.out_dir} (digit-0000.png ...)")
+
+
 def _check_params(args) -> None:
-    for warning in check_file(args.params):
+    from betavae import schedules
+    from betavae.params import load_params
+
+    for warning in schedules.warnings(load_params(args.params)):
         print(f"{PROGRAM}: warning: {warning}")
     print(f"{PROGRAM}: {args.params} is valid")
+
+
+def _read_images(paths: list[Path]):
+    from betavae import api
+
+    images = api.read_images(paths)
+    if len(images) > MAX_GRID_IMAGES:
+        raise UsageError(f"--images: {len(images)} images, but a grid holds at most {MAX_GRID_IMAGES}")
+    return images
 
 
 def _check_out(path: Path) -> None:
@@ -138,8 +208,10 @@ def _check_out(path: Path) -> None:
         raise UsageError(f"--out {path}: directory {path.parent} does not exist")
 
 
-def _write_grid(path: Path, images: torch.Tensor, columns: int = grids.COLUMNS) -> None:
-    atomic.write_bytes(path, grids.png(grids.mosaic(images, columns)))
+def _write_grid(path: Path, images, columns: int | None = None) -> None:
+    from betavae import atomic, grids
+
+    atomic.write_bytes(path, grids.png(grids.mosaic(images, columns or grids.COLUMNS)))
     print(f"{PROGRAM}: {len(images)} images written to {path}")
 
 
@@ -150,7 +222,10 @@ def _names(paths: list[Path], count: int) -> list[str]:
     return [f"{paths[0].name}[{i}]" for i in range(count)]
 
 
-def _latents_csv(names: list[str], mean: torch.Tensor, logvar: torch.Tensor) -> str:
+def _latents_csv(names: list[str], mean, logvar) -> str:
+    import csv
+    import io
+
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     latent_dim = mean.shape[1]

@@ -15,6 +15,8 @@ import torch
 from betavae import idx
 from betavae.params import Params
 
+INFERENCE_BATCH = 1000  # images per forward pass outside training: validation, plots, the API
+
 
 @dataclasses.dataclass(frozen=True)
 class Split:

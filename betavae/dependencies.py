@@ -24,19 +24,20 @@ INERT = {
     "betavae/params.py": "validation; dvc.yaml tracks each param's value key by key, and the "
                          "committed params.yaml sets every key, so no default is ever used",
     "betavae/workspace.py": "decides whether a stage may start, not what it writes",
+    "betavae/launch.py": "starts the processes; how many is the `launcher` param, which dvc.yaml tracks",
     "betavae/dependencies.py": "decides which modules a checkpoint is compared on, not what is computed",
 }
 
 
 def closure(script: str, root: Path = ROOT) -> set[str]:
-    """`script` and every package module it imports at run time, directly or not, minus INERT;
-    paths relative to root, e.g. {"stages/train.py", "betavae/train.py", ...}."""
+    """`script` and every package module it imports at run time, directly or through others, minus
+    INERT (what an inert module imports is followed all the same); paths relative to root, e.g.
+    {"stages/train.py", "betavae/train.py", ...}."""
     seen, todo = {script}, [script]
     while todo:
-        for module in _package_imports(root / todo.pop()) - seen:
+        for module in imports(todo.pop(), root) - seen:
             seen.add(module)
-            if module not in INERT:
-                todo.append(module)
+            todo.append(module)
     return seen - set(INERT)
 
 
@@ -47,10 +48,12 @@ def code_fingerprint(module: str = "betavae/train.py") -> dict[str, str]:
     return {name: hashlib.sha256((ROOT / name).read_bytes()).hexdigest() for name in sorted(closure(module))}
 
 
-def _package_imports(path: Path) -> set[str]:
-    """Package modules a file imports at run time (`if TYPE_CHECKING:` imports are annotations only)."""
+def imports(module: str, root: Path = ROOT, annotations: bool = False) -> set[str]:
+    """Package modules a file imports at run time (`if TYPE_CHECKING:` imports are annotations
+    only, counted with annotations=True)."""
     found = set()
-    for node in _runtime_nodes(ast.parse(path.read_text())):
+    tree = ast.parse((root / module).read_text())
+    for node in ast.walk(tree) if annotations else _runtime_nodes(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == PACKAGE:
             if node.module == PACKAGE:
                 found |= {f"{PACKAGE}/{alias.name}.py" for alias in node.names}

@@ -19,6 +19,7 @@ processes:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Callable
@@ -28,11 +29,32 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from betavae.errors import BetaVAEError
+from betavae.errors import RANK_VARIABLE, BetaVAEError, one_line
 
 
 class OutOfSync(BetaVAEError, RuntimeError):
     """The processes of a data-parallel run disagree: in number with the launcher, or in weights."""
+
+
+class PeerLost(BetaVAEError, RuntimeError):
+    """A collective failed because another process of the run stopped (the launcher says which)."""
+
+
+@contextlib.contextmanager
+def peers_watched(world: World):
+    """Turn the failure of a collective into PeerLost: in a data-parallel run it means a peer died."""
+    try:
+        yield
+    except RuntimeError as error:
+        # Collectives raise DistError; DDP's gradient hooks in the backward pass re-raise the
+        # transport's error (gloo's "Connection reset by peer", NCCL's) as a plain RuntimeError.
+        transport = isinstance(error, dist.DistError) or any(word in str(error) for word in _TRANSPORT_WORDS)
+        if world.size == 1 or isinstance(error, BetaVAEError) or not transport:
+            raise
+        raise PeerLost(one_line(error)[:200]) from None
+
+
+_TRANSPORT_WORDS = ("gloo", "NCCL", "Connection reset", "Connection closed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,16 +75,17 @@ class World:
 
 def world_from_environment() -> World:
     """The World torchrun describes in the environment; one process without it."""
-    return World(rank=int(os.environ.get("RANK", 0)), size=int(os.environ.get("WORLD_SIZE", 1)),
+    return World(rank=int(os.environ.get(RANK_VARIABLE, 0)), size=int(os.environ.get("WORLD_SIZE", 1)),
                  local_rank=int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def start(world: World, device: torch.device) -> None:
+def join(world: World, device: torch.device) -> None:
+    """Join the process group of a data-parallel run (nothing for one process)."""
     if world.size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
 
 
-def stop(world: World) -> None:
+def leave(world: World) -> None:
     if world.size > 1 and dist.is_initialized():
         dist.destroy_process_group()
 

@@ -12,12 +12,28 @@ import os
 import sys
 from collections.abc import Callable
 
-# torchrun gives each process its rank here; only rank 0 speaks, so an error is printed once.
+# torchrun gives each process its rank here; only rank 0 speaks, so a message is printed once.
 RANK_VARIABLE = "RANK"
 
 
 class BetaVAEError(Exception):
     """An expected failure; str(error) is what the user sees."""
+
+
+def is_main_process() -> bool:
+    """Whether this is process 0 of a data-parallel run, or the only process."""
+    return os.environ.get(RANK_VARIABLE, "0") == "0"
+
+
+def tell(message: str, stream=None) -> None:
+    """Print message from process 0 only (stderr unless stream is given), at once."""
+    if is_main_process():
+        print(message, file=stream or sys.stderr, flush=True)
+
+
+def line(name: str, error: BaseException | str) -> str:
+    """The one format of every expected failure: `<name>: error: <message on one line>`."""
+    return f"{name}: error: {one_line(error)}"
 
 
 def one_line(error: BaseException | str) -> str:
@@ -33,7 +49,7 @@ def run(main: Callable[[], None], name: str, on_failure: Callable[[], None] | No
     try:
         main()
     except BetaVAEError as error:
-        _exit(f"{name}: error: {one_line(error)}", 1, on_failure)
+        _exit(line(name, error), 1, on_failure)
     except KeyboardInterrupt:
         _exit(f"{name}: interrupted", 130, on_failure)
 
@@ -41,6 +57,5 @@ def run(main: Callable[[], None], name: str, on_failure: Callable[[], None] | No
 def _exit(message: str, status: int, on_failure: Callable[[], None] | None) -> None:
     if on_failure is not None:
         on_failure()
-    if os.environ.get(RANK_VARIABLE, "0") == "0":
-        print(message, file=sys.stderr, flush=True)
+    tell(message)
     raise SystemExit(status)

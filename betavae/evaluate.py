@@ -25,11 +25,12 @@ from betavae.data import Split, ordered_batches
 from betavae.loss import gaussian_log_density, kl_per_dimension, reconstruction_per_image
 from betavae.model import ConvVAE, ModelConfig, training_memory_bytes
 
+METRICS = ("recon", "kl", "loss", "neg_elbo", "nll", "active_units", "kl_dims_90")  # reports/metrics.json's "test"
 ACTIVE_UNIT_THRESHOLD = 0.01
 KL_SHARE = 0.9  # kl_dims_90 counts the dimensions that hold this share of the KL
 IMAGES_PER_BATCH = 128
 # Latent samples per decoder call. On a CPU, small calls keep the (N, 32, 14, 14) activations in
-# cache (docs/performance.md), with identical results; a GPU, or any other device, wants large calls.
+# cache (docs/performance.md), with identical results; other devices get large calls.
 LATENTS_PER_DECODE = {"cpu": 256, "cuda": 8192}
 
 
@@ -92,6 +93,7 @@ def _latents_per_decode(device: torch.device) -> int:
 
 
 def summarize(results: PerImage, beta: float) -> dict:
+    """The test metrics, named and ordered as METRICS."""
     recon, kl = results.recon.mean().item(), results.kl.mean().item()
     return {
         "recon": recon,

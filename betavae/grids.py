@@ -12,7 +12,6 @@ import io
 from typing import TYPE_CHECKING
 
 import torch
-import torchvision
 from PIL import Image
 
 if TYPE_CHECKING:
@@ -32,6 +31,8 @@ def prior_latents(seed: int, latent_dim: int, count: int = SAMPLES) -> torch.Ten
 def mosaic(images: torch.Tensor, columns: int = COLUMNS) -> torch.Tensor:
     """images (N, 1, H, W) in [0, 1] -> uint8 (rows * (H + 2) + 2, columns * (W + 2) + 2) * SCALE:
     `columns` images to a row, white gaps (torchvision's make_grid)."""
+    import torchvision  # a second or more to import: only what draws mosaics pays for it
+
     grid = torchvision.utils.make_grid(images.detach().float().cpu().clamp(0, 1), nrow=columns, padding=2,
                                        pad_value=1.0)[0]
     pixels = grid.mul(255).round().to(torch.uint8)
@@ -47,17 +48,11 @@ def png(pixels: torch.Tensor) -> bytes:
 
 
 @torch.no_grad()
-def samples(model: ConvVAE, latents: torch.Tensor) -> torch.Tensor:
-    """latents (N, Z) -> the decoder's mean images (N, 1, 28, 28)."""
-    return torch.sigmoid(model.decode(latents))
-
-
-@torch.no_grad()
 def reconstructions(model: ConvVAE, x: torch.Tensor, columns: int = COLUMNS) -> torch.Tensor:
     """x (N, 1, 28, 28), N a multiple of columns -> (2N, 1, 28, 28): each row of inputs followed by
     the row of their reconstructions from the posterior mean."""
     mu, _ = model.encode(x)
-    return interleave_rows(x, torch.sigmoid(model.decode(mu)), columns)
+    return interleave_rows(x, model.pixel_probabilities(mu), columns)
 
 
 def interleave_rows(top: torch.Tensor, bottom: torch.Tensor, columns: int = COLUMNS) -> torch.Tensor:
@@ -78,7 +73,7 @@ def interpolations(model: ConvVAE, starts: torch.Tensor, ends: torch.Tensor, ste
     end_mu, _ = model.encode(ends)
     weights = torch.linspace(0, 1, steps, device=start_mu.device).view(1, steps, 1)
     path = start_mu[:, None] * (1 - weights) + end_mu[:, None] * weights  # (R, steps, Z)
-    return torch.sigmoid(model.decode(path.reshape(-1, path.shape[-1])))
+    return model.pixel_probabilities(path.reshape(-1, path.shape[-1]))
 
 
 @torch.no_grad()
@@ -88,4 +83,4 @@ def traversal(model: ConvVAE, base: torch.Tensor, dimensions: list[int], values:
     latents = base.repeat(len(dimensions), len(values), 1)  # (D, S, Z)
     for row, dimension in enumerate(dimensions):
         latents[row, :, dimension] = values.to(latents)
-    return torch.sigmoid(model.decode(latents.reshape(-1, base.shape[-1])))
+    return model.pixel_probabilities(latents.reshape(-1, base.shape[-1]))

@@ -91,6 +91,10 @@ class ConvVAE(nn.Module):
         """z (B, Z) -> Bernoulli logits (B, 1, 28, 28)."""
         return self.decoder(self.from_latent(z))
 
+    def pixel_probabilities(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, Z) -> the decoder's Bernoulli means, the image a latent code draws (B, 1, 28, 28)."""
+        return torch.sigmoid(self.decode(z))
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, logvar = self.encode(x)
         return self.decode(self.reparameterize(mu, logvar)), mu, logvar

@@ -1,7 +1,11 @@
 """params.yaml, read and validated once into a typed, frozen object.
 
 Every stage calls `load_params`; a bad file fails before any work starts, with one line that
-names the offending key. Floats accept YAML ints because `dvc exp run -S beta=4` writes an int.
+names the offending key. The file is read as DVC reads and writes it: YAML 1.2, with the library
+and settings DVC uses (ruamel.yaml, typ="safe"), so what `dvc exp run -S weight_decay=1e-6` writes,
+what dvc.lock and `dvc exp show` record and what the model trains with are the same values (PyYAML
+reads YAML 1.1, where `1e-6` is a string and `yes`, `017` or `1:30` mean other things). Floats
+accept YAML ints because `dvc exp run -S beta=4` writes an int.
 Every number is bounded by what the code can do with it; where memory is the limit, the stages
 also estimate what a run needs before allocating it (betavae/model.py, betavae/runtime.py).
 
@@ -15,18 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import math
-import shlex
-import time
 import typing
 from pathlib import Path
 
-import yaml
-
-from betavae import schedules
+from betavae import dotted, launch
 from betavae.errors import BetaVAEError, one_line
 
+PARAMS_FILE = "params.yaml"  # what dvc.yaml's stages read and `dvc exp run -S` edits
 MNIST_TRAIN_IMAGES = 60_000
 MNIST_TEST_IMAGES = 10_000
 DEVICES = ("auto", "cpu", "cuda")
@@ -95,70 +95,25 @@ class Params:
 
     @property
     def world_size(self) -> int | None:
-        """Processes the launcher starts, or None where torchrun decides at run time."""
-        return launcher_world_size(self.launcher)
+        """Processes the launcher starts, or None where that is decided when they start."""
+        return launch.parse(self.launcher).world_size
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def get(self, key: str) -> object:
+        """The value of a dotted key ("data.limit"), or of a whole group as a dict ("augment")."""
+        return dotted.get(self.to_dict(), key)
+
     def select(self, keys: typing.Iterable[str]) -> dict:
         """The nested dict of just these keys ("beta", "data.limit", or a whole group "augment")."""
-        selected: dict = {}
-        for key in keys:
-            *groups, leaf = key.split(".")
-            target = selected
-            for group in groups:
-                target = target.setdefault(group, {})
-            value = _lookup(self, key)
-            target[leaf] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
-        return selected
+        return dotted.select(self.to_dict(), keys)
 
 
 # Everything but evaluation's own group changes what training produces.
 TRAINING_PARAMS = tuple(field.name for field in dataclasses.fields(Params) if field.name != "eval")
 EVALUATION_PARAMS = ("seed", "data.limit", "eval.iw_samples", "device", "precision", "channels_last")
 PLOT_PARAMS = ("seed", "data.limit")
-
-
-def launcher_world_size(launcher: str) -> int | None:
-    """`python` -> 1; `[srun [options]] torchrun ... --nnodes N --nproc-per-node M` -> N * M; None
-    where the count is decided when the processes start (--nproc-per-node auto/gpu/cpu, an elastic
-    --nnodes MIN:MAX, or a shell variable such as $SLURM_NNODES)."""
-    words = shlex.split(launcher)
-    if words == ["python"]:
-        return 1
-    if not words or words[0] not in ("torchrun", "srun") or "torchrun" not in words:
-        raise ValueError(f"must be `python`, or `torchrun` with its options (after `srun` on Slurm), got {launcher!r}")
-    options = _torchrun_options(words[words.index("torchrun") + 1:])
-    nodes, per_node = options.get("nnodes", "1"), options.get("nproc_per_node", "1")
-    if ":" in nodes:
-        low, _, high = nodes.partition(":")
-        nodes = low if low == high else ""
-    if not (nodes.isdigit() and per_node.isdigit()):
-        return None
-    if int(nodes) < 1 or int(per_node) < 1:
-        raise ValueError(f"--nnodes and --nproc-per-node must be positive, got {launcher!r}")
-    return int(nodes) * int(per_node)
-
-
-def _torchrun_options(words: list[str]) -> dict[str, str]:
-    options = {}
-    for i, word in enumerate(words):
-        if not word.startswith("--"):
-            continue
-        name, _, value = word[2:].partition("=")
-        if not value and i + 1 < len(words) and not words[i + 1].startswith("-"):
-            value = words[i + 1]
-        options[name.replace("-", "_")] = value
-    return options
-
-
-def _launcher_ok(params: Params) -> bool:
-    try:
-        params.world_size  # noqa: B018 (parsed for its errors)
-    except ValueError:
-        return False
-    return True
 
 
 # (key, predicate, what the value must be): checked after the types, in this order.
@@ -190,16 +145,15 @@ _RULES: list[tuple[str, typing.Callable[[Params], bool], str | typing.Callable[[
     ("eval.iw_samples", lambda p: 1 <= p.eval.iw_samples <= MAX_IW_SAMPLES, f"must be in [1, {MAX_IW_SAMPLES}]"),
     ("device", lambda p: p.device in DEVICES, f"must be one of {', '.join(DEVICES)}"),
     ("precision", lambda p: p.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
-    ("launcher", _launcher_ok, "must be `python`, or `[srun [options]] torchrun [options]` with positive "
-                               "--nnodes and --nproc-per-node"),
+    ("launcher", lambda p: _launcher_problem(p.launcher) is None, lambda p: _launcher_problem(p.launcher)),
     ("batch_size", lambda p: p.world_size is None or p.batch_size % p.world_size == 0,
      lambda p: f"must be divisible by the {p.world_size} processes the launcher starts"),
 ]
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
     path = Path(path)
-    return parse_params(_read_yaml(path), source=str(path))
+    return parse_params(read_yaml(path), source=str(path))
 
 
 def parse_params(raw: object, source: str = "params") -> Params:
@@ -209,100 +163,38 @@ def parse_params(raw: object, source: str = "params") -> Params:
     params = _build(Params, raw, prefix="", source=source)
     for key, holds, requirement in _RULES:
         if not holds(params):
-            value = _lookup(params, key)
             requirement = requirement(params) if callable(requirement) else requirement
-            raise ParamsError(f"{source}: {key} {requirement} (got {_short(value)})")
+            raise ParamsError(f"{source}: {key} {requirement} (got {_short(params.get(key))})")
     return params
 
 
-def check_file(path: str | Path) -> list[str]:
-    """Validate a params file (ParamsError if it is bad); return its warnings."""
-    return schedule_warnings(load_params(path))
-
-
-def schedule_warnings(params: Params) -> list[str]:
-    """Schedules longer than training are run as given (a quick `-S epochs=3` run never reaches the
-    peak, as in the spec's own script); say so, naming the key."""
-    warnings = []
-    if params.warmup_epochs > params.epochs:
-        peak = schedules.learning_rate(params.epochs, params.base_lr, params.max_lr, params.warmup_epochs,
-                                       params.epochs)
-        warnings.append(f"warmup_epochs ({params.warmup_epochs}) is longer than training ({params.epochs} "
-                        f"epochs): the learning rate only rises, to {peak:.3g} (max_lr {params.max_lr:g})")
-    if params.kl_anneal_epochs > params.epochs:
-        weight = schedules.kl_weight(params.epochs, params.beta, params.kl_anneal_epochs)
-        warnings.append(f"kl_anneal_epochs ({params.kl_anneal_epochs}) is longer than training "
-                        f"({params.epochs} epochs): the KL weight ends at {weight:.3g}, not beta ({params.beta:g})")
-    return warnings
-
-
-class Watch:
-    """Notices when params.yaml changes under a running stage (a second `dvc exp run -S`, started
-    while one trains, writes its values before DVC's lock refuses it)."""
-
-    def __init__(self, path: str | Path, params: Params):
-        self.path, self.params = Path(path), params
-        self.digest = _digest(self.path)
-
-    def check(self) -> None:
-        if _digest(self.path) == self.digest:
-            return
-        # DVC rewrites params.yaml several times per `exp run` (stash, apply, reset, unstash): describe
-        # the file once it has stayed the same for a while, and carry on if it came back unchanged.
-        if _wait_until_settled(self.path) == self.digest:
-            return
-        try:
-            now = load_params(self.path)
-            changed = ", ".join(f"{key} {_lookup(self.params, key)!r} -> {_lookup(now, key)!r}"
-                                for key in differing_keys(self.params.to_dict(), now.to_dict())) or "comments only"
-        except ParamsError as error:
-            changed = f"now invalid: {error}"
-        raise ParamsError(f"{self.path} changed while this stage ran ({changed}); nothing more is written. "
-                          "Another `dvc exp run` in this workspace probably wrote it: run experiments side "
-                          "by side with `dvc exp run --queue` and `dvc queue start`, restore params.yaml "
-                          "(README, When things go wrong), then rerun")
-
-
-def differing_keys(first: dict, second: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts."""
-    keys = []
-    for key in sorted(set(first) | set(second)):
-        a, b = first.get(key), second.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += differing_keys(a, b, f"{prefix}{key}.")
-        elif a != b:
-            keys.append(f"{prefix}{key}")
-    return keys
-
-
-def _read_yaml(path: Path) -> object:
+def read_yaml(path: Path) -> object:
+    """The YAML file at path as DVC parses params files (YAML 1.2); ParamsError naming the file."""
     try:
-        return yaml.safe_load(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise ParamsError(f"{path}: cannot be read ({error})") from None
-    except yaml.YAMLError as error:
-        raise ParamsError(f"{path}: not valid YAML ({one_line(error)})") from None
+        raise ParamsError(f"{path}: cannot be read ({one_line(error)})") from None
+    return parse_yaml(text, str(path))
 
 
-def _wait_until_settled(path: Path, quiet_s: float = 1.0, poll_s: float = 0.1, limit_s: float = 10.0) -> str | None:
-    """The file's digest once it has not changed for quiet_s (or after limit_s)."""
-    digest, unchanged_since = _digest(path), time.monotonic()
-    deadline = unchanged_since + limit_s
-    while time.monotonic() - unchanged_since < quiet_s and time.monotonic() < deadline:
-        time.sleep(poll_s)
-        current = _digest(path)
-        if current != digest:
-            digest, unchanged_since = current, time.monotonic()
-    return digest
+def parse_yaml(text: str, source: str) -> object:
+    """YAML text as DVC parses it: ruamel.yaml with typ="safe" (dvc.utils.serialize.parse_yaml)."""
+    from ruamel.yaml import YAML, YAMLError
 
-
-def _digest(path: Path) -> str | None:
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
+        return YAML(typ="safe").load(text)
+    except YAMLError as error:
+        raise ParamsError(f"{source}: not valid YAML ({one_line(error)})") from None
+
+
+def _launcher_problem(value: str) -> str | None:
+    try:
+        launch.parse(value)
+    except launch.LauncherError as error:
+        return f"is not usable: {error}"
+    return None
 
 
 def _build(cls, raw: object, prefix: str, source: str):
@@ -353,10 +245,3 @@ def _suggest(key: str, fields: typing.Iterable[str], prefix: str) -> str:
     names = [f"{prefix}{name}" for name in fields]
     close = difflib.get_close_matches(f"{prefix}{key}", names, n=1, cutoff=0.5)
     return f" (did you mean {close[0]}?)" if close else f" (valid keys: {', '.join(names)})"
-
-
-def _lookup(params: Params, dotted: str):
-    value = params
-    for part in dotted.split("."):
-        value = getattr(value, part)
-    return value

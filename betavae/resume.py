@@ -19,32 +19,29 @@ state that does not load is refused: "auto" says why and starts fresh, exactly a
 checkpoint; "require" stops with the reason (ResumeRefused); "never" ignores the file.
 
 What a resumed run rewrites. The DVCLive metrics and snapshot images of the epochs it skips, from
-the state: DVC may have removed them, and DVCLive clears its directory when it starts.
+the state, into the unfinished run's log directory beside the checkpoint (`live_directory`): DVCLive
+clears its directory when it starts. The committed logs (`--live`) are replaced only when the run
+finishes, together with the model.
 
-When it is deleted. A run that finishes deletes its checkpoint. The state exists only while a run
-is unfinished, so it is never an output that DVC or git carries, and `dvc repro --force` after a
-finished run trains from scratch.
+When it is deleted. A run that finishes deletes its checkpoint and log directory. The state exists
+only while a run is unfinished, so it is never an output that DVC or git carries, and `dvc repro
+--force` after a finished run trains from scratch.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-from betavae import atomic, checkpoint, distributed
+from betavae import atomic, checkpoint, distributed, dotted
 from betavae.dependencies import code_fingerprint
 from betavae.errors import BetaVAEError, one_line
 from betavae.model import ARCHITECTURE
-from betavae.params import TRAINING_PARAMS, differing_keys
-
-if TYPE_CHECKING:
-    from betavae.train import Trainer
+from betavae.params import TRAINING_PARAMS
+from betavae.state import BestEpoch, Outputs, Progress, Trainer
 
 FORMAT = "betavae-train-state/3"  # 3: per-process RNGs, the process count, the latent KL of the best epoch
 MODES = ("auto", "never", "require")
@@ -54,77 +51,66 @@ class ResumeRefused(BetaVAEError, RuntimeError):
     """resume mode "require", but there is no checkpoint this run may continue from."""
 
 
-@dataclasses.dataclass
-class Best:
-    epoch: int = 0
-    val_loss: float = math.inf
-    weights: dict | None = None  # the model's state dict at that epoch, on the CPU
-    latent_kl: list[float] = dataclasses.field(default_factory=list)  # validation KL per latent dimension
-
-
-@dataclasses.dataclass
-class Results:
-    """What a run has produced so far: saved in the state after every epoch, returned at the end."""
-
-    epochs_done: int = 0
-    history: list[dict] = dataclasses.field(default_factory=list)  # one record of metrics per epoch
-    best: Best = dataclasses.field(default_factory=Best)
-    snapshots: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # DVCLive image name -> uint8 mosaic
-
-
-def rng_states(trainer: Trainer) -> list[dict]:
-    """Every process's own RNG states, gathered in every process (a collective under torchrun)."""
+def save(path: Path, trainer: Trainer, progress: Progress) -> None:
+    """Write the training state (process 0). Called in every process: the RNG states of all of them
+    are gathered first, a collective under torchrun."""
     device = trainer.compute.device
     own = {"torch": torch.get_rng_state(),
            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-    return distributed.gather(own, trainer.world)
-
-
-def save(path: Path, trainer: Trainer, results: Results, rng: list[dict]) -> None:
-    best = results.best
+    rng = distributed.gather(own, trainer.world)
+    if not trainer.world.is_main:
+        return
+    best = progress.best
     atomic.write_torch(path, {
         "format": FORMAT,
         "architecture": ARCHITECTURE,
         "params": trainer.params.select(TRAINING_PARAMS),
         "code": code_fingerprint(),
         "world_size": trainer.world.size,
-        "epoch": results.epochs_done,
+        "epoch": progress.epochs_done,
         "model": trainer.model.state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
         "rng": {"generator": trainer.generator.get_state(), "processes": rng},
         "best": {"epoch": best.epoch, "val_loss": best.val_loss, "weights": best.weights,
                  "latent_kl": best.latent_kl},
-        "history": results.history,
-        "snapshots": results.snapshots,
+        "history": progress.history,
+        "snapshots": progress.snapshots,
     })
 
 
-def restore(trainer: Trainer, path: Path, mode: str, log: Callable[[str], None]) -> Results:
-    """The results to continue from: the checkpoint's, applied to trainer, or fresh ones."""
+def restore(trainer: Trainer, path: Path, mode: str, log: Callable[[str], None]) -> Progress:
+    """The progress to continue from: the checkpoint's, applied to trainer, or none."""
     if mode not in MODES:
         raise ValueError(f"resume mode must be one of {MODES}, got {mode!r}")
     if mode == "never" or (mode == "auto" and not path.exists()):
-        return Results()
+        return Progress()
     try:
         state = checkpoint.read(path, FORMAT)
         _check_same_run(state, trainer)
-        results = _check_state(state, trainer)
+        progress = _check_state(state, trainer)
     except (BetaVAEError, KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
         if mode == "require":
             raise ResumeRefused(f"cannot resume: {one_line(error)}") from None
         log(f"not resuming, starting fresh: {one_line(error)}")
-        return Results()
+        return Progress()
     _apply(state, trainer)
-    log(f"resuming from {path} after epoch {results.epochs_done} of {trainer.params.epochs}")
-    return results
+    log(f"resuming from {path} after epoch {progress.epochs_done} of {trainer.params.epochs}")
+    return progress
 
 
-def discard(path: Path) -> None:
-    atomic.remove(path)
+def live_directory(outputs: Outputs) -> Path:
+    """Where an unfinished run's DVCLive logs go: beside its checkpoint, models/checkpoint.live/."""
+    return outputs.checkpoint.with_suffix(".live")
+
+
+def discard(outputs: Outputs) -> None:
+    """Delete a finished run's training state."""
+    atomic.remove(outputs.checkpoint)
+    atomic.remove_directory(live_directory(outputs))
 
 
 def _check_same_run(state: dict, trainer: Trainer) -> None:
-    changed = differing_keys(state["params"], trainer.params.select(TRAINING_PARAMS))
+    changed = dotted.differing(state["params"], trainer.params.select(TRAINING_PARAMS))
     if changed:
         raise checkpoint.CheckpointError(f"checkpoint was written with different params ({', '.join(changed)})")
     # DVC reruns the stage when its code changes; finishing the old code's run would pass off its
@@ -138,7 +124,7 @@ def _check_same_run(state: dict, trainer: Trainer) -> None:
                                          f"this run has {trainer.world.size}")
 
 
-def _check_state(state: dict, trainer: Trainer) -> Results:
+def _check_state(state: dict, trainer: Trainer) -> Progress:
     """Load every piece of the state into scratch copies: whatever is wrong with it fails here,
     before anything of the run is touched."""
     scratch = copy.deepcopy(trainer.model)
@@ -161,10 +147,10 @@ def _check_state(state: dict, trainer: Trainer) -> Results:
     snapshots = {str(name): pixels for name, pixels in state["snapshots"].items()}
     if not all(torch.is_tensor(p) and p.dtype == torch.uint8 and p.ndim == 2 for p in snapshots.values()):
         raise ValueError("checkpoint's snapshots are not uint8 images")
-    return Results(epochs_done=epochs_done, history=history,
-                   best=Best(int(best["epoch"]), float(best["val_loss"]), best["weights"],
-                             [float(value) for value in best["latent_kl"]]),
-                   snapshots=snapshots)
+    return Progress(epochs_done=epochs_done, history=history,
+                    best=BestEpoch(int(best["epoch"]), float(best["val_loss"]), best["weights"],
+                                   [float(value) for value in best["latent_kl"]]),
+                    snapshots=snapshots)
 
 
 def _apply(state: dict, trainer: Trainer) -> None:

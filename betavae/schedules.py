@@ -6,6 +6,10 @@ Progress t is fractional (step / steps_per_epoch), so both schedules move every 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from betavae.params import Params
 
 
 def learning_rate(t: float, base_lr: float, max_lr: float, warmup_epochs: float,
@@ -25,3 +29,18 @@ def kl_weight(t: float, beta: float, anneal_epochs: float) -> float:
     if anneal_epochs <= 0:
         return beta
     return beta * min(1.0, t / anneal_epochs)
+
+
+def warnings(params: Params) -> list[str]:
+    """Schedules longer than training are run as given (a quick `-S epochs=3` run never reaches the
+    peak, as in the spec's own script); say so, naming the key."""
+    found = []
+    if params.warmup_epochs > params.epochs:
+        peak = learning_rate(params.epochs, params.base_lr, params.max_lr, params.warmup_epochs, params.epochs)
+        found.append(f"warmup_epochs ({params.warmup_epochs}) is longer than training ({params.epochs} "
+                     f"epochs): the learning rate only rises, to {peak:.3g} (max_lr {params.max_lr:g})")
+    if params.kl_anneal_epochs > params.epochs:
+        weight = kl_weight(params.epochs, params.beta, params.kl_anneal_epochs)
+        found.append(f"kl_anneal_epochs ({params.kl_anneal_epochs}) is longer than training "
+                     f"({params.epochs} epochs): the KL weight ends at {weight:.3g}, not beta ({params.beta:g})")
+    return found

@@ -5,11 +5,14 @@ uint8 batch, augment it, forward, β-VAE loss with the annealed KL weight, backw
 at the scheduled learning rate. After each epoch: validation (never augmented), metrics and
 snapshots to DVCLive, and the training state for resuming (betavae/resume.py). Under torchrun the
 same loop runs in every process on its share of each batch (betavae/distributed.py).
+
+DVCLive writes to a directory beside the checkpoint while the run is unfinished; the finished run's
+logs replace the committed ones at the end, with model.pt, so a run that stops early leaves every
+committed output as it was.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -20,14 +23,13 @@ from tqdm import tqdm
 
 from betavae import atomic, checkpoint, distributed, grids, resume, runtime, schedules
 from betavae.augment import random_affine
-from betavae.data import Split, load_train_val, ordered_batches, shuffled_batches, to_float
+from betavae.data import INFERENCE_BATCH, Split, load_train_val, ordered_batches, shuffled_batches, to_float
 from betavae.errors import BetaVAEError
 from betavae.loss import LossTerms, beta_vae_loss, kl_per_dimension, reconstruction_per_image
 from betavae.model import ConvVAE, ModelConfig, training_memory_bytes
 from betavae.params import TRAINING_PARAMS, Params
-from betavae.resume import Best, Results
+from betavae.state import BestEpoch, Outputs, Progress, Trainer
 
-VALIDATION_BATCH = 1000
 SNAPSHOT_RECONSTRUCTIONS = 16  # validation images shown with their reconstructions in each snapshot
 
 
@@ -35,51 +37,27 @@ class TrainingDiverged(BetaVAEError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Outputs:
-    model: Path
-    checkpoint: Path
-    live_dir: Path
-
-
-@dataclasses.dataclass
-class Trainer:
-    """What a run trains with, set up once at its start (the same in every process)."""
-
-    params: Params
-    compute: runtime.Compute
-    world: distributed.World
-    model: ConvVAE  # the module whose weights are saved and validated
-    step_forward: Callable  # what a training step calls: the model, its DDP wrapper, or compiled
-    optimizer: torch.optim.Optimizer
-    generator: torch.Generator  # shuffling and augmentation: the same stream in every process
-    train: Split
-    val: Split
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self.train) // self.params.batch_size
-
-
 def train(params: Params, data_dir: Path, outputs: Outputs, resume_mode: str = "auto",
-          log: Callable[[str], None] = print, between_epochs: Callable[[], None] = lambda: None) -> Results:
+          log: Callable[[str], None] = print, between_epochs: Callable[[], None] = lambda: None) -> Progress:
     """Train to params.epochs, resuming a matching checkpoint; write model.pt and the DVCLive logs.
     between_epochs runs in process 0 after each epoch's checkpoint (the stage checks params.yaml)."""
     world = distributed.world_from_environment()
-    trainer = start(params, data_dir, world)
+    trainer = prepare(params, data_dir, world)
     try:
-        results = resume.restore(trainer, outputs.checkpoint, resume_mode, log if world.is_main else _quiet)
-        _run_epochs(trainer, results, outputs, between_epochs)
-        distributed.check_in_sync(trainer.model, world)
+        progress = resume.restore(trainer, outputs.checkpoint, resume_mode, log if world.is_main else _quiet)
+        with distributed.peers_watched(world):
+            _run_epochs(trainer, progress, outputs, between_epochs)
+            distributed.check_in_sync(trainer.model, world)
         if world.is_main:
-            _write_model(trainer, results, outputs.model)
-            resume.discard(outputs.checkpoint)  # finished: a later run starts afresh (resume.py)
+            _write_model(trainer, progress, outputs.model)
+            atomic.replace_directory(outputs.live_dir, resume.live_directory(outputs))
+            resume.discard(outputs)  # finished: a later run starts afresh (resume.py)
     finally:
-        distributed.stop(world)
-    return results
+        distributed.leave(world)
+    return progress
 
 
-def start(params: Params, data_dir: Path, world: distributed.World) -> Trainer:
+def prepare(params: Params, data_dir: Path, world: distributed.World) -> Trainer:
     """Everything a run needs before its first step: seeded RNGs, data on the device, model, optimiser."""
     if params.world_size not in (None, world.size):
         raise distributed.OutOfSync(f"launcher {params.launcher!r} means {params.world_size} processes, "
@@ -90,7 +68,7 @@ def start(params: Params, data_dir: Path, world: distributed.World) -> Trainer:
     compute = runtime.resolve(params, world.local_rank)
     runtime.check_memory(training_memory_bytes(ModelConfig(params.z_dim), params.batch_size // world.size),
                          f"training with z_dim {params.z_dim} and batch_size {params.batch_size}", compute.device)
-    distributed.start(world, compute.device)
+    distributed.join(world, compute.device)
     runtime.make_deterministic(distributed.rank_seed(params.seed, world.rank), compute.device)
     train_split, val_split = load_train_val(data_dir, params)
     model = ConvVAE(ModelConfig(latent_dim=params.z_dim, dropout=params.dropout))
@@ -104,22 +82,21 @@ def start(params: Params, data_dir: Path, world: distributed.World) -> Trainer:
                    train_split.to(compute.device), val_split.to(compute.device))
 
 
-def _run_epochs(trainer: Trainer, results: Results, outputs: Outputs, between_epochs: Callable[[], None]) -> None:
+def _run_epochs(trainer: Trainer, progress: Progress, outputs: Outputs, between_epochs: Callable[[], None]) -> None:
     params, steps = trainer.params, trainer.steps_per_epoch
-    live = _open_live(outputs.live_dir, results) if trainer.world.is_main else None
-    bar = tqdm(total=params.epochs * steps, initial=results.epochs_done * steps, unit="step",
+    live = _open_live(resume.live_directory(outputs), progress) if trainer.world.is_main else None
+    bar = tqdm(total=params.epochs * steps, initial=progress.epochs_done * steps, unit="step",
                dynamic_ncols=True, mininterval=1.0, disable=not trainer.world.is_main)
     try:
-        for epoch in range(results.epochs_done + 1, params.epochs + 1):
+        for epoch in range(progress.epochs_done + 1, params.epochs + 1):
             started = time.perf_counter()
             train_metrics = train_epoch(trainer, epoch, bar)
             if trainer.world.is_main:
                 record, latent_kl = _record(trainer, epoch, train_metrics, started)
-                _finish_epoch(trainer, results, record, latent_kl, live)
-            # Every process's RNG, after validation drew its noise: a collective, then the state.
-            rng_states = resume.rng_states(trainer)
+                _finish_epoch(trainer, progress, record, latent_kl, live)
+            # After validation drew its noise, so that every process's RNG state is the epoch's end.
+            resume.save(outputs.checkpoint, trainer, progress)
             if trainer.world.is_main:
-                resume.save(outputs.checkpoint, trainer, results, rng_states)
                 between_epochs()
                 bar.set_postfix(epoch=epoch, val_loss=f"{record['val/loss']:.2f}", refresh=False)
     finally:
@@ -181,7 +158,7 @@ def validate(model: ConvVAE, split: Split, beta: float, compute: runtime.Compute
     model.eval()
     recon_sum = torch.zeros((), dtype=torch.float64, device=compute.device)
     kl_sums = torch.zeros(model.config.latent_dim, dtype=torch.float64, device=compute.device)
-    for x, _ in ordered_batches(split, VALIDATION_BATCH):
+    for x, _ in ordered_batches(split, INFERENCE_BATCH):
         x = compute.to_layout(x)
         with compute.autocast():
             logits, mu, logvar = model(x)
@@ -209,47 +186,48 @@ def _record(trainer: Trainer, epoch: int, train_metrics: dict, started: float) -
     return record, latent_kl
 
 
-def _finish_epoch(trainer: Trainer, results: Results, record: dict, latent_kl: list[float], live) -> None:
+def _finish_epoch(trainer: Trainer, progress: Progress, record: dict, latent_kl: list[float], live) -> None:
     epoch = record["epoch"]
-    results.epochs_done = epoch
-    results.history.append(record)
-    if record["val/loss"] < results.best.val_loss:
+    progress.epochs_done = epoch
+    progress.history.append(record)
+    if record["val/loss"] < progress.best.val_loss:
         weights = {name: tensor.detach().clone().cpu() for name, tensor in trainer.model.state_dict().items()}
-        results.best = Best(epoch, record["val/loss"], weights, latent_kl)
+        progress.best = BestEpoch(epoch, record["val/loss"], weights, latent_kl)
     if epoch % trainer.params.snapshot_every == 0 or epoch == trainer.params.epochs:
-        results.snapshots.update(_snapshots(trainer, epoch))
-    _log(live, results, upto=epoch)
+        progress.snapshots.update(_snapshots(trainer, epoch))
+    _log(live, progress, upto=epoch)
 
 
+@torch.no_grad()
 def _snapshots(trainer: Trainer, epoch: int) -> dict[str, torch.Tensor]:
     """DVCLive image name -> uint8 mosaic; `<series>/<epoch>.png` names make one series per kind,
     which DVC's VS Code extension shows with an epoch slider."""
     model = trainer.model.eval()
     latents = grids.prior_latents(trainer.params.seed, trainer.params.z_dim).to(trainer.compute.device)
     x = trainer.compute.to_layout(to_float(trainer.val.images[:SNAPSHOT_RECONSTRUCTIONS]))
-    return {f"samples/{epoch}.png": grids.mosaic(grids.samples(model, latents)),
+    return {f"samples/{epoch}.png": grids.mosaic(model.pixel_probabilities(latents)),
             f"reconstructions/{epoch}.png": grids.mosaic(grids.reconstructions(model, x))}
 
 
-def _open_live(live_dir: Path, results: Results):
+def _open_live(live_dir: Path, progress: Progress):
     from dvclive import Live  # heavy import, and only training needs it
 
     # Metrics and plots are declared in dvc.yaml by hand; DVC, not DVCLive, owns experiments.
     live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
-    for record in results.history:  # a resumed run rewrites the logs of the epochs it skips
-        _log(live, results, upto=record["epoch"])
+    for record in progress.history:  # a resumed run rewrites the logs of the epochs it skips
+        _log(live, progress, upto=record["epoch"])
     return live
 
 
-def _log(live, results: Results, upto: int) -> None:
+def _log(live, progress: Progress, upto: int) -> None:
     """Log epoch `upto`'s metrics and snapshots, with the best epoch as of then."""
-    record = results.history[upto - 1]
-    best = min(results.history[:upto], key=lambda r: r["val/loss"])
+    record = progress.history[upto - 1]
+    best = min(progress.history[:upto], key=lambda r: r["val/loss"])
     live.step = upto
     for name, value in record.items():
         if name != "epoch":
             live.log_metric(name, value)
-    for name, pixels in results.snapshots.items():
+    for name, pixels in progress.snapshots.items():
         if int(Path(name).stem) == upto:
             live.log_image(name, pixels.numpy())
     live.summary["best_epoch"] = best["epoch"]
@@ -257,8 +235,8 @@ def _log(live, results: Results, upto: int) -> None:
     live.make_summary()
 
 
-def _write_model(trainer: Trainer, results: Results, path: Path) -> None:
-    best = results.best
+def _write_model(trainer: Trainer, progress: Progress, path: Path) -> None:
+    best = progress.best
     record = checkpoint.model_record(best.weights, trainer.model.config, trainer.params.select(TRAINING_PARAMS),
                                      best.epoch, best.val_loss, best.latent_kl)
     atomic.write_torch(path, record)

@@ -18,17 +18,17 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import sys
 from pathlib import Path
 
 import matplotlib.ticker
 from matplotlib.figure import Figure
 
-from betavae import atomic
+from betavae import atomic, errors
+from betavae.errors import BetaVAEError
+from betavae.evaluate import METRICS
 
 PARAMS = ("beta", "z_dim", "epochs", "seed")
 INTEGER_PARAMS = ("z_dim", "epochs", "seed", "active_units", "kl_dims_90")  # the API gives every number as a float
-METRICS = ("recon", "kl", "loss", "neg_elbo", "nll", "active_units", "kl_dims_90")
 UNFINISHED = ("Failed", "Queued", "Running")
 
 
@@ -105,6 +105,10 @@ def figure(runs: list[dict], title: str) -> Figure:
 
 
 def main() -> None:
+    errors.run(_main, "compare")
+
+
+def _main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", default=None, help="DVC repository (default: the current one)")
     parser.add_argument("--num", type=int, default=1, help="commits back from HEAD to include")
@@ -117,7 +121,7 @@ def main() -> None:
     args = parser.parse_args()
     runs = collect(args.repo, args.num, args.epochs)
     if not runs:
-        sys.exit("compare: error: no experiment with test metrics; run `dvc exp run` first")
+        raise BetaVAEError("no experiment with test metrics; run `dvc exp run` first")
     atomic.write_text(args.csv, to_csv(runs))
     written = [args.csv]
     if args.figure:

@@ -1,11 +1,16 @@
-"""Fill the README's result tables from the committed files (run by `make repro`):
+"""Fill the README's numbers from the committed files (run by `make repro`):
 
-    results   reports/metrics.json       the reference run against the spec
-    seed      reports/seeds.csv          runs that differ only in the seed (scripts/compare.py --csv)
-    sweep     reports/rate_distortion.csv  the β sweep (scripts/compare.py)
+    results    reports/metrics.json          the reference run against the spec
+    reference  reports/train/                how long the reference run trained, its best epoch
+    seed       reports/seeds.csv             runs that differ only in the seed (scripts/compare.py --csv)
+    sweep      reports/rate_distortion.csv   the β sweep (scripts/compare.py)
+    tests      reports/test_times.json       the two test tiers' measured times
 
-Each table sits between `<!-- NAME:begin -->` and `<!-- NAME:end -->`; everything else in the README is
-left alone. tests/test_readme.py checks that the committed README holds exactly these tables.
+Each block sits between `<!-- NAME:begin -->` and `<!-- NAME:end -->`; everything else in the README
+is left alone. The results and reference blocks describe the reference run, the default params: if
+the workspace holds anything else (an applied experiment, a quick `dvc exp run -S epochs=2`), they
+are left as they are, and the script says why. tests/test_readme.py checks that the committed
+README holds exactly what the committed files give.
 """
 
 from __future__ import annotations
@@ -13,9 +18,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import statistics
 from pathlib import Path
 
-from betavae import atomic
+from betavae import atomic, dotted, errors
+from betavae.checkpoint import MODEL_FORMAT, read
+from betavae.errors import BetaVAEError
+from betavae.evaluate import METRICS
+from betavae.params import PARAMS_FILE, TRAINING_PARAMS, Params, load_params
 
 # (metric key, label, the write-up's value or None, what it means); "\\|" keeps a bar inside a table cell
 ROWS = (
@@ -27,7 +37,6 @@ ROWS = (
     ("active_units", "Active units (of z_dim)", None, "Var(E[z]) > 0.01"),
     ("kl_dims_90", "Dimensions holding 90% of the KL", None, "the code's effective size"),
 )
-RUN_COLUMNS = ("recon", "kl", "loss", "neg_elbo", "nll", "active_units", "kl_dims_90")
 RUN_HEADER = "recon | KL | loss | neg_elbo | NLL | active units | dims for 90% of KL"
 
 
@@ -38,21 +47,45 @@ def results_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def reference_text(epoch_seconds: list[float], best_epoch: int) -> str:
+    minutes = sum(epoch_seconds) / 60
+    return (f"The committed run trained {len(epoch_seconds)} epochs in {minutes:.1f} minutes (median epoch "
+            f"{statistics.median(epoch_seconds):.1f} s); its best validation epoch, the one in `models/model.pt`, "
+            f"is {best_epoch}.")
+
+
 def seed_table(runs: list[dict]) -> str:
     """Runs that differ only in their seed, and the spread of each metric across them."""
-    lines = [f"| Seed | {RUN_HEADER} |", "|---:|" + "---:|" * len(RUN_COLUMNS)]
+    lines = [f"| Seed | {RUN_HEADER} |", "|---:|" + "---:|" * len(METRICS)]
     for run in sorted(runs, key=lambda run: int(run["seed"])):
-        lines.append(f"| {run['seed']} | " + " | ".join(_cell(run[key]) for key in RUN_COLUMNS) + " |")
-    spread = [max(float(run[key]) for run in runs) - min(float(run[key]) for run in runs) for key in RUN_COLUMNS]
+        lines.append(f"| {run['seed']} | " + " | ".join(_cell(run[key]) for key in METRICS) + " |")
+    spread = [max(float(run[key]) for run in runs) - min(float(run[key]) for run in runs) for key in METRICS]
     lines.append("| spread (max − min) | " + " | ".join(f"{value:.2f}" for value in spread[:5]) + " | | |")
     return "\n".join(lines)
 
 
+def seed_spread(runs: list[dict]) -> tuple[float, float]:
+    """The smallest and largest spread across seeds of the five nats metrics."""
+    spread = [max(float(run[key]) for run in runs) - min(float(run[key]) for run in runs) for key in METRICS[:5]]
+    return min(spread), max(spread)
+
+
 def sweep_table(runs: list[dict]) -> str:
-    lines = ["| β | " + RUN_HEADER.replace("loss", "loss (own β)") + " |", "|---:|" + "---:|" * len(RUN_COLUMNS)]
+    lines = ["| β | " + RUN_HEADER.replace("loss", "loss (own β)") + " |", "|---:|" + "---:|" * len(METRICS)]
     for run in sorted(runs, key=lambda run: float(run["beta"])):
-        lines.append(f"| {float(run['beta']):g} | " + " | ".join(_cell(run[key]) for key in RUN_COLUMNS) + " |")
+        lines.append(f"| {float(run['beta']):g} | " + " | ".join(_cell(run[key]) for key in METRICS) + " |")
     return "\n".join(lines)
+
+
+def tests_text(times: dict) -> str:
+    fast, full = times["fast"], times["full"]
+    return (f"`make test` (the fast tier, {fast['tests']} tests in this process) took {_duration(fast['seconds'])} "
+            f"and `make test-all` (all {full['tests']}, with DVC, git and torchrun runs) {_duration(full['seconds'])} "
+            f"on {times['machine']}.")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} minutes"
 
 
 def _cell(value) -> str:
@@ -69,31 +102,68 @@ def fill(readme: str, name: str, table: str) -> str:
     return f"{head}{begin}\n{table}\n{end}{tail}"
 
 
-def tables(metrics: Path, seeds: Path, sweep: Path) -> dict[str, str]:
-    """Block name -> table, for each of the files that exists."""
-    found = {}
-    if metrics.exists():
-        found["results"] = results_table(json.loads(metrics.read_text())["test"])
-    if seeds.exists():
-        found["seed"] = seed_table(list(csv.DictReader(seeds.open())))
-    if sweep.exists():
-        found["sweep"] = sweep_table(list(csv.DictReader(sweep.open())))
-    return found
+def not_the_reference_run(model: Path, params: Path) -> str | None:
+    """Why the workspace's model and params are not the reference run's (the defaults), or None."""
+    reference = Params()
+    differing = dotted.differing(reference.to_dict(), load_params(params).to_dict())
+    if differing:
+        return f"{params} sets other values than the reference run ({', '.join(differing)})"
+    trained = read(model, MODEL_FORMAT)["params"]
+    differing = dotted.differing(reference.select(TRAINING_PARAMS), trained)
+    if differing:
+        return f"{model} was trained with other params than the reference run ({', '.join(differing)})"
+    return None
+
+
+def blocks(reports: Path, model: Path, params: Path) -> tuple[dict[str, str], str | None]:
+    """Block name -> text for each committed file that exists, and why the reference blocks were
+    left out (None if they were not)."""
+    found, skipped = {}, not_the_reference_run(model, params)
+    if skipped is None:
+        found["results"] = results_table(json.loads((reports / "metrics.json").read_text())["test"])
+        seconds = [float(row["epoch_seconds"]) for row in _rows(reports / "train/plots/metrics/epoch_seconds.tsv")]
+        best = json.loads((reports / "train" / "metrics.json").read_text())["best_epoch"]
+        found["reference"] = reference_text(seconds, best)
+    if (reports / "seeds.csv").exists():
+        runs = _rows(reports / "seeds.csv")
+        found["seed"] = seed_table(runs)
+        low, high = seed_spread(runs)
+        found["seed-spread"] = (f"Between them the test metrics move by {low:.2f} to {high:.2f} nats, so a difference "
+                                "of that size between two single-seed experiments is noise.")
+    if (reports / "rate_distortion.csv").exists():
+        found["sweep"] = sweep_table(_rows(reports / "rate_distortion.csv"))
+    if (reports / "test_times.json").exists():
+        found["tests"] = tests_text(json.loads((reports / "test_times.json").read_text()))
+    return found, skipped
+
+
+def _rows(path: Path) -> list[dict]:
+    with path.open() as file:
+        return list(csv.DictReader(file, delimiter="\t" if path.suffix == ".tsv" else ","))
 
 
 def main() -> None:
+    errors.run(_main, "readme")
+
+
+def _main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"))
-    parser.add_argument("--seeds", type=Path, default=Path("reports/seeds.csv"))
-    parser.add_argument("--sweep", type=Path, default=Path("reports/rate_distortion.csv"))
+    parser.add_argument("--reports", type=Path, default=Path("reports"))
+    parser.add_argument("--model", type=Path, default=Path("models/model.pt"))
+    parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE))
     parser.add_argument("--readme", type=Path, default=Path("README.md"))
     args = parser.parse_args()
     readme = args.readme.read_text()
-    filled = tables(args.metrics, args.seeds, args.sweep)
-    for name, table in filled.items():
-        readme = fill(readme, name, table)
+    found, skipped = blocks(args.reports, args.model, args.params)
+    try:
+        for name, text in found.items():
+            readme = fill(readme, name, text)
+    except ValueError as error:
+        raise BetaVAEError(f"{args.readme}: {error}") from None
     atomic.write_text(args.readme, readme)
-    print(f"readme: {', '.join(filled)} tables in {args.readme} filled from the committed files")
+    if skipped:
+        print(f"readme: the results stay those of the reference run: {skipped}")
+    print(f"readme: {', '.join(found)} in {args.readme} filled from the committed files")
 
 
 if __name__ == "__main__":

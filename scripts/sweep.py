@@ -10,6 +10,9 @@ run is queued as `dvc exp run --queue -n <name> -S key=value ...`, its name deri
 auto-push (DVC_EXP_AUTO_PUSH) sends each finished experiment, with its artifacts, to the git
 remote and the default DVC remote.
 
+Before anything runs, both remotes are checked: the git remote must answer (`git ls-remote`) and
+accept a push (`git push --dry-run`), and the default DVC remote must be set and readable (`dvc
+status --cloud`), so a typo or a missing credential fails at once, not after hours of training.
 DVC skips, without an error, pushing an experiment whose name the remote already has, so at the end
 every run of the shard is looked up on the remote (`git ls-remote`): the script exits non-zero
 naming each run that failed, is missing there, or is there with other params. The launcher-specific
@@ -23,15 +26,17 @@ import itertools
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
+
+from betavae import errors
+from betavae.errors import BetaVAEError
 
 POLL_S = 2
 STALLED_S = 60  # queued runs with no worker for this long: start the workers again
 
 
-class SweepError(Exception):
+class SweepError(BetaVAEError):
     pass
 
 
@@ -53,6 +58,10 @@ def run_name(assignments: dict[str, str]) -> str:
 
 
 def main() -> None:
+    errors.run(_main, "sweep")
+
+
+def _main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2", type=_axis,
                         help="params to sweep and their values")
@@ -69,18 +78,36 @@ def main() -> None:
         print(f"sweep: {name}: " + " ".join(f"-S {key}={value}" for key, value in run.items()), flush=True)
     if args.dry_run or not runs:
         return
-    try:
-        _require_clean_workspace()
-        env = {**os.environ, "DVC_EXP_AUTO_PUSH": "true", "DVC_EXP_GIT_REMOTE": args.remote}
-        for name, run in zip(names, runs):
-            _dvc(["exp", "run", "--queue", "-n", name, *(f"-S{key}={value}" for key, value in run.items())], env)
-        _run_queue(args.jobs, env)
-        problems = check_on_remote(names, args.remote)
-    except SweepError as error:
-        sys.exit(f"sweep: error: {error}")
+    _require_clean_workspace()
+    check_remotes(args.remote)
+    env = {**os.environ, "DVC_EXP_AUTO_PUSH": "true", "DVC_EXP_GIT_REMOTE": args.remote}
+    for name, run in zip(names, runs):
+        _dvc(["exp", "run", "--queue", "-n", name, *(f"-S{key}={value}" for key, value in run.items())], env)
+    _run_queue(args.jobs, env)
+    problems = check_on_remote(names, args.remote)
     if problems:
-        sys.exit("sweep: error: not every run reached the remote:\n" + "\n".join(f"  {p}" for p in problems))
+        raise SweepError(f"not every run reached {args.remote}: " + "; ".join(problems))
     print(f"sweep: all {len(names)} runs of shard {args.shard[0]}/{args.shard[1]} are on {args.remote}")
+
+
+def check_remotes(remote: str) -> None:
+    """Fail now, naming the remote, if either remote the runs will be pushed to cannot take them."""
+    try:
+        _git(["ls-remote", "--heads", remote])
+        _git(["push", "--dry-run", "--quiet", remote, "HEAD:refs/betavae-sweep/probe"])
+    except SweepError as error:
+        raise SweepError(f"git remote {remote!r} cannot take the experiments ({error}); nothing was run") from None
+    try:
+        default = _dvc(["remote", "default"], os.environ).strip()
+    except SweepError:
+        default = ""
+    if not default:
+        raise SweepError("no default DVC remote: `dvc remote add -d NAME URL` (the runs' outputs go there); "
+                         "nothing was run")
+    try:
+        _dvc(["status", "--cloud"], os.environ)  # exits 0 with differences listed, non-zero if unreadable
+    except SweepError as error:
+        raise SweepError(f"DVC remote {default!r} cannot be read ({error}); nothing was run") from None
 
 
 def check_on_remote(names: list[str], remote: str) -> list[str]:

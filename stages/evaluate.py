@@ -13,14 +13,14 @@ from betavae import atomic, runtime, workspace
 from betavae.checkpoint import load_model
 from betavae.data import load_test
 from betavae.evaluate import latent_rows, memory_bytes, per_digit, per_image, summarize
-from betavae.params import MNIST_TEST_IMAGES, Watch, load_params
+from betavae.params import MNIST_TEST_IMAGES, PARAMS_FILE, load_params
 
 DECIMALS = 4
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE))
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--latent-kl", type=Path, required=True)
     args = parser.parse_args()
     params = load_params(args.params)
-    watch = Watch(args.params, params)
+    watch = workspace.Watch(args.params, params)
     compute = runtime.resolve(params)
     runtime.make_deterministic(params.seed, compute.device)
     runtime.retain_freed_memory()

@@ -7,26 +7,25 @@ from pathlib import Path
 import torch
 
 from betavae import api, atomic, figures, grids, workspace
-from betavae.data import load_test, ordered_batches, to_float
-from betavae.params import Watch, load_params
+from betavae.data import INFERENCE_BATCH, load_test, ordered_batches, to_float
+from betavae.params import PARAMS_FILE, load_params
 
 RECONSTRUCTIONS = 32  # test images shown with their reconstructions
 INTERPOLATION_ROWS = 6
 INTERPOLATION_STEPS = 10
 TRAVERSAL_IMAGE = 0  # the test image whose posterior mean the traversals move around
-BATCH = 1000
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE))
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--history", type=Path, required=True, help="DVCLive metrics directory")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     params = load_params(args.params)
-    watch = Watch(args.params, params)
+    watch = workspace.Watch(args.params, params)
     torch.manual_seed(params.seed)
     # Figures are cheap; the CPU in fp32 keeps them identical wherever the model was trained.
     vae = api.load(args.model, device="cpu")
@@ -35,7 +34,7 @@ def main() -> None:
     pairs = torch.randperm(len(test), generator=torch.Generator().manual_seed(params.seed))
     starts, ends = (to_float(test.images[index]) for index in pairs[: 2 * INTERPOLATION_ROWS].view(2, -1))
     with torch.no_grad():
-        means = torch.cat([vae.model.encode(x)[0] for x, _ in ordered_batches(test, BATCH)])
+        means = torch.cat([vae.model.encode(x)[0] for x, _ in ordered_batches(test, INFERENCE_BATCH)])
     pictures = {
         "samples.png": grids.mosaic(vae.sample(grids.SAMPLES, params.seed)),
         "reconstructions.png": grids.mosaic(grids.reconstructions(vae.model, to_float(test.images[:RECONSTRUCTIONS]))),

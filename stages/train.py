@@ -1,22 +1,24 @@
 """Stage train: fit the β-VAE; write the best-validation model and the DVCLive metrics and
-snapshots, keeping the training state in --checkpoint until the run finishes, so an interrupted
-run resumes (betavae/resume.py). Under torchrun, every process runs this script."""
+snapshots, keeping the training state beside --checkpoint until the run finishes, so an interrupted
+run resumes (betavae/resume.py). With `launcher: torchrun ...` this process starts the run's
+processes (betavae/launch.py), each of which runs this script."""
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
-from betavae import distributed, runtime, workspace
-from betavae.params import Watch, load_params, schedule_warnings
+from betavae import distributed, errors, launch, runtime, schedules, workspace
+from betavae.params import PARAMS_FILE, load_params
 from betavae.resume import MODES
-from betavae.train import Outputs, train
+from betavae.state import Outputs
 
 RESUME_VARIABLE = "BETAVAE_RESUME"  # `make retrain` sets it to "never"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE))
     parser.add_argument("--data", type=Path, required=True, help="directory of the MNIST IDX files")
     parser.add_argument("--model", type=Path, required=True, help="best model checkpoint to write")
     parser.add_argument("--checkpoint", type=Path, required=True,
@@ -27,19 +29,48 @@ def main() -> None:
                              f"unless one matches; never: always start fresh (default: ${RESUME_VARIABLE} or auto)")
     args = parser.parse_args()
     params = load_params(args.params)
-    is_main = distributed.world_from_environment().is_main
-    log = (lambda line: print(f"train: {line}", flush=True)) if is_main else (lambda line: None)
-    for warning in schedule_warnings(params):
-        log(f"warning: {warning}")
+    launcher = launch.parse(params.launcher)
+    resume_hint = (f"completed epochs are saved in {args.checkpoint}; run `{workspace.rerun_command()}` "
+                   "again to resume")
+    if launch.is_launcher_process(launcher, dict(os.environ)):
+        _launch(launcher, resume_hint)
+        return
+    for warning in schedules.warnings(params):
+        _log(f"warning: {warning}")
     runtime.retain_freed_memory()
-    outputs = Outputs(args.model, args.checkpoint, args.live)
+    from betavae.train import train  # torch and the training code: not needed to launch processes
+
     try:
-        results = train(params, args.data, outputs, args.resume, log, between_epochs=Watch(args.params, params).check)
+        progress = train(params, args.data, Outputs(args.model, args.checkpoint, args.live), args.resume, _log,
+                         between_epochs=workspace.Watch(args.params, params).check)
     except KeyboardInterrupt:
-        log(f"interrupted; completed epochs are saved in {args.checkpoint}. Run `dvc repro` again to resume.")
+        _log(f"interrupted; {resume_hint}")
         raise
-    log(f"best validation loss {results.best.val_loss:.3f} at epoch {results.best.epoch}; "
-        f"model written to {args.model}")
+    except distributed.PeerLost:
+        raise SystemExit(launch.PEER_LOST_STATUS) from None  # the launcher names the process that stopped
+    _log(f"best validation loss {progress.best.val_loss:.3f} at epoch {progress.best.epoch}; "
+         f"model written to {args.model}")
+
+
+def _launch(launcher: launch.Launcher, resume_hint: str) -> None:
+    arguments = sys.argv[1:]
+    if launch.needs_srun(launcher, dict(os.environ)):
+        _log(f"starting {launch.describe(launcher, dict(os.environ))} -m stages.train")
+        launch.exec_srun(launcher, "stages.train", arguments)
+    torchrun_only = launch.Launcher(torchrun=launcher.torchrun, uses_torchrun=True)
+    _log(f"starting {launch.describe(torchrun_only, dict(os.environ))} -m stages.train")
+    try:
+        launch.run_torchrun(launcher, "stages.train", arguments)
+    except launch.ProcessStopped as error:
+        print(file=sys.stderr)  # the line a process's progress bar was drawing when it stopped
+        raise launch.ProcessStopped(f"{error}; {resume_hint}") from None
+    except KeyboardInterrupt:
+        _log(f"interrupted; {resume_hint}")
+        raise
+
+
+def _log(line: str) -> None:
+    errors.tell(f"train: {line}", sys.stdout)
 
 
 if __name__ == "__main__":

@@ -1,25 +1,34 @@
-"""Shared fixtures: tiny synthetic MNIST files, tiny params, and throwaway git + DVC copies of this
-repository on them. Every test builds what it needs from these, so each one runs alone."""
+"""Shared fixtures: tiny synthetic MNIST files, tiny params, the stages run in-process or as
+processes, and throwaway git + DVC copies of this repository on them. Every test builds what it
+needs from these, so each one runs alone.
+
+Two tiers (pyproject.toml): tests marked `slow` start DVC, git, torchrun or a stage as a process
+(`make test-all`); everything else runs in this process (`make test`)."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import importlib
+import io
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+from ruamel.yaml import YAML
 
-from betavae import idx
+from betavae import idx, workspace
 from betavae.download import TEST_CHECKSUMS_ENV
-from betavae.params import parse_params
+from betavae.params import PARAMS_FILE, parse_params, read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TRAIN = 400
@@ -59,6 +68,98 @@ def tiny_params(**overrides) -> dict:
     return {**TINY_PARAMS, **overrides}
 
 
+def tiny_steps_per_epoch(**overrides) -> int:
+    """Optimiser steps per epoch of the tiny params, as the training loop counts them."""
+    params = parse_params(tiny_params(**overrides))
+    return params.train_images // params.batch_size
+
+
+def dump_yaml(data: dict) -> str:
+    """YAML text as DVC writes params.yaml (ruamel.yaml, YAML 1.2)."""
+    buffer = io.StringIO()
+    YAML().dump(data, buffer)
+    return buffer.getvalue()
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 300,
+             process: subprocess.Popen | None = None) -> None:
+    """Poll condition until it holds; fail naming `what` after timeout_s, or as soon as process
+    (the one expected to make it true) has exited."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"{what}: the process exited with {process.returncode} first")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not after {timeout_s} s")
+        time.sleep(0.02)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageRun:
+    """A stage's files in one directory: MNIST in root/mnist, params in root/params.yaml."""
+
+    root: Path
+
+    @property
+    def params(self) -> Path:
+        return self.root / PARAMS_FILE
+
+    def train(self, *extra: str) -> list[str]:
+        r = self.root
+        return ["--params", str(self.params), "--data", str(r / "mnist"), "--model", str(r / "model.pt"),
+                "--checkpoint", str(r / "checkpoint.pt"), "--live", str(r / "live"), *extra]
+
+    def evaluate(self, model: Path | None = None) -> list[str]:
+        r = self.root
+        return ["--params", str(self.params), "--data", str(r / "mnist"), "--model", str(model or r / "model.pt"),
+                "--metrics", str(r / "metrics.json"), "--per-digit", str(r / "per_digit.csv"),
+                "--latent-kl", str(r / "latent_kl.csv")]
+
+    def plot(self) -> list[str]:
+        r = self.root
+        return ["--params", str(self.params), "--data", str(r / "mnist"), "--model", str(r / "model.pt"),
+                "--history", str(r / "live" / "plots" / "metrics"), "--out", str(r / "figures")]
+
+
+@dataclasses.dataclass(frozen=True)
+class Ended:
+    """How a stage ended: exit status and what it printed."""
+
+    status: int
+    stdout: str
+    stderr: str
+
+    @property
+    def error_line(self) -> str:
+        """The last line of stderr, checked to be a one-line failure without a traceback."""
+        lines = self.stderr.strip().splitlines()
+        assert self.status != 0 and lines, self
+        assert "Traceback" not in self.stderr, self.stderr
+        return lines[-1]
+
+
+def call_stage(name: str, arguments: list[str], capsys) -> Ended:
+    """Run stages/<name>.py's main in this process as its `__main__` does (workspace.run_stage)."""
+    stage = importlib.import_module(f"stages.{name}")
+    saved = sys.argv
+    sys.argv = [f"stages/{name}.py", *arguments]
+    capsys.readouterr()
+    try:
+        workspace.run_stage(stage.main, name)
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = saved
+    out, err = capsys.readouterr()
+    return Ended(status, out, err)
+
+
+def stage_process(name: str, arguments: list[str]) -> list[str]:
+    """The command that runs a stage as its own process, as DVC does."""
+    return [sys.executable, "-m", f"stages.{name}", *arguments]
+
+
 def sh(args: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if check:
@@ -89,13 +190,13 @@ def repo_environment(root: Path) -> dict:
 
 def write_params(path: Path, overrides: dict) -> None:
     """Apply overrides (nested dicts update groups) to the params file at path."""
-    params = yaml.safe_load(path.read_text())
+    params = read_yaml(path)
     for key, value in overrides.items():
         if isinstance(value, dict):
             params[key].update(value)
         else:
             params[key] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    path.write_text(dump_yaml(params))
 
 
 def make_tiny_repo(root: Path, **overrides) -> tuple[Path, dict]:
@@ -134,6 +235,44 @@ def make_mnist():
 def tiny():
     """tiny(**overrides) -> the tiny params as a raw dict (what a params.yaml would hold)."""
     return tiny_params
+
+
+@pytest.fixture(scope="session")
+def steps_per_epoch():
+    """steps_per_epoch(**overrides) -> optimiser steps per epoch of the tiny params."""
+    return tiny_steps_per_epoch
+
+
+@pytest.fixture(scope="session")
+def yaml_text():
+    """yaml_text(dict) -> YAML as DVC writes it."""
+    return dump_yaml
+
+
+@pytest.fixture(scope="session")
+def until():
+    """until(condition, what, timeout_s=300, process=None): wait for condition with a deadline."""
+    return wait_for
+
+
+@pytest.fixture
+def stage_dir(tmp_path) -> StageRun:
+    """Tiny MNIST and tiny params (6 epochs) in tmp_path, and the stages' arguments on them."""
+    write_mnist(tmp_path / "mnist")
+    (tmp_path / PARAMS_FILE).write_text(dump_yaml(tiny_params(epochs=6)))
+    return StageRun(tmp_path)
+
+
+@pytest.fixture
+def stage(capsys):
+    """stage(name, arguments) -> Ended: the stage's main, run in this process."""
+    return lambda name, arguments: call_stage(name, arguments, capsys)
+
+
+@pytest.fixture(scope="session")
+def stage_command():
+    """stage_command(name, arguments) -> the command that runs the stage as a process."""
+    return stage_process
 
 
 @pytest.fixture(scope="session")
@@ -193,12 +332,20 @@ def tiny_repo(tmp_path: Path) -> tuple[Path, dict]:
     return make_tiny_repo(tmp_path)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> tuple[Path, dict]:
-    """A tiny copy after `dvc repro`, committed: shared by the tests of one module, which must
-    leave it as they found it."""
+    """One tiny copy after `dvc repro`, committed, for the whole session: tests only read it, and
+    work in a `clone` of it."""
     repo, env = make_tiny_repo(tmp_path_factory.mktemp("run"))
     sh(["dvc", "repro"], repo, env)
     sh(["git", "add", "-A"], repo, env)
     sh(["git", "commit", "-qm", "tiny run"], repo, env)
     return repo, env
+
+
+@pytest.fixture
+def clone(tiny_run, tmp_path) -> tuple[Path, dict]:
+    """A fresh `git clone` of the committed tiny run: what a new user gets."""
+    repo, env = tiny_run
+    sh(["git", "clone", "-q", str(repo), str(tmp_path / "clone")], tmp_path, env)
+    return tmp_path / "clone", env

@@ -1,4 +1,5 @@
-"""The trained-model API (betavae/api.py) and the `betavae` command (betavae/cli.py)."""
+"""The trained-model API (betavae/api.py) and the `betavae` command (betavae/cli.py), which runs
+in-process here through cli.main."""
 
 from __future__ import annotations
 
@@ -6,15 +7,17 @@ import csv
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from betavae import api, grids, idx
-from betavae.params import load_params
-from betavae.train import Outputs, train
+from betavae import api, cli, grids, idx
+from betavae.params import PARAMS_FILE, load_params
+from betavae.state import Outputs
+from betavae.train import train
 
 LATENT_DIM = 4
 
@@ -72,8 +75,24 @@ def test_decode_sample_and_reconstruct_give_pixel_probabilities(vae, digits):
     assert torch.equal(vae.sample(6, seed=1), vae.sample(6, seed=1))
     assert not torch.equal(vae.sample(6, seed=1), vae.sample(6, seed=2))
     assert vae.reconstruct(digits).shape == (5, 1, 28, 28)
-    with pytest.raises(api.ImageError, match=r"latents must have shape \(N, 4\); got \(3, 5\)"):
+    with pytest.raises(api.LatentError, match=r"latents must have shape \(N, 4\) with N >= 1; got \(3, 5\)"):
         vae.decode(torch.zeros(3, 5))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda vae: vae.traversal(base=torch.zeros(5)), r"base must have shape \(4,\) with N >= 1; got \(5,\)"),
+    (lambda vae: vae.traversal(base=torch.zeros(1, 4)), r"base must have shape \(4,\)"),
+    (lambda vae: vae.traversal(base=torch.full((4,), float("nan"))), "base must be finite"),
+    (lambda vae: vae.traversal(dimensions=[4]), r"dimensions must be a non-empty list of integers in \[0, 4\)"),
+    (lambda vae: vae.traversal(values=torch.zeros(2, 2)), r"values must have shape \(N,\)"),
+    (lambda vae: vae.decode("abc"), "latents must be numbers"),
+    (lambda vae: vae.sample(0), "the number of samples must be an integer >= 1; got 0"),
+    (lambda vae: vae.sample(10**12), "1000000000000 samples needs about .* GiB of memory, more than"),
+    (lambda vae: vae.traversal_figure(rows=5), r"rows must be in \[1, 4\]"),
+])
+def test_latent_codes_that_do_not_fit_the_model_are_refused_saying_what_they_were(vae, call, message):
+    with pytest.raises(api.LatentError if "memory" not in message else api.runtime.DeviceError, match=message):
+        call(vae)
 
 
 def test_the_model_file_describes_its_latent_code(vae):
@@ -85,9 +104,19 @@ def test_the_model_file_describes_its_latent_code(vae):
     assert rows.shape == (2 * len(api.TRAVERSAL_VALUES), 1, 28, 28)
 
 
-def _betavae(*args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "betavae.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd)
+@pytest.fixture
+def betavae(capsys):
+    """betavae(*args) -> the `betavae` command's status, stdout and stderr, run in this process."""
+    def run(*args) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        try:
+            cli.main([str(arg) for arg in args])
+            status = 0
+        except SystemExit as exit_:
+            status = exit_.code if isinstance(exit_.code, int) else 1
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, status, out, err)
+    return run
 
 
 def _png(path, pixels) -> None:
@@ -104,28 +133,28 @@ def png_digits(tmp_path, digits):
     return paths
 
 
-def test_sample_writes_a_grid_of_the_requested_size(model_path, tmp_path):
+def test_sample_writes_a_grid_of_the_requested_size(model_path, tmp_path, betavae):
     out = tmp_path / "samples.png"
-    result = _betavae("sample", "--model", model_path, "-n", 10, "--seed", 3, "--out", out)
+    result = betavae("sample", "--model", model_path, "-n", 10, "--seed", 3, "--out", out)
     assert result.returncode == 0, result.stderr
     with Image.open(out) as image:
         assert image.mode == "L" and image.size == (2 * (8 * 30 + 2), 2 * (2 * 30 + 2))  # 2 rows of 8, scale 2
 
 
-def test_reconstruct_reads_png_files_and_idx_files(model_path, tmp_path, png_digits, make_mnist):
-    result = _betavae("reconstruct", "--model", model_path, "--images", *png_digits, "--out", tmp_path / "a.png")
+def test_reconstruct_reads_png_files_and_idx_files(model_path, tmp_path, png_digits, make_mnist, betavae):
+    result = betavae("reconstruct", "--model", model_path, "--images", *png_digits, "--out", tmp_path / "a.png")
     assert result.returncode == 0, result.stderr
     make_mnist(tmp_path / "mnist")
-    result = _betavae("reconstruct", "--model", model_path, "--images", tmp_path / "mnist" / idx.TEST_IMAGES,
+    result = betavae("reconstruct", "--model", model_path, "--images", tmp_path / "mnist" / idx.TEST_IMAGES,
                       "--out", tmp_path / "b.png")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "b.png").stat().st_size > (tmp_path / "a.png").stat().st_size
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".npy"])
-def test_encode_writes_the_posterior_of_each_image(model_path, tmp_path, png_digits, vae, suffix):
+def test_encode_writes_the_posterior_of_each_image(model_path, tmp_path, png_digits, vae, suffix, betavae):
     out = tmp_path / f"latents{suffix}"
-    assert _betavae("encode", "--model", model_path, "--images", *png_digits, "--out", out).returncode == 0
+    assert betavae("encode", "--model", model_path, "--images", *png_digits, "--out", out).returncode == 0
     mean, logvar = vae.encode(api.read_images(png_digits))
     if suffix == ".npy":
         saved = np.load(out)
@@ -136,18 +165,29 @@ def test_encode_writes_the_posterior_of_each_image(model_path, tmp_path, png_dig
         assert float(rows[1]["logvar_3"]) == pytest.approx(logvar[1, 3].item(), abs=1e-5)
 
 
-def test_traverse_draws_around_the_prior_or_an_image(model_path, tmp_path, png_digits):
-    assert _betavae("traverse", "--model", model_path, "--out", tmp_path / "t.png").returncode == 0
-    result = _betavae("traverse", "--model", model_path, "--images", *png_digits, "--index", 2,
+def test_traverse_draws_around_the_prior_or_an_image(model_path, tmp_path, png_digits, betavae):
+    assert betavae("traverse", "--model", model_path, "--out", tmp_path / "t.png").returncode == 0
+    result = betavae("traverse", "--model", model_path, "--images", *png_digits, "--index", 2,
                       "--rows", 2, "--out", tmp_path / "u.png")
     assert result.returncode == 0, result.stderr
     assert "traversal written" in result.stdout and (tmp_path / "u.png").stat().st_size > 5_000
 
 
-def test_every_subcommand_has_help():
-    for command in ("sample", "reconstruct", "encode", "traverse", "check-params"):
-        result = _betavae(command, "--help")
-        assert result.returncode == 0 and "usage: betavae" in result.stdout, command
+@pytest.mark.parametrize("command", ["sample", "reconstruct", "encode", "traverse", "digits", "check-params"])
+def test_every_subcommand_has_help(command, betavae):
+    result = betavae(command, "--help")
+    assert result.returncode == 0 and "usage: betavae" in result.stdout
+
+
+def test_digits_writes_test_images_as_pngs_that_the_commands_read_back(tmp_path, make_mnist, betavae):
+    make_mnist(tmp_path / "mnist")
+    source = tmp_path / "mnist" / idx.TEST_IMAGES
+    (tmp_path / "digits").mkdir()
+    result = betavae("digits", "--images", source, "--first", 3, "--out-dir", tmp_path / "digits")
+    assert result.returncode == 0, result.stderr
+    written = sorted((tmp_path / "digits").glob("*.png"))
+    assert [path.name for path in written] == ["digit-0000.png", "digit-0001.png", "digit-0002.png"]
+    assert torch.equal(api.read_images(written), api.read_images([source])[:3])
 
 
 @pytest.mark.parametrize("make_args, message", [
@@ -159,16 +199,28 @@ def test_every_subcommand_has_help():
     (lambda m, t, p: ["reconstruct", "--model", m, "--images", _rgb(t), "--out", t / "r.png"],
      "rgb.png: a 28x28 RGB PNG; expected a 28x28 8-bit greyscale PNG"),
     (lambda m, t, p: ["reconstruct", "--model", m, "--images", _big(t), "--out", t / "r.png"],
-     "big.png: a 32x30 8-bit grey PNG; expected a 28x28"),
+     "big.png: a 32x30 image; expected a 28x28 8-bit greyscale PNG"),
     (lambda m, t, p: ["encode", "--model", m, "--images", *p, "--out", t / "l.txt"], "must end in .csv or .npy"),
     (lambda m, t, p: ["encode", "--model", m, "--images", t / "nothing", "--out", t / "l.csv"],
      "nothing: no such file"),
     (lambda m, t, p: ["traverse", "--model", m, "--images", *p, "--index", 7, "--out", t / "t.png"],
      "--index 7: the images hold 3"),
+    (lambda m, t, p: ["traverse", "--model", m, "--rows", 5, "--out", t / "t.png"],
+     "--rows 5: the model has 4 latent dimensions"),
+    (lambda m, t, p: ["sample", "--model", m, "-n", 1_000_000_000, "--out", t / "s.png"],
+     "argument -n/--count: must be >= 1 and <= 10000, got 1000000000"),
+    (lambda m, t, p: ["sample", "--model", m, "--seed", -1, "--out", t / "s.png"],
+     "argument --seed: must be >= 0 and <= 9223372036854775807, got -1"),
+    (lambda m, t, p: ["reconstruct", "--model", m, "--images", _truncated(t), "--out", t / "r.png"],
+     "cut.png: not a readable PNG image"),
+    (lambda m, t, p: ["reconstruct", "--model", m, "--images", _text(t), "--out", t / "r.png"],
+     "text.png: not a readable PNG image"),
+    (lambda m, t, p: ["sample", "--model", _nan(m, t), "--out", t / "s.png"],
+     "nan.pt: the weights hold NaN or infinity"),
 ])
-def test_bad_input_is_one_line_and_a_non_zero_exit(model_path, tmp_path, png_digits, make_args, message):
-    result = _betavae(*make_args(model_path, tmp_path, png_digits))
-    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+def test_bad_input_is_one_line_and_a_non_zero_exit(model_path, tmp_path, png_digits, make_args, message, betavae):
+    result = betavae(*make_args(model_path, tmp_path, png_digits))
+    assert result.returncode in (1, 2) and "Traceback" not in result.stderr, result.stderr
     line = result.stderr.strip()
     assert "\n" not in line and line.startswith("betavae: error: ")
     assert message.format(t=tmp_path) in line
@@ -178,6 +230,25 @@ def _damaged(model, tmp_path):
     damaged = tmp_path / "damaged.pt"
     damaged.write_bytes(model.read_bytes()[:5000])
     return damaged
+
+
+def _truncated(tmp_path):
+    noise = torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    _png(tmp_path / "whole.png", noise)  # incompressible, so the cut falls inside the pixel data
+    (tmp_path / "cut.png").write_bytes((tmp_path / "whole.png").read_bytes()[:200])
+    return tmp_path / "cut.png"
+
+
+def _text(tmp_path):
+    (tmp_path / "text.png").write_text("not an image at all")
+    return tmp_path / "text.png"
+
+
+def _nan(model, tmp_path):
+    record = torch.load(model, weights_only=True)
+    record["model"]["decoder.2.weight"].fill_(float("inf"))
+    torch.save(record, tmp_path / "nan.pt")
+    return tmp_path / "nan.pt"
 
 
 def _rgb(tmp_path):
@@ -190,28 +261,33 @@ def _big(tmp_path):
     return tmp_path / "big.png"
 
 
-def test_check_params_validates_without_running_anything(tmp_path, repo_root):
-    assert _betavae("check-params", "--params", repo_root / "params.yaml").stdout.strip().endswith("is valid")
-    bad = tmp_path / "params.yaml"
-    shutil.copy(repo_root / "params.yaml", bad)
+def test_check_params_validates_without_running_anything(tmp_path, repo_root, betavae):
+    assert betavae("check-params", "--params", repo_root / PARAMS_FILE).stdout.strip().endswith("is valid")
+    bad = tmp_path / PARAMS_FILE
+    shutil.copy(repo_root / PARAMS_FILE, bad)
     bad.write_text(bad.read_text() + "bta: 1\n")
-    result = _betavae("check-params", "--params", bad)
+    result = betavae("check-params", "--params", bad)
     assert result.returncode == 1
     assert result.stderr.strip() == f"betavae: error: {bad}: unknown key bta (did you mean beta?)"
 
 
-def test_the_console_script_is_installed_with_the_package():
-    found = shutil.which("betavae", path=str(__import__("pathlib").Path(sys.executable).parent))
+def test_the_console_script_is_installed_and_checks_params_without_torch_or_plotting(repo_root):
+    found = shutil.which("betavae", path=str(Path(sys.executable).parent))
     assert found, "betavae is not installed beside this Python (make setup)"
     assert subprocess.run([found, "--help"], capture_output=True, text=True).returncode == 0
+    probe = ("import sys; from betavae import cli\n"
+             "try: cli.main(['check-params', '--params', sys.argv[1]])\n"
+             "finally: print(sorted(m for m in ('torch', 'matplotlib', 'pandas', 'torchvision') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe, str(repo_root / PARAMS_FILE)], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip().splitlines()[-1] == "[]", result
 
 
-def test_the_committed_model_samples_exactly_the_committed_figure(repo_root, tmp_path):
+def test_the_committed_model_samples_exactly_the_committed_figure(repo_root, tmp_path, betavae):
     model = repo_root / "models" / "model.pt"
     if not model.exists():
         pytest.skip("no committed reference run")
-    seed = load_params(repo_root / "params.yaml").seed
+    seed = load_params(repo_root / PARAMS_FILE).seed
     out = tmp_path / "samples.png"
-    assert _betavae("sample", "--model", model, "-n", grids.SAMPLES, "--seed", seed, "--device", "cpu",
+    assert betavae("sample", "--model", model, "-n", grids.SAMPLES, "--seed", seed, "--device", "cpu",
                     "--out", out).returncode == 0
     assert out.read_bytes() == (repo_root / "reports" / "figures" / "samples.png").read_bytes()

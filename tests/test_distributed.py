@@ -1,19 +1,21 @@
-"""Data-parallel training (betavae/distributed.py): shards, gradients, failures and resume, with
-torchrun and gloo on the CPU."""
+"""Data-parallel training (betavae/distributed.py, betavae/launch.py): how the launcher is read,
+shards, gradients, failures and resume, with torchrun and gloo on the CPU."""
 
 import os
+import re
+import signal
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
+from betavae import launch
 from betavae.augment import random_affine
 from betavae.data import to_float
 from betavae.distributed import World
-from betavae.params import ParamsError, parse_params
+from betavae.params import PARAMS_FILE, ParamsError, parse_params
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
@@ -43,6 +45,39 @@ def test_a_batch_the_processes_cannot_share_equally_is_refused_naming_the_key():
     assert parse_params({"launcher": "torchrun --nproc-per-node gpu"}).world_size is None
     slurm = "srun --ntasks-per-node 1 torchrun --nnodes $SLURM_NNODES --nproc-per-node 4 --rdzv-backend c10d"
     assert parse_params({"launcher": slurm}).world_size is None
+
+
+@pytest.mark.parametrize("value, message", [
+    ("python; touch PWNED", "must be `python`, or `[srun OPTIONS] torchrun OPTIONS`"),
+    ("torchrun --standalone --nproc-per-node 2; touch PWNED", "torchrun: 'touch' is not an option"),
+    ("torchrun --no-python --nproc-per-node 2", "torchrun option '--no-python' is not accepted"),
+    ("torchrun --run-path x.py", "torchrun option '--run-path' is not accepted"),
+    ("torchrun --standalone evil.py", "torchrun: 'evil.py' is not an option; the program to run is fixed"),
+    ("bash -c 'torchrun'", "only `srun` may come before torchrun, not 'bash'"),
+    ("srun --prolog=/tmp/x torchrun", "srun option '--prolog' is not accepted"),
+    ("torchrun --nproc-per-node", "torchrun option '--nproc-per-node' needs a value"),
+    ("torchrun --standalone=1", "torchrun option --standalone takes no value"),
+    ("torchrun 'unclosed", "cannot be split into words"),
+])
+def test_a_launcher_that_could_run_anything_else_is_refused_before_anything_starts(value, message):
+    with pytest.raises(launch.LauncherError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        launch.parse(value)
+
+
+def test_a_launcher_becomes_an_argument_list_with_variables_looked_up_not_evaluated():
+    slurm = launch.parse("srun -N 2 --ntasks-per-node=1 torchrun --nnodes $NODES --nproc_per_node 4 "
+                         "--rdzv-endpoint ${HEAD}:29500 --standalone")
+    environ = {"NODES": "2", "HEAD": "node-a; touch PWNED"}
+    assert slurm.srun_arguments(environ) == ["-N", "2", "--ntasks-per-node=1"]
+    assert slurm.torchrun_arguments(environ) == ["--nnodes=2", "--nproc-per-node=4",
+                                                 "--rdzv-endpoint=node-a; touch PWNED:29500", "--standalone"]
+    assert launch.srun_command(slurm, "stages.train", ["--data", "d"], environ) == [
+        "srun", "-N", "2", "--ntasks-per-node=1", sys.executable, "-m", "stages.train", "--data", "d"]
+    with pytest.raises(launch.LauncherError, match=r"launcher names \$NODES, which is not set"):
+        slurm.torchrun_arguments({})
+    assert launch.needs_srun(slurm, {}) and not launch.needs_srun(slurm, {launch.SRUN_STEP_VARIABLE: "1"})
+    assert launch.is_launcher_process(slurm, {}) and not launch.is_launcher_process(slurm, {"LOCAL_RANK": "0"})
+    assert not launch.is_launcher_process(launch.parse("python"), {})
 
 
 # Run under torchrun by the test below: a twin of the model without batch norm or dropout, whose DDP
@@ -77,7 +112,7 @@ class Decoded(nn.Module):
         return self.model.decode(self.model.encode(x)[0])
 
 world = distributed.world_from_environment()
-distributed.start(world, torch.device("cpu"))
+distributed.join(world, torch.device("cpu"))
 x = torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(1))
 model = twin()
 ddp = distributed.wrap(Decoded(model), world, torch.device("cpu"))
@@ -87,10 +122,11 @@ single = gradient(single_model, Decoded(single_model), x)
 assert torch.allclose(shard, single, rtol=1e-5, atol=1e-7), (shard - single).abs().max()
 print(f"rank {world.rank}: max abs difference {(shard - single).abs().max().item():.2e} "
       f"over gradients up to {single.abs().max().item():.1f}")
-distributed.stop(world)
+distributed.leave(world)
 """
 
 
+@pytest.mark.slow
 def test_the_ddp_gradient_equals_the_single_process_gradient_on_the_union_of_the_shards(tmp_path, repo_root, run):
     script = tmp_path / "gradient_check.py"
     script.write_text(GRADIENT_CHECK)
@@ -102,86 +138,133 @@ def _environment() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _train_command(root, params):
-    return [*TORCHRUN, "-m", "stages.train", "--params", str(params), "--data", str(root / "mnist"),
-            "--model", str(root / "model.pt"), "--checkpoint", str(root / "checkpoint.pt"),
-            "--live", str(root / "live")]
+TWO_PROCESSES = "torchrun --standalone --nproc-per-node 2"
 
 
 @pytest.fixture
-def workspace(tmp_path, make_mnist, tiny):
-    make_mnist(tmp_path / "mnist")
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(tiny(epochs=4, launcher="torchrun --standalone --nproc-per-node 2")))
-    return tmp_path, params
+def two_process_run(stage_dir, yaml_text, tiny):
+    """stage_dir with params that train 4 epochs on two processes."""
+    stage_dir.params.write_text(yaml_text(tiny(epochs=4, launcher=TWO_PROCESSES)))
+    return stage_dir
+
+
+def _start(command, repo_root) -> subprocess.Popen:
+    return subprocess.Popen(command, cwd=repo_root, env=_environment(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 # Stage train under torchrun, with the loss of process 1 poisoned at one step of epoch 2.
 POISONED_TRAIN = """
-import runpy, sys, torch
+import os, runpy, sys, torch
 import betavae.train as training
-real, calls = training.beta_vae_loss, {"n": 0}
+real, calls, poisoned_call = training.beta_vae_loss, {"n": 0}, int(os.environ["POISONED_CALL"])
 def poisoned(*args, **kwargs):
     calls["n"] += 1
     terms = real(*args, **kwargs)
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    return terms._replace(loss=terms.loss * float("nan")) if rank == 1 and calls["n"] == 13 else terms
+    return terms._replace(loss=terms.loss * float("nan")) if rank == 1 and calls["n"] == poisoned_call else terms
 training.beta_vae_loss = poisoned
 sys.argv = ["stages.train", *sys.argv[1:]]
 runpy.run_module("stages.train", run_name="__main__")
 """
 
 
-def test_a_non_finite_loss_in_one_process_stops_every_process_with_one_line(workspace, repo_root, run):
-    root, params = workspace
+@pytest.mark.slow
+def test_a_non_finite_loss_in_one_process_stops_every_process_with_one_line(two_process_run, repo_root, run,
+                                                                           steps_per_epoch):
+    root = two_process_run.root
     script = root / "poisoned.py"
     script.write_text(POISONED_TRAIN)
-    command = _train_command(root, params)
+    steps = steps_per_epoch(epochs=4)
     # A script, unlike `-m`, does not put the working directory on the path: the stages live there.
-    environment = {**_environment(), "PYTHONPATH": str(repo_root)}
-    result = run([*TORCHRUN, str(script), *command[command.index("--params"):]], repo_root, environment,
-                 check=False)
+    environment = {**_environment(), "PYTHONPATH": str(repo_root), "POISONED_CALL": str(steps + 3)}
+    result = run([*TORCHRUN, str(script), *two_process_run.train()], repo_root, environment, check=False)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("train: error:")]
-    assert errors == ["train: error: loss became non-finite at epoch 2, batch 3 of 10; the checkpoint of "
+    assert errors == [f"train: error: loss became non-finite at epoch 2, batch 3 of {steps}; the checkpoint of "
                       "epoch 1 is kept (lower max_lr or grad_clip and rerun)"], result.stderr[-3000:]
     assert not (root / "model.pt").exists()
     assert torch.load(root / "checkpoint.pt", weights_only=True)["epoch"] == 1
 
 
-def test_two_processes_killed_then_rerun_resume_to_the_bytes_of_an_uninterrupted_run(workspace, repo_root, run,
-                                                                                   kill_tree):
-    root, params = workspace
-    straight = root / "straight"
-    straight.mkdir()
-    (straight / "mnist").symlink_to(root / "mnist")
-    finished = run(_train_command(straight, params), repo_root, _environment())
+def _workers(process: subprocess.Popen) -> dict[int, int]:
+    """{rank: pid} of the training processes torchrun started under process."""
+    found = {}
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            variables = dict(item.split("=", 1) for item in environ.read_bytes().decode().split("\0") if "=" in item)
+        except (OSError, UnicodeDecodeError):
+            continue
+        if variables.get("TORCHELASTIC_RUN_ID") and "RANK" in variables and _descends(int(environ.parent.name),
+                                                                                      process.pid):
+            found[int(variables["RANK"])] = int(environ.parent.name)
+    return found
+
+
+def _descends(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("killed", [1, 0])
+def test_a_killed_process_ends_the_run_in_one_line_naming_it_and_the_rerun_resumes(
+        two_process_run, repo_root, stage_command, until, killed):
+    root = two_process_run.root
+    process = _start(stage_command("train", two_process_run.train()), repo_root)
+    until((root / "checkpoint.pt").exists, "the first epoch's checkpoint", process=process)
+    until(lambda: len(_workers(process)) == 2, "two training processes", process=process)
+    os.kill(_workers(process)[killed], signal.SIGKILL)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert re.fullmatch(rf"train: error: process {killed} of 2 \(pid \d+\) was killed by SIGKILL; torchrun "
+                        rf"stopped the others; completed epochs are saved in {re.escape(str(root))}/checkpoint.pt; "
+                        r"run `python -m stages.train --params .*` again to resume", last), last
+    assert [line for line in stderr.splitlines() if "error" in line.lower()] == [last], stderr[-3000:]
+    resumed = subprocess.run(stage_command("train", two_process_run.train()), cwd=repo_root, env=_environment(),
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0 and "resuming from" in resumed.stdout, resumed.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_processes_killed_then_rerun_resume_to_the_bytes_of_an_uninterrupted_run(
+        two_process_run, repo_root, stage_command, run, kill_tree, until, tmp_path_factory):
+    root = two_process_run.root
+    straight = two_process_run.__class__(tmp_path_factory.mktemp("straight"))
+    (straight.root / "mnist").symlink_to(root / "mnist")
+    (straight.root / PARAMS_FILE).write_bytes(two_process_run.params.read_bytes())
+    finished = run(stage_command("train", straight.train()), repo_root, _environment())
+    assert "train: starting torchrun --standalone --nproc-per-node=2 -m stages.train" in finished.stdout
     assert finished.stdout.count("model written to") == 1  # process 0 alone reports and writes
 
-    process = subprocess.Popen(_train_command(root, params), cwd=repo_root, env=_environment(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (root / "checkpoint.pt").exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    kill_tree(process)  # torchrun and both workers, like a power cut
+    process = _start(stage_command("train", two_process_run.train()), repo_root)
+    until((root / "checkpoint.pt").exists, "the first epoch's checkpoint", process=process)
+    kill_tree(process)  # the stage, torchrun's agent in it and both workers, like a power cut
     assert not (root / "model.pt").exists(), "training finished before it could be killed"
 
-    resumed = run(_train_command(root, params), repo_root, _environment())
+    resumed = run(stage_command("train", two_process_run.train()), repo_root, _environment())
     assert "resuming from" in resumed.stdout
-    assert (root / "model.pt").read_bytes() == (straight / "model.pt").read_bytes()
+    assert (root / "model.pt").read_bytes() == (straight.root / "model.pt").read_bytes()
     for logged in ("plots/metrics/val/loss.tsv", "plots/images/samples/4.png"):
-        assert (root / "live" / logged).read_bytes() == (straight / "live" / logged).read_bytes()
+        assert (root / "live" / logged).read_bytes() == (straight.root / "live" / logged).read_bytes()
 
 
-def test_a_checkpoint_of_two_processes_is_not_resumed_by_one(workspace, repo_root, run, tiny, kill_tree):
-    root, params = workspace
-    process = subprocess.Popen(_train_command(root, params), cwd=repo_root, env=_environment(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not (root / "checkpoint.pt").exists() and process.poll() is None:
-        time.sleep(0.01)
+@pytest.mark.slow
+def test_a_checkpoint_of_two_processes_is_not_resumed_by_one(two_process_run, repo_root, stage_command, run,
+                                                             kill_tree, until, yaml_text, tiny):
+    root = two_process_run.root
+    process = _start(stage_command("train", two_process_run.train()), repo_root)
+    until((root / "checkpoint.pt").exists, "the first epoch's checkpoint", process=process)
     kill_tree(process)
-    params.write_text(yaml.safe_dump(tiny(epochs=4)))  # launcher: python
-    command = [sys.executable, *_train_command(root, params)[len(TORCHRUN):], "--resume", "require"]
-    result = run(command, repo_root, _environment(), check=False)
+    two_process_run.params.write_text(yaml_text(tiny(epochs=4)))  # launcher: python
+    result = run(stage_command("train", two_process_run.train("--resume", "require")), repo_root, _environment(),
+                 check=False)
     assert result.stderr.strip().splitlines()[-1] == ("train: error: cannot resume: checkpoint was written "
                                                       "with different params (launcher)")

@@ -4,16 +4,15 @@ depend on (betavae/dependencies.py, betavae/params.py)."""
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from betavae import dependencies
-from betavae.params import EVALUATION_PARAMS, PLOT_PARAMS, TRAINING_PARAMS
+from betavae.params import EVALUATION_PARAMS, PLOT_PARAMS, TRAINING_PARAMS, read_yaml
 
 STAGE_PARAMS = {"train": TRAINING_PARAMS, "evaluate": EVALUATION_PARAMS, "plot": PLOT_PARAMS}
 
 
 def _dvc_yaml(repo_root) -> dict:
-    return yaml.safe_load((repo_root / "dvc.yaml").read_text())
+    return read_yaml(repo_root / "dvc.yaml")
 
 
 def _script(stage: dict) -> str:
@@ -44,11 +43,31 @@ def test_the_training_checkpoint_hashes_the_code_dvc_reruns_training_for(repo_ro
     assert set(dependencies.code_fingerprint()) == listed
 
 
+# Package modules an inert module may import besides other inert ones: none of them computes.
+INERT_MAY_IMPORT = {"betavae/dotted.py": "dotted keys into nested params"}
+
+
+@pytest.mark.parametrize("inert", sorted(dependencies.INERT))
+def test_a_module_marked_inert_cannot_reach_the_code_that_computes_outputs(inert):
+    reached = dependencies.imports(inert) - set(dependencies.INERT)
+    assert reached <= set(INERT_MAY_IMPORT), f"{inert} is marked inert but imports {sorted(reached)}"
+
+
 def test_closure_follows_imports_and_skips_annotation_only_and_inert_ones():
     # grids.py imports the model only for a type annotation; figures.py nothing of the package
     assert "betavae/model.py" not in dependencies.closure("betavae/grids.py")
     assert "betavae/idx.py" in dependencies.closure("betavae/data.py")
     assert not set(dependencies.INERT) & dependencies.closure("stages/train.py")
+    assert "betavae/dotted.py" in dependencies.closure("stages/evaluate.py")  # reached through params.py
+
+
+def test_every_stage_runs_after_the_whole_params_file_is_checked(repo_root):
+    stages = _dvc_yaml(repo_root)["stages"]
+    (checked, options), = stages["check_params"]["outs"][0].items()
+    assert options == {"cache": False} and checked in stages["check_params"]["cmd"]
+    for name, stage in stages.items():
+        assert name == "check_params" or checked in stage["deps"], name
+        assert "${" not in stage["cmd"], f"{name}: a params value in a shell command"
 
 
 def test_committed_outputs_live_in_git_and_survive_a_failed_stage(repo_root):
@@ -58,10 +77,16 @@ def test_committed_outputs_live_in_git_and_survive_a_failed_stage(repo_root):
         for out in declared:
             (path, options), = out.items()
             assert options["cache"] is False and options["persist"] is True, (name, path)
-    assert "models/checkpoint.pt" not in yaml.safe_dump(stages["train"].get("outs"))
+    assert "models/checkpoint.pt" not in str(stages["train"].get("outs"))
 
 
 def test_the_model_is_declared_as_a_dvc_artifact(repo_root):
     artifact = _dvc_yaml(repo_root)["artifacts"]["beta-vae-mnist"]
     assert artifact["path"] == "models/model.pt" and artifact["type"] == "model"
     assert artifact["desc"] and "mnist" in artifact["labels"]
+
+
+def test_committed_artifacts_of_the_reference_run_stay_small(repo_root, run):
+    listed = run(["git", "ls-files", "-z", "models", "reports"], repo_root).stdout.split("\0")
+    binary = [repo_root / name for name in listed if name.endswith((".pt", ".png"))]
+    assert sum(path.stat().st_size for path in binary if path.exists()) < 10 * 1024 * 1024

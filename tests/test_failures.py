@@ -1,104 +1,24 @@
 """What the user sees when things go wrong, at the level of the stage scripts: one line naming what
-is wrong, a non-zero exit, no traceback, and no half-written or lost output."""
+is wrong, a non-zero exit, no traceback, and no half-written or lost output. The stages run
+in-process (their main, as `python -m stages.<name>` runs it); the tests that must kill or
+interrupt a real process are marked slow."""
 
 from __future__ import annotations
 
+import errno
 import os
-import resource
 import signal
 import subprocess
-import sys
-import time
 
 import pytest
 import torch
-import yaml
 
 from betavae import checkpoint, resume
+from betavae.params import PARAMS_FILE
 
 
-def _train_command(root, params) -> list[str]:
-    return [sys.executable, "-m", "stages.train", "--params", str(params), "--data", str(root / "mnist"),
-            "--model", str(root / "model.pt"), "--checkpoint", str(root / "checkpoint.pt"),
-            "--live", str(root / "live")]
-
-
-def _evaluate_command(root, params, model) -> list[str]:
-    return [sys.executable, "-m", "stages.evaluate", "--params", str(params), "--data", str(root / "mnist"),
-            "--model", str(model), "--metrics", str(root / "metrics.json"),
-            "--per-digit", str(root / "per_digit.csv"), "--latent-kl", str(root / "latent_kl.csv")]
-
-
-@pytest.fixture
-def workspace(tmp_path, make_mnist, tiny):
-    make_mnist(tmp_path / "mnist")
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(tiny(epochs=6)))
-    return tmp_path, params
-
-
-@pytest.fixture
-def stage(repo_root):
-    """stage(command, **Popen options) -> the finished process, run from the repository root."""
-    def run(command, **options) -> subprocess.CompletedProcess:
-        return subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=600, **options)
-    return run
-
-
-def _error_line(result: subprocess.CompletedProcess) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode != 0 and lines, result
-    assert "Traceback" not in result.stderr, result.stderr
-    return lines[-1]
-
-
-def _start(command, repo_root, **options) -> subprocess.Popen:
-    return subprocess.Popen(command, cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            **options)
-
-
-def _wait_for(path, process, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not path.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-
-def test_killed_training_resumes_to_the_same_model_and_metrics_as_a_straight_run(workspace, stage, repo_root):
-    root, params = workspace
-    straight = root / "straight"
-    straight.mkdir()
-    (straight / "mnist").symlink_to(root / "mnist")
-    assert stage(_train_command(straight, params)).returncode == 0
-    assert stage(_evaluate_command(straight, params, straight / "model.pt")).returncode == 0
-
-    process = _start(_train_command(root, params), repo_root)
-    _wait_for(root / "checkpoint.pt", process)
-    process.send_signal(signal.SIGKILL)  # like a power cut: no handler runs
-    process.communicate()
-    assert not (root / "model.pt").exists(), "training finished before it could be killed"
-
-    resumed = stage(_train_command(root, params))
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming from" in resumed.stdout
-    assert stage(_evaluate_command(root, params, root / "model.pt")).returncode == 0
-    assert (root / "model.pt").read_bytes() == (straight / "model.pt").read_bytes()
-    assert (root / "metrics.json").read_bytes() == (straight / "metrics.json").read_bytes()
-
-
-def test_ctrl_c_exits_cleanly_with_the_checkpoint_intact_and_says_how_to_resume(workspace, repo_root, tiny):
-    root, params = workspace
-    params.write_text(yaml.safe_dump(tiny(epochs=200)))  # far too long to finish first
-    # A shell without job control starts background jobs with SIGINT ignored, and children inherit
-    # that (CI run with `&` did): restore the default so Python installs its KeyboardInterrupt.
-    process = _start(_train_command(root, params), repo_root,
-                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    _wait_for(root / "checkpoint.pt", process)
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
-    assert "Run `dvc repro` again to resume" in stdout
-    assert stderr.strip().splitlines()[-1] == "train: interrupted" and "Traceback" not in stderr
-    assert checkpoint.read(root / "checkpoint.pt", resume.FORMAT)["epoch"] >= 1
+def _set_params(run, yaml_text, tiny, **overrides) -> None:
+    run.params.write_text(yaml_text(tiny(**overrides)))
 
 
 @pytest.mark.parametrize("text, message", [
@@ -107,54 +27,73 @@ def test_ctrl_c_exits_cleanly_with_the_checkpoint_intact_and_says_how_to_resume(
     ("", "the file is empty"),
     (f"seed: {2**64}\n", "seed must be in [0, 9223372036854775807]"),
     ("z_dim: 100000\n", "z_dim must be in [1, 65536]"),
+    ("launcher: 'python; touch PWNED'\n", "launcher is not usable"),
 ])
-def test_bad_params_stop_the_stage_with_one_line_and_nothing_written(workspace, stage, text, message):
-    root, params = workspace
-    params.write_text(text)
-    assert _error_line(stage(_train_command(root, params))).startswith(f"train: error: {params}: {message}")
-    assert not (root / "live").exists() and not (root / "model.pt").exists()
+def test_bad_params_stop_the_stage_with_one_line_and_nothing_written(stage_dir, stage, text, message):
+    stage_dir.params.write_text(text)
+    line = stage("train", stage_dir.train()).error_line
+    assert line.startswith(f"train: error: {stage_dir.params}: {message}")
+    assert not (stage_dir.root / "live").exists() and not (stage_dir.root / "model.pt").exists()
+    assert not (stage_dir.root / "PWNED").exists() and not os.path.exists("PWNED")
 
 
-def test_cuda_on_a_machine_without_it_is_one_line(workspace, stage, tiny):
+def test_a_missing_params_file_is_named(stage_dir, stage):
+    stage_dir.params.unlink()
+    assert stage("train", stage_dir.train()).error_line == f"train: error: {stage_dir.params}: file not found"
+
+
+def test_cuda_on_a_machine_without_it_is_one_line(stage_dir, stage, yaml_text, tiny):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    root, params = workspace
-    params.write_text(yaml.safe_dump(tiny(device="cuda")))
-    assert _error_line(stage(_train_command(root, params))).startswith(
+    _set_params(stage_dir, yaml_text, tiny, device="cuda")
+    assert stage("train", stage_dir.train()).error_line.startswith(
         "train: error: device: cuda was requested, but CUDA is not available")
 
 
-def test_corrupt_training_data_is_one_line_naming_the_file(workspace, stage):
-    root, params = workspace
-    images = root / "mnist" / "train-images-idx3-ubyte"
+def test_corrupt_training_data_is_one_line_naming_the_file(stage_dir, stage):
+    images = stage_dir.root / "mnist" / "train-images-idx3-ubyte"
     images.write_bytes(images.read_bytes()[:-5])
-    line = _error_line(stage(_train_command(root, params)))
+    line = stage("train", stage_dir.train()).error_line
     assert line.startswith(f"train: error: {images}: ") and "but its header" in line
-    assert not (root / "checkpoint.pt").exists() and not (root / "model.pt").exists()
+    assert not (stage_dir.root / "checkpoint.pt").exists() and not (stage_dir.root / "model.pt").exists()
 
 
-def test_a_missing_data_file_is_one_line_naming_it(workspace, stage):
-    root, params = workspace
-    assert stage(_train_command(root, params)).returncode == 0
-    labels = root / "mnist" / "t10k-labels-idx1-ubyte"
+@pytest.fixture
+def trained(stage_dir, stage, yaml_text, tiny):
+    """stage_dir after a one-epoch train stage: a model to evaluate and plot."""
+    _set_params(stage_dir, yaml_text, tiny, epochs=1)
+    assert stage("train", stage_dir.train()).status == 0
+    return stage_dir
+
+
+def test_a_missing_data_file_is_one_line_naming_it(trained, stage):
+    labels = trained.root / "mnist" / "t10k-labels-idx1-ubyte"
     labels.unlink()
-    assert _error_line(stage(_evaluate_command(root, params, root / "model.pt"))) == \
-        f"evaluate: error: {labels}: no such file"
-    assert not (root / "metrics.json").exists()
+    assert stage("evaluate", trained.evaluate()).error_line == f"evaluate: error: {labels}: no such file"
+    assert not (trained.root / "metrics.json").exists()
 
 
 @pytest.mark.parametrize("damage, message", [
-    (None, "no such checkpoint"),
+    (lambda path: path.unlink(), "no such checkpoint"),
     (lambda path: path.write_bytes(path.read_bytes()[:2000]), "unreadable, truncated or not a torch checkpoint"),
 ])
-def test_evaluate_with_a_missing_or_truncated_model_writes_nothing(workspace, stage, damage, message):
-    root, params = workspace
-    model = root / "model.pt"
-    if damage is not None:
-        assert stage(_train_command(root, params)).returncode == 0
-        damage(model)
-    assert _error_line(stage(_evaluate_command(root, params, model))).startswith(f"evaluate: error: {model}: {message}")
-    assert not (root / "metrics.json").exists() and not (root / "per_digit.csv").exists()
+def test_evaluate_with_a_missing_or_truncated_model_writes_nothing(trained, stage, damage, message):
+    model = trained.root / "model.pt"
+    damage(model)
+    assert stage("evaluate", trained.evaluate()).error_line.startswith(f"evaluate: error: {model}: {message}")
+    assert not (trained.root / "metrics.json").exists() and not (trained.root / "per_digit.csv").exists()
+
+
+@pytest.mark.parametrize("name", ["evaluate", "plot"])
+def test_a_model_whose_weights_hold_nan_is_refused_by_every_stage_that_reads_it(trained, stage, name):
+    model = trained.root / "model.pt"
+    record = torch.load(model, weights_only=True)
+    record["model"]["to_posterior.weight"][0, 0] = float("nan")
+    torch.save(record, model)
+    arguments = trained.evaluate() if name == "evaluate" else trained.plot()
+    assert stage(name, arguments).error_line == (
+        f"{name}: error: {model}: the weights hold NaN or infinity (to_posterior.weight); this is not a usable model")
+    assert not (trained.root / "metrics.json").exists() and not (trained.root / "figures").exists()
 
 
 class _Payload:
@@ -162,46 +101,94 @@ class _Payload:
         return (os.system, ("echo the payload ran",))
 
 
-def test_a_checkpoint_that_references_code_is_refused_for_safety_and_never_run(workspace, stage):
-    root, params = workspace
-    model = root / "model.pt"
+def test_a_checkpoint_that_references_code_is_refused_for_safety_and_never_run(stage_dir, stage):
+    model = stage_dir.root / "model.pt"
     torch.save({"format": checkpoint.MODEL_FORMAT, "model": _Payload()}, model)
-    result = stage(_evaluate_command(root, params, model))
-    line = _error_line(result)
-    assert line == (f"evaluate: error: {model}: refused for safety: the file references code (posix.system), "
-                    "which loading would run; a checkpoint holds only tensors and plain values")
-    assert "weights_only" not in result.stderr and "payload ran" not in result.stdout
+    ended = stage("evaluate", stage_dir.evaluate())
+    assert ended.error_line == (f"evaluate: error: {model}: refused for safety: the file references code "
+                                "(posix.system), which loading would run; a checkpoint holds only tensors and "
+                                "plain values")
+    assert "weights_only" not in ended.stderr and "payload ran" not in ended.stdout
 
 
-def test_an_output_that_cannot_be_written_is_one_line_and_the_old_file_stays(workspace, stage):
-    root, params = workspace
-    assert stage(_train_command(root, params)).returncode == 0
-    assert stage(_evaluate_command(root, params, root / "model.pt")).returncode == 0
-    old = (root / "metrics.json").read_bytes()
+def test_an_output_that_cannot_be_written_is_one_line_and_the_old_file_stays(trained, stage, monkeypatch):
+    assert stage("evaluate", trained.evaluate()).status == 0
+    metrics = trained.root / "metrics.json"
+    old = metrics.read_bytes()
 
-    def small_files_only():  # as on a full disk: writes beyond 100 bytes fail with EFBIG
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
+    def disk_full(_descriptor):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    line = _error_line(stage(_evaluate_command(root, params, root / "model.pt"), preexec_fn=small_files_only))
-    assert line == f"evaluate: error: cannot write {root / 'metrics.json'}: File too large"
-    assert (root / "metrics.json").read_bytes() == old
-    assert not list(root.glob(".metrics.json.*.tmp"))
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "fsync", disk_full)  # every write is fsynced before its rename
+        assert stage("evaluate", trained.evaluate()).error_line == \
+            f"evaluate: error: cannot write {metrics}: No space left on device"
+    assert metrics.read_bytes() == old
+    assert not [path for path in trained.root.iterdir() if path.name.endswith(".tmp")]
 
-    blocked = root / "not-a-directory"
+    blocked = trained.root / "not-a-directory"
     blocked.write_text("a file where a directory should be")
-    command = _evaluate_command(root, params, root / "model.pt")
-    command[command.index("--metrics") + 1] = str(blocked / "metrics.json")
-    assert _error_line(stage(command)) == \
+    arguments = trained.evaluate()
+    arguments[arguments.index("--metrics") + 1] = str(blocked / "metrics.json")
+    assert stage("evaluate", arguments).error_line == \
         f"evaluate: error: cannot write {blocked / 'metrics.json'}: {blocked} is not a directory"
 
 
-def test_download_with_no_source_lists_every_failure(tmp_path, repo_root):
+@pytest.mark.slow
+def test_killed_training_resumes_to_the_same_model_and_metrics_as_a_straight_run(
+        stage_dir, stage, stage_command, repo_root, until, tmp_path_factory):
+    straight = stage_dir.__class__(tmp_path_factory.mktemp("straight"))
+    (straight.root / "mnist").symlink_to(stage_dir.root / "mnist")
+    (straight.root / PARAMS_FILE).write_bytes(stage_dir.params.read_bytes())
+    assert stage("train", straight.train()).status == 0
+    assert stage("evaluate", straight.evaluate()).status == 0
+
+    process = subprocess.Popen(stage_command("train", stage_dir.train()), cwd=repo_root,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    until((stage_dir.root / "checkpoint.pt").exists, "the first epoch's checkpoint", process=process)
+    process.send_signal(signal.SIGKILL)  # like a power cut: no handler runs
+    process.communicate()
+    assert not (stage_dir.root / "model.pt").exists(), "training finished before it could be killed"
+
+    resumed = stage("train", stage_dir.train())
+    assert resumed.status == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout
+    assert stage("evaluate", stage_dir.evaluate()).status == 0
+    assert (stage_dir.root / "model.pt").read_bytes() == (straight.root / "model.pt").read_bytes()
+    assert (stage_dir.root / "metrics.json").read_bytes() == (straight.root / "metrics.json").read_bytes()
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_cleanly_keeps_the_committed_logs_and_says_how_to_resume(
+        stage_dir, stage, stage_command, repo_root, until, yaml_text, tiny):
+    _set_params(stage_dir, yaml_text, tiny, epochs=1)
+    assert stage("train", stage_dir.train()).status == 0  # the committed run's logs and model
+    committed = {path: path.read_bytes() for path in (stage_dir.root / "live").rglob("*") if path.is_file()}
+    model = (stage_dir.root / "model.pt").read_bytes()
+    _set_params(stage_dir, yaml_text, tiny, epochs=200)  # far too long to finish first
+    # A shell without job control starts background jobs with SIGINT ignored, and children inherit
+    # that (CI run with `&` did): restore the default so Python installs its KeyboardInterrupt.
+    process = subprocess.Popen(stage_command("train", stage_dir.train()), cwd=repo_root, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    until((stage_dir.root / "checkpoint.pt").exists, "the first epoch's checkpoint", process=process)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "again to resume" in stdout and "python -m stages.train --params" in stdout
+    assert stderr.strip().splitlines()[-1] == "train: interrupted" and "Traceback" not in stderr
+    assert checkpoint.read(stage_dir.root / "checkpoint.pt", resume.FORMAT)["epoch"] >= 1
+    now = {path: path.read_bytes() for path in (stage_dir.root / "live").rglob("*") if path.is_file()}
+    assert now == committed and (stage_dir.root / "model.pt").read_bytes() == model
+
+
+@pytest.mark.slow
+def test_download_with_no_source_lists_every_failure(tmp_path, repo_root, stage_command):
     env = {**os.environ, "MNIST_DIR": str(tmp_path / "missing"), "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
            "PIP_FIND_LINKS": "", "PIP_NO_INDEX": "", "PIP_RETRIES": "0", "PIP_TIMEOUT": "1",
            "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
-    result = subprocess.run([sys.executable, "-m", "stages.download", "--out", str(tmp_path / "out")],
-                            cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(stage_command("download", ["--out", str(tmp_path / "out")]), cwd=repo_root, env=env,
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "download: error: no source could provide MNIST:" in result.stderr
     assert f"MNIST_DIR: {tmp_path / 'missing'} is not a directory" in result.stderr

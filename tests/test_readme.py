@@ -1,22 +1,31 @@
-"""The README's tables are the committed files' numbers (scripts/readme_results.py fills them)."""
+"""The README's numbers are the committed files' (scripts/readme_results.py fills them), it only ever
+shows the reference run, and its prose numbers are the code's."""
+
+import csv
+import re
+import shutil
 
 import pytest
+import torch
 
-from scripts.readme_results import fill, results_table, seed_table, sweep_table, tables
+from betavae import grids
+from betavae.evaluate import METRICS
+from betavae.params import MNIST_TEST_IMAGES, PARAMS_FILE, Params
+from scripts.readme_results import blocks, fill, not_the_reference_run, results_table, seed_table, sweep_table
 
-METRICS = {"recon": 70.5, "kl": 28.25, "loss": 93.1, "neg_elbo": 98.75, "nll": 96.0, "active_units": 17,
-           "kl_dims_90": 12}
+VALUES = {"recon": 70.5, "kl": 28.25, "loss": 93.1, "neg_elbo": 98.75, "nll": 96.0, "active_units": 17,
+          "kl_dims_90": 12}
 
 
 def test_fill_replaces_only_the_marked_block():
     readme = "intro\n<!-- results:begin -->\nold table\n<!-- results:end -->\noutro\n"
-    filled = fill(readme, "results", results_table(METRICS))
+    filled = fill(readme, "results", results_table(VALUES))
     assert filled.startswith("intro\n") and filled.endswith("<!-- results:end -->\noutro\n")
     assert "old table" not in filled
     assert "| Reconstruction −log p(x\\|z) | 71.16 | 70.50 | lower is better |" in filled
-    assert all(line.count(" | ") == 3 for line in results_table(METRICS).splitlines()[2:])  # four cells a row
+    assert all(line.count(" | ") == 3 for line in results_table(VALUES).splitlines()[2:])  # four cells a row
     assert "| Active units (of z_dim) | — | 17 |" in filled
-    assert fill(filled, "results", results_table(METRICS)) == filled
+    assert fill(filled, "results", results_table(VALUES)) == filled
 
 
 def test_fill_refuses_a_readme_without_exactly_one_block():
@@ -25,8 +34,9 @@ def test_fill_refuses_a_readme_without_exactly_one_block():
 
 
 def test_seed_and_sweep_tables_show_each_run_and_the_spread():
-    runs = [{"seed": "42", "beta": "0.8", **{k: str(v) for k, v in METRICS.items()}},
-            {"seed": "1", "beta": "0.8", **{k: str(v + 1) for k, v in METRICS.items()}}]
+    assert set(VALUES) == set(METRICS)
+    runs = [{"seed": "42", "beta": "0.8", **{k: str(v) for k, v in VALUES.items()}},
+            {"seed": "1", "beta": "0.8", **{k: str(v + 1) for k, v in VALUES.items()}}]
     seeds = seed_table(runs).splitlines()
     assert seeds[2].startswith("| 1 | 71.50 | 29.25 |") and seeds[3].startswith("| 42 | 70.50 |")
     assert seeds[4] == "| spread (max − min) | 1.00 | 1.00 | 1.00 | 1.00 | 1.00 | | |"
@@ -35,8 +45,43 @@ def test_seed_and_sweep_tables_show_each_run_and_the_spread():
 
 def test_the_committed_readme_holds_the_committed_numbers(repo_root):
     readme = (repo_root / "README.md").read_text()
-    found = tables(repo_root / "reports" / "metrics.json", repo_root / "reports" / "seeds.csv",
-                   repo_root / "reports" / "rate_distortion.csv")
-    assert set(found) == {"results", "seed", "sweep"}, "a committed result file is missing"
-    for name, table in found.items():
-        assert f"<!-- {name}:begin -->\n{table}\n<!-- {name}:end -->" in readme, f"README's {name} table is stale"
+    found, skipped = blocks(repo_root / "reports", repo_root / "models" / "model.pt", repo_root / PARAMS_FILE)
+    assert skipped is None, skipped
+    expected = {"results", "reference", "seed", "seed-spread", "sweep", "tests"}
+    assert expected <= set(found), "a committed file is missing"
+    for name, text in found.items():
+        assert f"<!-- {name}:begin -->\n{text}\n<!-- {name}:end -->" in readme, f"README's {name} block is stale"
+
+
+def test_an_experiment_in_the_workspace_never_reaches_the_readme(repo_root, tmp_path):
+    params, model = tmp_path / PARAMS_FILE, tmp_path / "model.pt"
+    params.write_text((repo_root / PARAMS_FILE).read_text().replace("epochs: 120 ", "epochs: 2   "))
+    assert not_the_reference_run(repo_root / "models" / "model.pt", params) == \
+        f"{params} sets other values than the reference run (epochs)"
+    record = torch.load(repo_root / "models" / "model.pt", weights_only=True)
+    record["params"]["epochs"] = 2
+    torch.save(record, model)
+    assert not_the_reference_run(model, repo_root / PARAMS_FILE) == \
+        f"{model} was trained with other params than the reference run (epochs)"
+    shutil.copytree(repo_root / "reports", tmp_path / "reports")
+    found, skipped = blocks(tmp_path / "reports", model, repo_root / PARAMS_FILE)
+    assert skipped and "results" not in found and "reference" not in found
+
+
+def test_the_readme_is_short_and_its_prose_numbers_are_the_codes(repo_root):
+    readme = (repo_root / "README.md").read_text()
+    assert len(readme.splitlines()) <= 150
+    defaults = Params()
+    assert f"(β = {defaults.beta:g}, {defaults.z_dim} latent dimensions)" in readme
+    assert f"Test set ({MNIST_TEST_IMAGES:,} images)" in readme
+    assert f"betavae sample      -n {grids.SAMPLES} --seed {defaults.seed} " in readme
+    with (repo_root / "reports" / "rate_distortion.csv").open() as sweep:
+        epochs = {row["epochs"] for row in csv.DictReader(sweep)}
+    assert re.search(rf"β sweep \({epochs.pop()} epochs each", readme) and not epochs
+
+
+def test_the_github_workflow_passes_actionlint(repo_root, run):
+    linter = shutil.which("actionlint") or str(repo_root / ".venv" / "bin" / "actionlint")
+    assert run([linter, ".github/workflows/ci.yml"], repo_root).returncode == 0
+    workflow = (repo_root / ".github" / "workflows" / "ci.yml").read_text()
+    assert "run: bash .ci/run" in workflow and "run: make test" in workflow

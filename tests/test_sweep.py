@@ -7,8 +7,8 @@ import csv
 import sys
 
 import pytest
-import yaml
 
+from betavae.params import parse_yaml
 from scripts import sweep
 
 GRID = ["--grid", "beta=0.5,2", "seed=1,2"]
@@ -46,6 +46,28 @@ def _sweep(clone, env, run, *args, check=True):
     return run([sys.executable, "scripts/sweep.py", *GRID, "--set", "epochs=1", *args], clone, env, check=check)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("broken, message", [
+    ("git", "git remote 'origin' cannot take the experiments"),
+    ("dvc", "no default DVC remote: `dvc remote add -d NAME URL`"),
+])
+def test_a_remote_that_cannot_take_the_runs_fails_before_anything_runs(tiny_repo, tmp_path, run, broken, message):
+    repo, env = tiny_repo
+    origin = tmp_path / "origin.git"
+    if broken == "git":
+        run(["git", "remote", "add", "origin", str(tmp_path / "no-such-repository.git")], repo, env)
+    else:
+        run(["git", "init", "-q", "--bare", "--initial-branch=main", str(origin)], tmp_path, env)
+        run(["git", "remote", "add", "origin", str(origin)], repo, env)
+    result = _sweep(repo, env, run, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"sweep: error: {message}")
+    assert "nothing was run" in result.stderr
+    assert run(["dvc", "queue", "status"], repo, env).stdout.count("Queued") == 0
+    assert run(["dvc", "exp", "list", "--name-only"], repo, env).stdout.strip() == ""
+
+
+@pytest.mark.slow
 def test_two_machines_run_their_shards_and_an_analyst_pulls_and_compares_all_four(machines, tmp_path, run):
     origin, storage, (first, second), env = machines
     for index, clone in enumerate((first, second), start=1):
@@ -64,6 +86,7 @@ def test_two_machines_run_their_shards_and_an_analyst_pulls_and_compares_all_fou
         [("0.5", "1"), ("0.5", "2"), ("2.0", "1"), ("2.0", "2")]
 
 
+@pytest.mark.slow
 def test_a_run_the_remote_has_with_other_params_fails_the_shard_naming_it(machines, run):
     _, _, (first, second), env = machines
     clash = "epochs-1_beta-0.5_seed-1"  # what shard 1/2 will call its first run
@@ -77,8 +100,8 @@ def test_a_run_the_remote_has_with_other_params_fails_the_shard_naming_it(machin
     assert "epochs-1_beta-2_seed-1" not in result.stderr  # the shard's other run reached the remote
     pushed = run(["dvc", "exp", "list", "origin", "--name-only"], first, env).stdout.split()
     assert "epochs-1_beta-2_seed-1" in pushed
-    assert yaml.safe_load(run(["git", "show", f"refs/exps/{_baseline(first, env, run)}/{clash}:params.yaml"], first,
-                              env).stdout)["beta"] == 0.5  # our run is kept locally, not lost
+    committed = run(["git", "show", f"refs/exps/{_baseline(first, env, run)}/{clash}:params.yaml"], first, env).stdout
+    assert parse_yaml(committed, "params.yaml")["beta"] == 0.5  # our run is kept locally, not lost
 
 
 def _baseline(clone, env, run) -> str:

@@ -9,10 +9,11 @@ import torch
 import betavae.train as training
 from betavae import checkpoint, resume, runtime
 from betavae.params import TRAINING_PARAMS, parse_params
+from betavae.state import Outputs
 
 
 def _outputs(root):
-    return training.Outputs(root / "model.pt", root / "checkpoint.pt", root / "live")
+    return Outputs(root / "model.pt", root / "checkpoint.pt", root / "live")
 
 
 class Epochs:
@@ -58,7 +59,17 @@ def test_training_writes_every_output_and_then_drops_its_state(tmp_path, mnist_d
         "reconstructions/2.png", "reconstructions/3.png", "samples/2.png", "samples/3.png"]
     lr_log = (tmp_path / "live" / "plots" / "metrics" / "lr.tsv").read_text().splitlines()
     assert lr_log[0] == "step\tlr" and len(lr_log) == 4
-    assert not (tmp_path / "checkpoint.pt").exists()
+    assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "checkpoint.live").exists()
+
+
+def test_an_interrupted_run_leaves_the_finished_runs_logs_and_model_as_they_were(tmp_path, mnist_dir, tiny_parsed):
+    _train(tiny_parsed(epochs=1), mnist_dir, tmp_path)
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    _interrupted(tiny_parsed(epochs=3), mnist_dir, tmp_path, after=2)
+    after = {path: path.read_bytes() for path in tmp_path.rglob("*")
+             if path.is_file() and not path.is_relative_to(tmp_path / "checkpoint.live")}
+    assert after == {**before, tmp_path / "checkpoint.pt": (tmp_path / "checkpoint.pt").read_bytes()}
+    assert (tmp_path / "checkpoint.live" / "plots" / "metrics" / "lr.tsv").read_text().count("\n") == 1 + 2
 
 
 def test_loss_is_the_beta_weighted_sum_in_the_history(tmp_path, mnist_dir, tiny_parsed):
@@ -141,17 +152,17 @@ def test_a_corrupt_checkpoint_is_not_resumed(tmp_path, mnist_dir, tiny_parsed):
 
 
 def test_non_finite_loss_stops_naming_epoch_and_batch_and_keeps_the_last_checkpoint(
-        tmp_path, mnist_dir, tiny_parsed, monkeypatch):
-    steps_per_epoch = (400 - 64) // 32
+        tmp_path, mnist_dir, tiny_parsed, steps_per_epoch, monkeypatch):
+    steps = steps_per_epoch(epochs=3)
     calls, real_loss = {"n": 0}, training.beta_vae_loss
 
     def poisoned(*args, **kwargs):
         calls["n"] += 1
         terms = real_loss(*args, **kwargs)
-        return terms._replace(loss=terms.loss * float("nan")) if calls["n"] == steps_per_epoch + 3 else terms
+        return terms._replace(loss=terms.loss * float("nan")) if calls["n"] == steps + 3 else terms
 
     monkeypatch.setattr(training, "beta_vae_loss", poisoned)  # epoch 2, batch 3
-    with pytest.raises(training.TrainingDiverged, match=f"epoch 2, batch 3 of {steps_per_epoch}"):
+    with pytest.raises(training.TrainingDiverged, match=f"epoch 2, batch 3 of {steps}"):
         _train(tiny_parsed(epochs=3), mnist_dir, tmp_path)
     state = checkpoint.read(tmp_path / "checkpoint.pt", resume.FORMAT)
     assert state["epoch"] == 1

@@ -1,23 +1,98 @@
-"""DVC's workspace experiments and their two traps (betavae/workspace.py, params.Watch): a failed
-`dvc exp run -S` that leaves invisible values in params.yaml, and two `dvc exp run` at once."""
+"""DVC's workspace experiments and their two traps (betavae/workspace.py): a failed `dvc exp run -S`
+that leaves invisible values in params.yaml, and two `dvc exp run` at once."""
 
 from __future__ import annotations
 
 import re
 import subprocess
-import time
 
-import yaml
+import pytest
+
+from betavae import workspace
+from betavae.params import PARAMS_FILE, ParamsError, load_params, read_yaml
 
 
 def _params(repo) -> dict:
-    return yaml.safe_load((repo / "params.yaml").read_text())
+    return read_yaml(repo / PARAMS_FILE)
+
+
+class FakeTime:
+    """A clock that moves only when Watch sleeps, and a second writer's writes due at given times:
+    the quiet window is tested without racing real timers."""
+
+    def __init__(self, path, *writes: tuple[float, str]):
+        self.now, self.path, self.writes = 0.0, path, list(writes)
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        while self.writes and self.writes[0][0] <= self.now:
+            self.path.write_text(self.writes.pop(0)[1])
+
+
+def _watched(tmp_path, *writes: tuple[float, str]):
+    """params.yaml holding seed 7, a Watch on it, and the writes another process makes after it changes."""
+    path = tmp_path / PARAMS_FILE
+    path.write_text("seed: 7\n")
+    time = FakeTime(path, *writes)
+    return path, workspace.Watch(path, load_params(path), clock=time.clock, sleep=time.sleep)
+
+
+def test_a_watch_describes_the_file_its_writer_leaves_not_a_torn_one(tmp_path):
+    path, watch = _watched(tmp_path, (0.1, "seed: 8\n"))
+    path.write_text("")  # a writer that has truncated the file and not yet written it
+    with pytest.raises(ParamsError, match=r"changed while this stage ran \(seed 7 -> 8\)"):
+        watch.check()
+
+
+def test_a_watch_ignores_a_file_put_back_as_it_was(tmp_path):
+    path, watch = _watched(tmp_path, (0.3, "seed: 7\n"))
+    path.write_text("seed: 42\n")  # as DVC's stash of the workspace does, for a moment
+    watch.check()
+
+
+def test_a_watch_reports_where_a_series_of_writes_ends(tmp_path):
+    path, watch = _watched(tmp_path, (0.3, "seed: 7\n"), (0.9, "seed: 8\n"))  # stash, unstash, apply the -S
+    path.write_text("seed: 42\n")
+    with pytest.raises(ParamsError, match=r"changed while this stage ran \(seed 7 -> 8\).*dvc exp run --queue"):
+        watch.check()
+
+
+def test_a_watch_passes_an_unchanged_file_at_once(tmp_path):
+    path, watch = _watched(tmp_path, (0.1, "seed: 8\n"))
+    watch.check()  # unchanged: no waiting, so the scheduled write never lands
+    assert path.read_text() == "seed: 7\n"
+
+
+@pytest.mark.parametrize("command, allowed", [
+    (["dvc", "exp", "run", "-S", "seed=7"], True),
+    (["dvc", "exp", "run", "-S", "seed=8"], False),
+    (["dvc", "exp", "run", "-Sseed=8"], False),
+    (["dvc", "exp", "run", "--set-param=params.yaml:seed=8"], False),
+    (["dvc", "exp", "run", "-S", "beta=1", "-S", "seed=7.0"], True),  # 7 and 7.0 are one value
+    (["dvc", "repro"], True),  # no -S to compare
+])
+def test_a_stage_refuses_params_that_its_own_dvc_exp_run_did_not_set(tmp_path, monkeypatch, command, allowed):
+    (tmp_path / PARAMS_FILE).write_text("seed: 7\nbeta: 1.0\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(workspace.BASELINE_VARIABLE, "0" * 40)
+    monkeypatch.setenv(workspace.ROOT_VARIABLE, str(tmp_path))
+    monkeypatch.setattr(workspace, "_dvc_command", lambda: command)
+    if allowed:
+        workspace.refuse_other_values()
+    else:
+        with pytest.raises(ParamsError, match=r"params.yaml holds seed: 7, but this `dvc exp run` set seed=8: "
+                                              "another `dvc exp run` in this workspace wrote it; nothing was run"):
+            workspace.refuse_other_values()
 
 
 def _git_sees_params_modified(repo, env, run) -> bool:
     return "params.yaml" in run(["git", "status", "--porcelain"], repo, env).stdout
 
 
+@pytest.mark.slow
 def test_a_failed_exp_run_leaves_no_invisible_values_and_the_next_run_refuses_them(tiny_repo, run):
     repo, env = tiny_repo
     failed = run(["dvc", "exp", "run", "-S", "epochs=3", "-S", "beta=-1"], repo, env, check=False)
@@ -41,6 +116,7 @@ def test_a_failed_exp_run_leaves_no_invisible_values_and_the_next_run_refuses_th
     assert '"beta": 2' in shown.replace("2.0", "2")
 
 
+@pytest.mark.slow
 def test_repeating_the_failed_run_exactly_is_not_refused(tiny_repo, run):
     repo, env = tiny_repo
     assert run(["dvc", "exp", "run", "-S", "epochs=1", "-S", "dropout=1.5"], repo, env, check=False).returncode != 0
@@ -48,18 +124,15 @@ def test_repeating_the_failed_run_exactly_is_not_refused(tiny_repo, run):
     assert "dropout must be in [0, 1)" in again.stderr and "still holds" not in again.stderr
 
 
-def test_two_exp_runs_at_once_fail_clearly_and_lose_nothing(tiny_repo, run):
-    repo, env = tiny_repo
-    run(["dvc", "repro"], repo, env)
-    run(["git", "add", "-A"], repo, env)
-    run(["git", "commit", "-qm", "baseline"], repo, env)
+@pytest.mark.slow
+def test_two_exp_runs_at_once_fail_clearly_and_lose_nothing(clone, run, until):
+    repo, env = clone
+    run(["dvc", "repro", "download"], repo, env)
     committed_model = (repo / "models" / "model.pt").read_bytes()
 
     first = subprocess.Popen(["dvc", "exp", "run", "-S", "seed=7", "-S", "epochs=40"], cwd=repo, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not (repo / "models" / "checkpoint.pt").exists() and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    until((repo / "models" / "checkpoint.pt").exists, "the first run's first checkpoint", process=first)
     second = run(["dvc", "exp", "run", "-S", "seed=8"], repo, env, check=False)
     stdout, stderr = first.communicate(timeout=600)
 

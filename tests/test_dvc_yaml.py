@@ -64,7 +64,7 @@ def test_closure_follows_imports_and_skips_annotation_only_and_inert_ones():
 def test_every_stage_runs_after_the_whole_params_file_is_checked(repo_root):
     stages = _dvc_yaml(repo_root)["stages"]
     (checked, options), = stages["check_params"]["outs"][0].items()
-    assert options == {"cache": False} and checked in stages["check_params"]["cmd"]
+    assert options == {"cache": False, "persist": True} and checked in stages["check_params"]["cmd"]
     for name, stage in stages.items():
         assert name == "check_params" or checked in stage["deps"], name
         assert "${" not in stage["cmd"], f"{name}: a params value in a shell command"

@@ -56,7 +56,9 @@ def test_repro_force_trains_again_and_a_killed_run_resumes(clone, run, kill_tree
     until((repo / "models" / "checkpoint.pt").exists, "the first epoch's checkpoint", process=process)
     kill_tree(process)  # DVC and its stage, mid-training, like a power cut
     assert (repo / "models" / "checkpoint.pt").exists()
-    resumed = run(["dvc", "repro"], repo, env).stdout
+    # The committed outputs are untouched, so DVC calls the pipeline up to date; the same command resumes.
+    assert "Data and pipelines are up to date." in run(["dvc", "status"], repo, env).stdout
+    resumed = run(["dvc", "repro", "--force", "--single-item", "train"], repo, env).stdout
     assert "train: resuming from models/checkpoint.pt" in resumed
     assert (repo / "models" / "model.pt").read_bytes() == committed  # same bytes as the committed run
     forced = run(["dvc", "repro", "--force", "--single-item", "train"], repo, env).stdout
@@ -93,7 +95,7 @@ def test_a_quick_run_with_schedules_longer_than_training_warns_and_runs(clone, r
 
 @pytest.mark.parametrize("setting, message", [
     ("z_dim=0", "check_params: error: params.yaml: z_dim must be in [1, 65536] (got 0)"),
-    ("launcher=python; touch PWNED", "check_params: error: params.yaml: launcher is not usable: must be `python`"),
+    ("launcher='python; touch PWNED'", "check_params: error: params.yaml: launcher is not usable: must be `python`"),
 ])
 def test_invalid_experiment_params_fail_at_once_with_the_key_named_and_run_nothing(clone, run, setting, message):
     repo, env = clone

@@ -44,7 +44,7 @@ from betavae.augment import random_affine
 from betavae.data import load_test, shuffled_batches, to_float
 from betavae.loss import beta_vae_loss
 from betavae.model import ConvVAE, ModelConfig
-from betavae.params import Params, load_params
+from betavae.params import MNIST_TEST_IMAGES, Params, load_params
 from betavae.state import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -293,17 +293,24 @@ def _step_page_faults(mode: str) -> int | None:
 
 
 def _nll_throughput(trainer: Trainer, params: Params, data_dir: Path, images: int) -> dict:
+    """Test images per second of the importance-weighted NLL at eval.iw_samples, and of the
+    binarized-MNIST protocol at eval.binarized_samples (on fewer images: it costs K times more)."""
     device, model = trainer.compute.device, trainer.model.eval()
-    test = load_test(data_dir, images).to(device)
     generator = torch.Generator(device).manual_seed(0)
     evaluate.per_image(model, load_test(data_dir, 128).to(device), params.eval.iw_samples, trainer.compute,
                        generator)  # warm-up
-    _sync(device)
-    started = time.perf_counter()
-    evaluate.per_image(model, test, params.eval.iw_samples, trainer.compute, generator)
-    _sync(device)
-    per_second = len(test) / (time.perf_counter() - started)
-    return {"images_per_s": per_second, "iw_samples": params.eval.iw_samples, "test_set_seconds": 10_000 / per_second}
+    measured = {}
+    for name, samples in (("iw", params.eval.iw_samples), ("binarized", params.eval.binarized_samples)):
+        count = max(32, images * params.eval.iw_samples // samples)
+        test = load_test(data_dir, count, "dynamic" if name == "binarized" else "none").to(device)
+        _sync(device)
+        started = time.perf_counter()
+        evaluate.per_image(model, test, samples, trainer.compute, generator)
+        _sync(device)
+        per_second = len(test) / (time.perf_counter() - started)
+        measured[name] = {"images_per_s": per_second, "importance_samples": samples,
+                          "test_set_seconds": MNIST_TEST_IMAGES / per_second}
+    return {**measured["iw"], "iw_samples": params.eval.iw_samples, "binarized": measured["binarized"]}
 
 
 def _report(samples: dict, gflop_per_image: float, nll: dict, params: Params, real_data: bool, quick: bool,
@@ -400,6 +407,9 @@ def _print(report: dict) -> None:
     nll = report["evaluate_nll"]
     print(f"evaluate NLL: {nll['images_per_s']:.0f} test images/s at iw_samples={nll['iw_samples']} "
           f"({nll['test_set_seconds']:.0f} s for 10,000)")
+    binary = nll["binarized"]
+    print(f"binarized-MNIST NLL: {binary['images_per_s']:.1f} test images/s at {binary['importance_samples']} "
+          f"samples ({binary['test_set_seconds'] / 60:.1f} minutes for 10,000)")
     faults = report["page_faults_per_step"]
     print(f"page faults per step: {faults['default_allocator']} with glibc's defaults, "
           f"{faults['retained_freed_memory']} with freed memory retained")

@@ -2,6 +2,11 @@
 
 Images stay uint8 (1 byte per pixel, 47 MB for all 60k) and become float only a batch at a time;
 batches are index gathers from a seeded permutation, so no Python runs per sample.
+
+Binarized MNIST, the data of the published likelihoods (docs/method.md): with `data.binarize:
+dynamic`, every training image is a fresh draw of each pixel from Bernoulli(grey value) each time it
+is seen (Burda et al. 2016; Tomczak & Welling 2018), and the validation and test images are drawn
+once, from the fixed seeds below, so every model is scored on the same binary images.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from betavae import idx
 from betavae.params import Params
 
 INFERENCE_BATCH = 1000  # images per forward pass outside training: validation, plots, the API
+TEST_BINARIZATION_SEED = 0  # the one binarization of the test set every binarized NLL is measured on
+VALIDATION_BINARIZATION_SEED = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,18 +49,42 @@ def load_split(data_dir: Path, images_name: str, labels_name: str, limit: int = 
 
 
 def load_train_val(data_dir: Path, params: Params) -> tuple[Split, Split]:
-    """The training pool (first data.limit images, or all) split by a seeded permutation."""
+    """The training pool (first data.limit images, or all) split by a seeded permutation; with
+    dynamic binarization, the validation images binarized once."""
     pool = load_split(data_dir, idx.TRAIN_IMAGES, idx.TRAIN_LABELS, params.data.limit)
     if len(pool) != params.pool_images:
         raise idx.IdxError(f"{data_dir}: {len(pool)} training images, params expect {params.pool_images}")
     order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(params.seed))
     val_index = order[: params.data.val_size].sort().values
     train_index = order[params.data.val_size:].sort().values
-    return _take(pool, train_index), _take(pool, val_index)
+    val = _take(pool, val_index)
+    if params.data.binarize == "dynamic":
+        val = binarized(val, VALIDATION_BINARIZATION_SEED)
+    return _take(pool, train_index), val
 
 
-def load_test(data_dir: Path, limit: int = 0) -> Split:
-    return load_split(data_dir, idx.TEST_IMAGES, idx.TEST_LABELS, limit)
+def load_test(data_dir: Path, limit: int = 0, binarize: str = "none") -> Split:
+    """The test images (the first `limit`, or all); binarized once, from TEST_BINARIZATION_SEED,
+    for a model of binary images (binarize: dynamic)."""
+    test = load_split(data_dir, idx.TEST_IMAGES, idx.TEST_LABELS, limit)
+    return binarized(test, TEST_BINARIZATION_SEED) if binarize == "dynamic" else test
+
+
+def binarized(split: Split, seed: int) -> Split:
+    """Each pixel 255 with probability grey / 255, else 0, drawn once from `seed` on the CPU: the
+    same binary images on every machine and device."""
+    draws = torch.rand(split.images.shape, generator=torch.Generator().manual_seed(seed))
+    return Split((draws < split.images.float() / 255).to(torch.uint8) * 255, split.labels)
+
+
+def sample_binary(x: torch.Tensor, generator: torch.Generator, batch_size: int | None = None,
+                  share: slice = slice(None)) -> torch.Tensor:
+    """x (b, 1, 28, 28) grey in [0, 1] -> a fresh Bernoulli draw of every pixel, 0 or 1. As for the
+    augmentation, x may be one process's share of a batch of batch_size: the draws are made for the
+    whole batch, so every process consumes the generator alike."""
+    shape = (batch_size or x.shape[0], *x.shape[1:])
+    draws = torch.rand(shape, generator=generator, device=generator.device)[share]
+    return (draws < x).to(x.dtype)
 
 
 def _take(split: Split, index: torch.Tensor) -> Split:

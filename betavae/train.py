@@ -23,7 +23,15 @@ from tqdm import tqdm
 
 from betavae import atomic, checkpoint, distributed, grids, resume, runtime, schedules
 from betavae.augment import random_affine
-from betavae.data import INFERENCE_BATCH, Split, load_train_val, ordered_batches, shuffled_batches, to_float
+from betavae.data import (
+    INFERENCE_BATCH,
+    Split,
+    load_train_val,
+    ordered_batches,
+    sample_binary,
+    shuffled_batches,
+    to_float,
+)
 from betavae.errors import BetaVAEError
 from betavae.loss import LossTerms, beta_vae_loss, kl_per_dimension, reconstruction_per_image
 from betavae.model import ConvVAE, ModelConfig, training_memory_bytes
@@ -140,6 +148,8 @@ def train_step(trainer: Trainer, batch: torch.Tensor, t: float) -> LossTerms:
     x = random_affine(to_float(trainer.train.images[batch[share]]), params.augment.rotation,
                       params.augment.translate, trainer.generator, params.augment.interpolation,
                       batch_size=len(batch), share=share)
+    if params.data.binarize == "dynamic":
+        x = sample_binary(x, trainer.generator, batch_size=len(batch), share=share)
     x = compute.to_layout(x)
     with compute.autocast():
         logits, mu, logvar = trainer.step_forward(x)

@@ -109,7 +109,9 @@ def not_the_reference_run(model: Path, params: Path) -> str | None:
     if differing:
         return f"{params} sets other values than the reference run ({', '.join(differing)})"
     trained = read(model, MODEL_FORMAT)["params"]
-    differing = dotted.differing(reference.select(TRAINING_PARAMS), trained)
+    # A key the model's file lacks is a param added since, whose default is the training it had.
+    differing = [key for key in dotted.differing(reference.select(TRAINING_PARAMS), trained)
+                 if dotted.get(trained, key) is not dotted.MISSING]
     if differing:
         return f"{model} was trained with other params than the reference run ({', '.join(differing)})"
     return None

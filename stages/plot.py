@@ -29,7 +29,7 @@ def main() -> None:
     torch.manual_seed(params.seed)
     # Figures are cheap; the CPU in fp32 keeps them identical wherever the model was trained.
     vae = api.load(args.model, device="cpu")
-    test = load_test(args.data, params.data.limit)
+    test = load_test(args.data, params.data.limit, vae.record["params"]["data"].get("binarize", "none"))
     history = figures.history_figure(figures.read_history(args.history))
     pairs = torch.randperm(len(test), generator=torch.Generator().manual_seed(params.seed))
     starts, ends = (to_float(test.images[index]) for index in pairs[: 2 * INTERPOLATION_ROWS].view(2, -1))

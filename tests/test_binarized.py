@@ -1,0 +1,120 @@
+"""Binarized MNIST and the literature's likelihood protocol (betavae/data.py, betavae/evaluate.py)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import betavae.train as training
+from betavae import checkpoint, evaluate, runtime
+from betavae.data import TEST_BINARIZATION_SEED, Split, binarized, load_test, sample_binary, to_float
+from betavae.distributed import World
+from betavae.loss import gaussian_log_density
+from betavae.model import ConvVAE, ModelConfig
+from betavae.state import Outputs
+
+CPU = runtime.Compute(device=torch.device("cpu"), autocast_dtype=None, channels_last=False)
+# Monte Carlo noise allowed between bounds with different numbers of samples on the tiny model below,
+# in nats per image (the estimates' spread over seeds is about a tenth of it).
+MC_TOLERANCE = 0.5
+
+
+def _grey(count: int = 64, seed: int = 1) -> Split:
+    generator = torch.Generator().manual_seed(seed)
+    return Split(torch.randint(0, 256, (count, 28, 28), dtype=torch.uint8, generator=generator), torch.arange(count))
+
+
+def test_the_binarization_of_held_out_images_is_fixed_by_its_seed_and_draws_each_pixel_from_its_grey():
+    grey = _grey(2000)
+    once, again = binarized(grey, TEST_BINARIZATION_SEED), binarized(grey, TEST_BINARIZATION_SEED)
+    assert torch.equal(once.images, again.images) and torch.equal(once.labels, grey.labels)
+    assert set(once.images.unique().tolist()) <= {0, 255}
+    assert not torch.equal(once.images, binarized(grey, TEST_BINARIZATION_SEED + 1).images)
+    share_on = (once.images == 255).double().mean().item()
+    assert share_on == pytest.approx(grey.images.double().mean().item() / 255, abs=0.002)
+    assert torch.equal(binarized(Split(torch.full((3, 28, 28), 255, dtype=torch.uint8), torch.arange(3)), 5).images,
+                       torch.full((3, 28, 28), 255, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("size", [1, 2, 4])
+def test_training_draws_are_fresh_each_time_and_the_shards_of_processes_are_the_one_process_batch(size):
+    x = to_float(_grey(32).images)
+    single = sample_binary(x, torch.Generator().manual_seed(3))
+    shards = [sample_binary(x[World(rank, size).share(32)], torch.Generator().manual_seed(3), batch_size=32,
+                            share=World(rank, size).share(32)) for rank in range(size)]
+    assert torch.equal(torch.cat(shards), single)
+    generator = torch.Generator().manual_seed(3)
+    assert not torch.equal(sample_binary(x, generator), sample_binary(x, generator))
+    assert set(single.unique().tolist()) <= {0.0, 1.0}
+
+
+def _model() -> ConvVAE:
+    torch.manual_seed(0)
+    return ConvVAE(ModelConfig(latent_dim=3)).eval()
+
+
+def test_the_importance_weighted_bound_with_one_sample_is_the_elbo():
+    model, split = _model(), binarized(_grey(400), 0)
+    one = evaluate.per_image(model, split, 1, CPU, torch.Generator().manual_seed(7))
+    # With one sample, log w = log p(x|z) + log p(z) - log q(z|x): the single-sample ELBO, whose mean
+    # over images is the closed-form ELBO -(recon + KL) up to the noise of the KL's estimate.
+    x = to_float(split.images)
+    with torch.no_grad():
+        mu, logvar = model.encode(x)
+    noise = torch.randn(1, *mu.shape, generator=torch.Generator().manual_seed(7))[0]
+    z = mu + torch.exp(0.5 * logvar) * noise
+    log_q = gaussian_log_density(z, mu, logvar)
+    log_p = gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z))
+    assert torch.allclose(one.log_likelihood, (-one.recon + log_p - log_q).double(), atol=1e-4)
+    elbo = -(one.recon + one.kl).mean().item()
+    assert one.log_likelihood.mean().item() == pytest.approx(elbo, abs=MC_TOLERANCE)
+
+
+def test_the_bound_does_not_loosen_with_more_samples():
+    model, split = _model(), binarized(_grey(200), 0)
+    nll = {k: -evaluate.per_image(model, split, k, CPU, torch.Generator().manual_seed(k)).log_likelihood.mean().item()
+           for k in (1, 10, 100, 1000)}
+    assert nll[1000] <= nll[100] + MC_TOLERANCE <= nll[10] + 2 * MC_TOLERANCE <= nll[1] + 3 * MC_TOLERANCE
+    assert nll[1000] < nll[1]  # and it does tighten
+
+
+def test_the_literature_numbers_are_in_nats_and_bits_per_dimension():
+    results = evaluate.per_image(_model(), binarized(_grey(8), 0), 5, CPU, torch.Generator().manual_seed(0))
+    summary = evaluate.binarized_summary(results, 5)
+    assert summary["bits_per_dim"] == pytest.approx(summary["nll"] / (784 * math.log(2)))
+    assert (summary["importance_samples"], summary["binarization_seed"]) == (5, TEST_BINARIZATION_SEED)
+    assert list(summary) == list(evaluate.BINARIZED_METRICS)
+
+
+def test_without_binarization_training_never_draws_binary_images(tmp_path, mnist_dir, tiny_parsed, monkeypatch):
+    """What keeps `data.binarize: none` the training it always was: not one extra random draw."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("sample_binary called with data.binarize: none")
+
+    monkeypatch.setattr(training, "sample_binary", forbidden)
+    outputs = Outputs(tmp_path / "model.pt", tmp_path / "checkpoint.pt", tmp_path / "live")
+    training.train(tiny_parsed(epochs=1), mnist_dir, outputs, log=lambda _: None)
+    _, record = checkpoint.load_model(tmp_path / "model.pt", torch.device("cpu"))
+    assert record["params"]["data"]["binarize"] == "none"
+
+
+def test_a_dynamically_binarized_run_validates_and_is_tested_on_binary_images(
+        stage_dir, stage, yaml_text, tiny, monkeypatch):
+    params = tiny(epochs=1, beta=1.0, data={**tiny()["data"], "binarize": "dynamic"},
+                  eval={"iw_samples": 2, "binarized_samples": 3})
+    stage_dir.params.write_text(yaml_text(params))
+    seen = []
+    real_step = training.train_step
+    monkeypatch.setattr(training, "train_step", lambda trainer, batch, t: (seen.append(trainer), real_step(
+        trainer, batch, t))[1])
+    assert stage("train", stage_dir.train()).status == 0
+    trainer = seen[0]
+    assert set(trainer.val.images.unique().tolist()) <= {0, 255}  # validation: binarized once
+    assert len(trainer.train.images.unique()) > 2  # training: grey, drawn afresh each step
+    ended = stage("evaluate", stage_dir.evaluate())
+    assert ended.status == 0, ended.stderr
+    metrics = json.loads((stage_dir.root / "metrics.json").read_text())
+    assert metrics["binarized"]["importance_samples"] == 3
+    binary = load_test(stage_dir.root / "mnist", binarize="dynamic")
+    assert set(binary.images.unique().tolist()) <= {0, 255} and len(binary) == len(load_test(stage_dir.root / "mnist"))

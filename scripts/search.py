@@ -1,0 +1,96 @@
+"""Search hyperparameters with Optuna, every trial a DVC experiment (betavae/search.py says how).
+
+    python scripts/search.py --space search.yaml --trials 12
+    python scripts/search.py --space search.yaml --trials 40 --storage postgresql://user@host/db --remote origin
+
+Writes, for the study, reports/search/<study>_trials.csv (every trial: number, state, params,
+objectives, experiment, error) and, for two objectives, the Pareto front as
+reports/search/<study>_front.csv and reports/figures/<study>_front.png. `dvc exp show` lists the
+trials as search-<study>-<n>.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+from pathlib import Path
+
+from betavae import atomic, errors, search
+
+
+def main() -> None:
+    errors.run(_main, "search")
+
+
+def _main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--space", type=Path, required=True, help="the search-space file (YAML)")
+    parser.add_argument("--trials", type=int, required=True, help="trials the study holds when this ends")
+    parser.add_argument("--storage", default="sqlite:///reports/search/study.db",
+                        help="Optuna storage URL (default: %(default)s); one URL for several machines")
+    parser.add_argument("--remote", default=None, help="git remote to `dvc exp push` each finished trial to")
+    parser.add_argument("--reports", type=Path, default=Path("reports"))
+    args = parser.parse_args()
+    if args.trials < 1:
+        raise search.SearchError(f"--trials must be >= 1; got {args.trials}")
+    space = search.load_space(args.space)
+    if args.storage.startswith("sqlite:///"):
+        Path(args.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    study = search.open_study(space, args.storage)
+    search.Runner(space, Path.cwd(), args.remote).run(study, args.trials)
+    write_reports(study, space, args.reports)
+
+
+def write_reports(study, space: search.Space, reports: Path) -> None:
+    keys = [d.key for d in space.dimensions]
+    metrics = [metric for metric, _ in space.objectives]
+    rows = [_row(trial, keys, metrics) for trial in study.get_trials(deepcopy=False)]
+    atomic.write_text(reports / "search" / f"{space.study}_trials.csv", _csv(rows))
+    finished = [trial for trial in study.get_trials(deepcopy=False) if trial.values is not None]
+    if not finished:
+        raise search.SearchError("no trial finished; their errors are in the trials CSV")
+    best = search.front(study)
+    atomic.write_text(reports / "search" / f"{space.study}_front.csv",
+                      _csv([_row(trial, keys, metrics) for trial in sorted(best, key=lambda t: t.values)]))
+    if len(metrics) == 2:
+        atomic.write_figure(reports / "figures" / f"{space.study}_front.png",
+                            front_figure(finished, best, metrics, space.study))
+    print(f"search: {len(finished)} of {len(rows)} trials finished; the front holds {len(best)}")
+
+
+def _row(trial, keys: list[str], metrics: list[str]) -> dict:
+    values = trial.values or [None] * len(metrics)
+    return {"number": trial.number, "state": trial.state.name, **{key: trial.params.get(key) for key in keys},
+            **dict(zip(metrics, values)), "experiment": trial.user_attrs.get("experiment", ""),
+            "error": trial.user_attrs.get("error", "")}
+
+
+def _csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def front_figure(finished: list, best: list, metrics: list[str], title: str):
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 5), dpi=100)
+    axis = figure.subplots()
+    axis.scatter([t.values[0] for t in finished], [t.values[1] for t in finished], color="0.7", label="trials")
+    ordered = sorted(best, key=lambda t: t.values[0])
+    axis.plot([t.values[0] for t in ordered], [t.values[1] for t in ordered], "o-", color="tab:red",
+              label="Pareto front")
+    for trial in ordered:
+        axis.annotate(str(trial.number), (trial.values[0], trial.values[1]), textcoords="offset points", xytext=(5, 4))
+    axis.set(title=f"Study {title}: {len(finished)} trials", xlabel=metrics[0], ylabel=metrics[1])
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    return figure
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Hyperparameter search through DVC experiments (betavae/search.py, scripts/search.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from betavae import search
+
+SPACE = {"study": "tiny", "objectives": [{"metric": "test.kl", "direction": "minimize"},
+                                         {"metric": "test.recon", "direction": "minimize"}],
+         "params": {"beta": {"low": 0.5, "high": 2.0, "log": True}}, "fixed": {"epochs": 1},
+         "sampler": {"name": "random", "seed": 0}}
+
+
+def test_the_committed_search_space_is_valid(repo_root):
+    space = search.load_space(repo_root / "search.yaml")
+    assert [metric for metric, _ in space.objectives] == ["test.kl", "test.recon"]
+    assert search.distributions(space)["beta"].log
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s.update(sampler_seed=1), "unknown key sampler_seed"),
+    (lambda s: s.update(study="no spaces"), "study must be a name"),
+    (lambda s: s["params"].update(bta={"low": 0, "high": 1}), "params.bta: not a param of params.yaml"),
+    (lambda s: s["params"].update(beta={"low": "x", "high": 1}), "params.beta.low must be a number; got 'x'"),
+    (lambda s: s["params"].update(beta={"low": -1, "high": 1}), "params.beta.low: beta must be >= 0 (got -1.0)"),
+    (lambda s: s["params"].update(beta={"low": 0, "high": 1, "log": True}), "a log scale needs low > 0"),
+    (lambda s: s["params"].update(beta={"low": 2, "high": 1}), "params.beta: low must be < high"),
+    (lambda s: s["params"].update(z_dim={"low": 2, "high": 8.5}), "params.z_dim.high must be an integer"),
+    (lambda s: s["params"].update(launcher={"low": 1, "high": 2}), "a range needs a numeric param"),
+    (lambda s: s["params"].update(dropout={"choices": [0.1, 1.5]}), "params.dropout: dropout must be in [0, 1)"),
+    (lambda s: s["fixed"].update(beta=1.0), "beta is both searched and fixed"),
+    (lambda s: s["fixed"].update(epochs=0), "fixed: epochs must be in [1, 100000]"),
+    (lambda s: s.update(objectives=[{"metric": "test.loss", "direction": "up"}]), "direction must be minimize"),
+    (lambda s: s.update(objectives=[{"metric": "val.loss", "direction": "minimize"}]),
+     "objectives[0].metric must be one of test.recon"),
+    (lambda s: s.update(sampler={"name": "grid"}), "sampler.name must be one of tpe, nsga2, random"),
+])
+def test_a_bad_search_space_is_refused_naming_the_key(tmp_path, yaml_text, change, message):
+    space = {**SPACE, "params": dict(SPACE["params"]), "fixed": dict(SPACE["fixed"])}
+    change(space)
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml_text(space))
+    with pytest.raises(search.SearchError) as error:
+        search.load_space(path)
+    assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def _search(repo, env, storage, trials: int, popen: bool = False):
+    command = [sys.executable, "scripts/search.py", "--space", "space.yaml", "--trials", str(trials),
+               "--storage", storage]
+    if popen:
+        return subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+
+
+@pytest.fixture
+def searched(clone, tmp_path, yaml_text, run):
+    """A clone with the tiny search space beside it, its data cached, and a SQLite study outside it."""
+    repo, env = clone
+    (repo / "space.yaml").write_text(yaml_text(SPACE))
+    run(["dvc", "repro", "download"], repo, env)
+    return repo, env, f"sqlite:///{tmp_path / 'study.db'}"
+
+
+def _study(storage: str):
+    import optuna
+
+    return optuna.load_study(study_name="tiny", storage=storage)
+
+
+def _experiments(repo, env, run) -> list[str]:
+    return sorted(run(["dvc", "exp", "list", "--name-only"], repo, env).stdout.split())
+
+
+@pytest.mark.slow
+def test_a_study_runs_its_trials_as_experiments_and_a_rerun_adds_only_the_difference(searched, run):
+    repo, env, storage = searched
+    first = _search(repo, env, storage, 3)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert _experiments(repo, env, run) == ["search-tiny-0", "search-tiny-1", "search-tiny-2"]
+    shown = run(["dvc", "exp", "show", "--csv", "--only-changed"], repo, env).stdout
+    assert shown.count("search-tiny-") == 3
+    again = _search(repo, env, storage, 5)
+    assert again.returncode == 0, again.stderr[-2000:]
+    study = _study(storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5
+    assert _experiments(repo, env, run) == [f"search-tiny-{n}" for n in range(5)]
+    front = (repo / "reports" / "search" / "tiny_front.csv").read_text().splitlines()
+    assert front[0] == "number,state,beta,test.kl,test.recon,experiment,error" and len(front) >= 2
+    assert (repo / "reports" / "figures" / "tiny_front.png").stat().st_size > 5_000
+
+
+@pytest.mark.slow
+def test_a_killed_search_resumes_its_interrupted_trial_under_the_same_number(searched, run, until, kill_tree):
+    import optuna
+
+    repo, env, storage = searched
+    process = _search(repo, env, storage, 2, popen=True)
+
+    def running() -> bool:
+        try:
+            return any(t.state == optuna.trial.TrialState.RUNNING for t in _study(storage).trials)
+        except KeyError:  # the study does not exist yet
+            return False
+
+    until(running, "the first trial to start", process=process)
+    kill_tree(process)  # the search and its `dvc exp run`, like a power cut
+    resumed = _search(repo, env, storage, 2)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "trial 0 (search-tiny-0)" in resumed.stdout
+    assert [t.state.name for t in _study(storage).trials] == ["COMPLETE", "COMPLETE"]
+    assert _experiments(repo, env, run) == ["search-tiny-0", "search-tiny-1"]
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_study_without_losing_or_repeating_a_trial(searched, run):
+    repo, env, storage = searched
+    _study_created = _search(repo, env, storage, 1)  # creates the study, so both processes load it
+    assert _study_created.returncode == 0, _study_created.stderr[-2000:]
+    processes = [_search(repo, env, storage, 3, popen=True) for _ in range(2)]
+    for process in processes:
+        _, stderr = process.communicate(timeout=900)
+        assert process.returncode == 0, stderr[-2000:]
+    trials = _study(storage).trials
+    assert 3 <= len(trials) <= 4 and all(t.state.name == "COMPLETE" for t in trials)
+    names = [t.user_attrs["experiment"] for t in trials]
+    assert len(set(names)) == len(names) and _experiments(repo, env, run) == sorted(names)
+
+
+@pytest.mark.slow
+def test_a_failing_trial_is_recorded_with_the_stages_error_and_the_search_goes_on(searched, run, yaml_text):
+    if torch.cuda.is_available():
+        pytest.skip("the failure used here is a request for CUDA on a machine without it")
+    repo, env, storage = searched
+    failing = {**SPACE, "params": {"beta": {"low": 0.5, "high": 2.0}}, "fixed": {"epochs": 1, "device": "cuda"}}
+    (repo / "space.yaml").write_text(yaml_text(failing))
+    result = _search(repo, env, storage, 2)
+    assert result.returncode == 1 and "search: error: no trial finished" in result.stderr
+    trials = _study(storage).trials
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
+    assert trials[0].user_attrs["error"].startswith("train: error: device: cuda was requested, but CUDA is not")

@@ -48,13 +48,15 @@ DIALECT_SCALARS = [
 ]
 
 
-@pytest.mark.parametrize("text, dvc_reads, _pyyaml_read", DIALECT_SCALARS)
-def test_scalars_read_as_dvc_reads_them(tmp_path, text, dvc_reads, _pyyaml_read):
+@pytest.mark.parametrize("text, dvc_reads, pyyaml_read", DIALECT_SCALARS)
+def test_scalars_read_as_dvc_reads_them(tmp_path, text, dvc_reads, pyyaml_read):
     from dvc.utils.serialize import parse_yaml as dvc_parse_yaml
 
+    yaml_1_1 = pytest.importorskip("yaml")  # PyYAML, which DVC's own dependencies bring
     path = tmp_path / PARAMS_FILE
     path.write_text(text + "\n")
     key = text.split(":")[0]
+    assert yaml_1_1.safe_load(path.read_text())[key] == pyyaml_read != dvc_reads  # a case where they differ
     assert dvc_parse_yaml(path.read_text(), str(path))[key] == dvc_reads
     assert load_params(path).get(key) == dvc_reads
 

@@ -143,7 +143,9 @@ def test_an_interrupted_exp_run_names_the_command_that_resumes_it(clone, run, un
     repo, env = clone
     run(["dvc", "repro", "download"], repo, env)
     command = ["dvc", "exp", "run", "-S", "epochs=200"]
-    process = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A background job starts with SIGINT ignored, and every process below inherits that: restore it.
+    process = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     until((repo / "models" / "checkpoint.pt").exists, "the first epoch's checkpoint", process=process)
     stage = _descendant(process.pid, "stages.train")
     os.kill(stage, signal.SIGINT)  # as Ctrl-C in a terminal does, to the stage (DVC's own handling differs)

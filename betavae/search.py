@@ -223,12 +223,21 @@ def open_study(space: Space, storage: str):
     samplers = {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler,
                 "random": optuna.samplers.RandomSampler}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    directions = [direction for _, direction in space.objectives]
     try:
-        return optuna.create_study(study_name=space.study, storage=storage, load_if_exists=True,
-                                   directions=[direction for _, direction in space.objectives],
-                                   sampler=samplers[space.sampler](seed=space.seed))
+        study = optuna.create_study(study_name=space.study, storage=storage, load_if_exists=True,
+                                    directions=directions)
     except Exception as error:  # a bad URL, an unreachable server, a study of other directions
         raise SearchError(f"cannot open study {space.study!r} in {storage}: {one_line(error)[:300]}") from None
+    # A sampler seeded alike in every process draws the same params again after a restart, and in a
+    # second process at once: each process's stream starts from the seed, the trials already in the
+    # study and the process id.
+    study.sampler = samplers[space.sampler](seed=_process_seed(space.seed, len(study.get_trials(deepcopy=False))))
+    return study
+
+
+def _process_seed(seed: int, taken: int) -> int:
+    return (seed * 1_000_003 + taken * 7_919 + os.getpid()) % 2**32
 
 
 @dataclasses.dataclass

@@ -45,7 +45,7 @@ def test_the_committed_readme_holds_the_committed_numbers(repo_root):
     readme = (repo_root / "README.md").read_text()
     found, skipped = blocks(repo_root / "reports", repo_root / "models" / "model.pt", repo_root / PARAMS_FILE)
     assert skipped is None, skipped
-    expected = {"results", "reference", "seed-spread", "sweep", "tests"}
+    expected = {"results", "reference", "seed-spread", "sweep", "tests", "literature"}
     assert expected <= set(found), "a committed file is missing"
     for name, text in found.items():
         assert f"<!-- {name}:begin -->\n{text}\n<!-- {name}:end -->" in readme, f"README's {name} block is stale"

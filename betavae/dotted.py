@@ -33,12 +33,28 @@ def differing(first: Mapping, second: Mapping, prefix: str = "") -> list[str]:
 
 def select(tree: Mapping, keys: Iterable[str]) -> dict:
     """The nested dict of just these keys: a leaf ("data.limit") or a whole group ("augment")."""
-    selected: dict = {}
-    for key in keys:
-        *groups, leaf = key.split(".")
-        target = selected
+    return nest({key: dict(value) if isinstance(value, Mapping) else value
+                 for key in keys for value in [get(tree, key)]})
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict:
+    """{"data": {"limit": 0}} -> {"data.limit": 0}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def nest(flat: Mapping) -> dict:
+    """{"data.limit": 0} -> {"data": {"limit": 0}}, in the order of the keys."""
+    tree: dict = {}
+    for key, value in flat.items():
+        *groups, leaf = str(key).split(".")
+        target = tree
         for group in groups:
             target = target.setdefault(group, {})
-        value = get(tree, key)
-        target[leaf] = dict(value) if isinstance(value, Mapping) else value
-    return selected
+        target[leaf] = value
+    return tree

@@ -100,7 +100,7 @@ def parse_space(raw: object, source: str = "search space") -> Space:
     searched = raw.get("params")
     if not isinstance(searched, dict) or not searched:
         raise SearchError(f"{source}: params must map at least one param to its range or choices")
-    overlap = sorted(set(map(str, searched)) & set(_flatten(fixed)))
+    overlap = sorted(set(map(str, searched)) & set(dotted.flatten(fixed)))
     if overlap:
         raise SearchError(f"{source}: {overlap[0]} is both searched and fixed")
     dimensions = tuple(_dimension(key, spec, fixed, source) for key, spec in searched.items())
@@ -168,32 +168,11 @@ def _dimension(key: str, spec: object, fixed: dict, source: str) -> Dimension:
 
 def _check_values(fixed: dict, trial: dict, where: str) -> None:
     """The params a trial would run with must pass params.yaml's own validation."""
-    merged = _nest({**_flatten(Params().to_dict()), **_flatten(fixed), **trial})
+    merged = dotted.nest({**dotted.flatten(Params().to_dict()), **dotted.flatten(fixed), **trial})
     try:
         parse_params(merged, source="params")
     except ParamsError as error:
         raise SearchError(f"{where}: {str(error).removeprefix('params: ')}") from None
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def _nest(flat: dict) -> dict:
-    tree: dict = {}
-    for key, value in flat.items():
-        *groups, leaf = str(key).split(".")
-        target = tree
-        for group in groups:
-            target = target.setdefault(group, {})
-        target[leaf] = value
-    return tree
 
 
 # --- the study ---------------------------------------------------------------------------------
@@ -264,7 +243,7 @@ class Runner:
 
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             attrs = trial.user_attrs
-            if attrs.get("host") != socket.gethostname() or _alive(attrs.get("pid")):
+            if not _abandoned(trial):
                 continue
             name = attrs.get("experiment", experiment_name(self.space, trial.number))
             values = self._objectives(name)
@@ -282,7 +261,7 @@ class Runner:
         trial.set_user_attr("pid", os.getpid())  # who runs it now: finish_abandoned's test of liveness
         number, params = trial.number, trial.params
         name = experiment_name(self.space, number)
-        assignments = {**_flatten(self.space.fixed), **params}
+        assignments = {**dotted.flatten(self.space.fixed), **params}
         command = ["dvc", "exp", "run", "--temp", "-n", name,
                    *(f"-S{key}={_yaml_scalar(value)}" for key, value in assignments.items())]
         self.log(f"search: trial {number} ({name}): " + ", ".join(f"{k}={v}" for k, v in params.items()))
@@ -318,11 +297,12 @@ class Runner:
                               "has the trial, rerun the push by hand")
 
 
-def find_experiment(name: str, repo: Path) -> dict | None:
-    """DVC's row for the experiment of this name (dvc.api.exp_show), or None."""
+def find_experiment(name: str, repo: Path | str | None = None, commits: int = 1) -> dict | None:
+    """DVC's row (dvc.api.exp_show) for the finished experiment of this name on the last `commits`
+    commits (1: HEAD's experiments, as a running search makes them), or None."""
     import dvc.api
 
-    for row in dvc.api.exp_show(repo=str(repo)):
+    for row in dvc.api.exp_show(repo=None if repo is None else str(repo), num=commits):
         if row.get("Experiment") == name and row.get("State") not in ("Failed", "Queued", "Running"):
             return row
     return None
@@ -339,6 +319,21 @@ def _taken(study) -> int:
 
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING)
     return len(study.get_trials(deepcopy=False, states=states))
+
+
+CLAIM_GRACE_S = 60  # a trial asked for but not yet claimed is another process's for this long
+
+
+def _abandoned(trial) -> bool:
+    """Whether a running trial's process is gone: one of this machine's that no longer exists, or
+    none at all (killed between asking Optuna for the trial and claiming it) after CLAIM_GRACE_S."""
+    import datetime
+
+    attrs = trial.user_attrs
+    if "host" not in attrs:
+        started = trial.datetime_start or datetime.datetime.now()
+        return (datetime.datetime.now() - started).total_seconds() > CLAIM_GRACE_S
+    return attrs["host"] == socket.gethostname() and not _alive(attrs.get("pid"))
 
 
 def _alive(pid) -> bool:

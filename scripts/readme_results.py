@@ -98,7 +98,8 @@ def literature_table(record: dict | None, reference: dict) -> str:
     else:
         metrics, params = record["metrics"], record["params"]
         ours = (f"| This repo: conv VAE, β = {float(params['beta']):g}, {int(params['z_dim'])}-d latent, "
-                f"{int(params['epochs'])} epochs, K = {int(metrics['binarized.importance_samples'])} | dynamic | "
+                f"{int(params['epochs'])} epochs, K = {int(metrics['binarized.importance_samples'])} | "
+                f"{params['data.binarize']} | "
                 f"**{float(metrics['binarized.nll']):.2f}** | `{record['command']}` |")
     grey = reference["binarized"]
     contrast = (f"| This repo's reference run, trained on grey pixels (β = {Params().beta:g}), K = "

@@ -1,10 +1,10 @@
-"""Record one DVC experiment's params and metrics in a committed JSON file, from DVC's Python API.
+"""Record one DVC experiment's params and test metrics in a committed JSON file, from DVC's Python API.
 
     python scripts/record_experiment.py binarized-beta1 --out reports/binarized_mnist.json \
         --command "dvc exp run -S beta=1.0 -S data.binarize=dynamic -S eval.binarized_samples=5000"
 
 Experiments live in a repository's local refs until pushed; this file is how a clone sees a run
-that the README quotes (the binarized-MNIST reference, a search's best trial).
+that the README quotes (the binarized-MNIST reference, for one).
 """
 
 from __future__ import annotations
@@ -12,22 +12,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from betavae import atomic, errors
+from betavae import atomic, dotted, errors
 from betavae.errors import BetaVAEError
+from betavae.params import Params
+from betavae.search import find_experiment
+
+METRIC_GROUPS = ("test.", "binarized.")  # reports/metrics.json's groups, as exp_show names them
 
 
-def experiment(name: str, repo: str | None = None) -> dict:
-    """{"name", "rev", "params": {...}, "metrics": {"test.recon": ...}} of the named experiment."""
-    import dvc.api  # heavy import, and only this entry point needs it
-
-    for row in dvc.api.exp_show(repo=repo):
-        if row.get("Experiment") == name:
-            params = {key: value for key, value in row.items() if not key.startswith(("test.", "binarized."))
-                      and key not in ("Experiment", "rev", "typ", "Created", "parent", "State", "Executor")}
-            metrics = {key: value for key, value in row.items() if key.startswith(("test.", "binarized."))}
-            return {"name": name, "rev": row.get("rev"), "state": row.get("State"), "params": params,
-                    "metrics": metrics}
-    raise BetaVAEError(f"no experiment named {name!r} (`dvc exp list` shows them)")
+def record(row: dict, command: str) -> dict:
+    """An exp_show row -> {"name", "rev", "params": the params.yaml keys, "metrics", "command"}."""
+    params = {key: row[key] for key in dotted.flatten(Params().to_dict()) if key in row}
+    metrics = {key: value for key, value in row.items() if key.startswith(METRIC_GROUPS)}
+    return {"name": row["Experiment"], "rev": row["rev"], "params": params, "metrics": metrics, "command": command}
 
 
 def main() -> None:
@@ -39,10 +36,14 @@ def _main() -> None:
     parser.add_argument("name", help="the experiment's name (dvc exp run -n NAME)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--command", required=True, help="the command that ran it, recorded beside it")
+    parser.add_argument("--commits", type=int, default=20, help="commits back from HEAD to look in (default 20)")
     parser.add_argument("--repo", default=None)
     args = parser.parse_args()
-    record = {**experiment(args.name, args.repo), "command": args.command}
-    atomic.write_json(args.out, record)
+    row = find_experiment(args.name, args.repo, args.commits)
+    if row is None:
+        raise BetaVAEError(f"no finished experiment named {args.name!r} on the last {args.commits} commits "
+                           "(`dvc exp list --all-commits` shows them)")
+    atomic.write_json(args.out, record(row, args.command))
     print(f"record_experiment: {args.name} -> {args.out}")
 
 

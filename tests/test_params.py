@@ -29,12 +29,7 @@ def test_the_committed_params_yaml_is_the_defaults_and_the_spec(repo_root):
 def test_the_committed_params_yaml_sets_every_key_explicitly(repo_root):
     """What makes params.py inert for DVC (betavae/dependencies.py): no stage ever runs on a default."""
     raw = read_yaml(repo_root / PARAMS_FILE)
-
-    def keys(tree: dict, prefix: str = "") -> set[str]:
-        return {name for key, value in tree.items()
-                for name in (keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"})}
-
-    assert keys(raw) == keys(Params().to_dict())
+    assert set(dotted.flatten(raw)) == set(dotted.flatten(Params().to_dict()))
 
 
 # (text in params.yaml, what DVC's YAML 1.2 reads, what PyYAML's YAML 1.1 would have read)

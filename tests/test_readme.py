@@ -2,6 +2,7 @@
 shows the reference run, and its prose numbers are the code's."""
 
 import csv
+import json
 import re
 import shutil
 
@@ -11,7 +12,16 @@ import torch
 from betavae import grids
 from betavae.evaluate import METRICS
 from betavae.params import MNIST_TEST_IMAGES, PARAMS_FILE, Params
-from scripts.readme_results import blocks, fill, not_the_reference_run, results_table, seed_spread, sweep_table
+from scripts.readme_results import (
+    blocks,
+    fill,
+    literature_table,
+    not_the_reference_run,
+    results_table,
+    seed_spread,
+    sweep_table,
+)
+from scripts.record_experiment import record
 
 VALUES = {"recon": 70.5, "kl": 28.25, "loss": 93.1, "neg_elbo": 98.75, "nll": 96.0, "active_units": 17,
           "kl_dims_90": 12}
@@ -83,3 +93,17 @@ def test_the_github_workflow_passes_actionlint(repo_root, run):
     assert run([linter, ".github/workflows/ci.yml"], repo_root).returncode == 0
     workflow = (repo_root / ".github" / "workflows" / "ci.yml").read_text()
     assert "run: bash .ci/run" in workflow and "run: make test" in workflow
+
+
+def test_a_recorded_experiment_keeps_its_params_and_test_metrics_and_fills_the_literature_row(repo_root):
+    """The row shape of dvc.api.exp_show, as scripts/record_experiment.py receives it."""
+    row = {"Experiment": "binarized-beta1", "rev": "abc1234", "State": None, "train.loss": 90.0, "lr": 1e-4,
+           "beta": 1.0, "z_dim": 32.0, "epochs": 120.0, "data.binarize": "dynamic", "betavae/train.py": "0" * 32,
+           "test.recon": 60.0, "binarized.nll": 85.5, "binarized.importance_samples": 5000.0}
+    recorded = record(row, "dvc exp run ...")
+    assert recorded["params"] == {"beta": 1.0, "z_dim": 32.0, "epochs": 120.0, "data.binarize": "dynamic"}
+    assert recorded["metrics"] == {"test.recon": 60.0, "binarized.nll": 85.5, "binarized.importance_samples": 5000.0}
+    reference = json.loads((repo_root / "reports" / "metrics.json").read_text())
+    ours = literature_table(recorded, reference).splitlines()[2]
+    assert ours == ("| This repo: conv VAE, β = 1, 32-d latent, 120 epochs, K = 5000 | dynamic | **85.50** | "
+                    "`dvc exp run ...` |")

@@ -104,13 +104,14 @@ def test_a_killed_search_resumes_its_interrupted_trial_under_the_same_number(sea
     repo, env, storage = searched
     process = _search(repo, env, storage, 1, popen=True)
 
-    def running() -> bool:
+    def running() -> bool:  # its experiment started: the trial is claimed by the search's process
         try:
-            return any(t.state == optuna.trial.TrialState.RUNNING for t in _study(storage).trials)
+            return any(t.state == optuna.trial.TrialState.RUNNING and "pid" in t.user_attrs
+                       for t in _study(storage).trials)
         except KeyError:  # the study does not exist yet
             return False
 
-    until(running, "the first trial to start", process=process)
+    until(running, "the first trial's experiment to start", process=process)
     kill_tree(process)  # the search and its `dvc exp run`, like a power cut
     resumed = _search(repo, env, storage, 1)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -90,3 +90,19 @@ def test_committed_artifacts_of_the_reference_run_stay_small(repo_root, run):
     listed = run(["git", "ls-files", "-z", "models", "reports"], repo_root).stdout.split("\0")
     binary = [repo_root / name for name in listed if name.endswith((".pt", ".png"))]
     assert sum(path.stat().st_size for path in binary if path.exists()) < 10 * 1024 * 1024
+
+
+def test_the_lock_file_records_the_committed_code(repo_root):
+    """A commit that changes code without `dvc repro` or `dvc commit` leaves `dvc status` dirty
+    in every clone; the lock's hash of each tracked source file must be the file's."""
+    import hashlib
+
+    lock = read_yaml(repo_root / "dvc.lock")["stages"]
+    stale = [
+        (name, dep["path"])
+        for name, stage in lock.items()
+        for dep in stage["deps"]
+        if dep["path"].endswith(".py")
+        and hashlib.md5((repo_root / dep["path"]).read_bytes()).hexdigest() != dep["md5"]
+    ]
+    assert not stale, f"dvc.lock is stale for {stale}: run `dvc repro` (or `dvc commit` if outputs cannot change)"

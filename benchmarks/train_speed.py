@@ -239,13 +239,7 @@ def _sync(device: torch.device) -> None:
 
 def _has_bf16(device: torch.device) -> bool:
     """Whether bf16 arithmetic is native here: CUDA, or a CPU with AVX-512 BF16 or AMX."""
-    if device.type == "cuda":
-        return True
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return device.type == "cuda" or bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
 
 
 class _deterministic:
@@ -348,11 +342,18 @@ def _report(samples: dict, gflop_per_image: float, nll: dict, params: Params, re
     return report
 
 
+# The instruction sets the step's kernels can use, so runs on different CPUs read side by side.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+             "amx_tile", "amx_bf16", "amx_int8")
+
+
 def _machine() -> dict:
     flags = _cpu_flags()
     machine = {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
                "torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-               "avx512": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags, "python": platform.python_version()}
+               "isa": [flag for flag in ISA_FLAGS if flag in flags],
+               "avx512": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags, "amx": "amx_tile" in flags,
+               "python": platform.python_version()}
     if torch.cuda.is_available():
         machine["gpu"] = torch.cuda.get_device_name()
     return machine
@@ -414,8 +415,8 @@ def _print(report: dict) -> None:
     print(f"page faults per step: {faults['default_allocator']} with glibc's defaults, "
           f"{faults['retained_freed_memory']} with freed memory retained")
     machine = report["machine"]
-    print(f"machine: {machine['cpu']}, {machine['cpu_count']} CPUs, AVX-512 {machine['avx512']}, "
-          f"AVX-512 BF16 {machine['avx512_bf16']}, torch {machine['torch']}"
+    print(f"machine: {machine['cpu']}, {machine['cpu_count']} CPUs, {' '.join(machine['isa']) or 'no AVX2'}, "
+          f"torch {machine['torch']} ({machine['cpu_capability']})"
           + (f", {machine['gpu']}" if "gpu" in machine else ""))
 
 

@@ -6,6 +6,7 @@
     betavae traverse    --model models/model.pt --out traversal.png [--images digit.png --index 0]
     betavae digits      --images data/mnist/t10k-images-idx3-ubyte --first 8 --out-dir digits/
     betavae check-params [--params params.yaml]
+    betavae explore     [--port 8000] [--open]       the latent explorer page, on 127.0.0.1
 
 Every subcommand has --help. Every argument is bounded by what the code can do, and errors are one
 line and a non-zero exit (betavae/errors.py). The model and its libraries (torch, matplotlib) are
@@ -25,6 +26,8 @@ from betavae.params import MAX_SEED, PARAMS_FILE
 PROGRAM = "betavae"
 DEFAULT_MODEL = Path("models/model.pt")
 DEFAULT_IMAGES = Path("data/mnist/t10k-images-idx3-ubyte")
+DEFAULT_PAGE = Path("reports/explorer")
+DEFAULT_PORT = 8000
 MAX_GRID_IMAGES = 10_000  # a grid PNG beyond this is too large to look at
 MAX_DIGITS = 10_000  # PNG files `digits` writes at once
 
@@ -85,6 +88,15 @@ def _parser() -> argparse.ArgumentParser:
                                 description="Validate a params file and print its warnings.")
     check.add_argument("--params", type=Path, default=Path(PARAMS_FILE))
     check.set_defaults(command=_check_params)
+
+    explore = commands.add_parser("explore", help="serve the latent explorer page on 127.0.0.1",
+                                  description="Serve the in-browser latent explorer (reports/explorer) on "
+                                              "127.0.0.1 until Ctrl-C.")
+    explore.add_argument("--dir", type=Path, default=DEFAULT_PAGE, help="the page's directory (default: %(default)s)")
+    explore.add_argument("--port", type=_bounded(0, 65535), default=DEFAULT_PORT,
+                         help="port, 0 for any free one (default: %(default)s)")
+    explore.add_argument("--open", action="store_true", help="open the page in the default browser")
+    explore.set_defaults(command=_explore)
     return parser
 
 
@@ -192,6 +204,23 @@ def _check_params(args) -> None:
     for warning in schedules.warnings(load_params(args.params)):
         print(f"{PROGRAM}: warning: {warning}")
     print(f"{PROGRAM}: {args.params} is valid")
+
+
+def _explore(args) -> None:
+    import webbrowser
+
+    from betavae import explorer
+
+    running = explorer.server(args.dir, args.port)
+    print(f"{PROGRAM}: the explorer is at {explorer.url(running)} (Ctrl-C stops it)", flush=True)
+    if args.open:
+        webbrowser.open(explorer.url(running))
+    try:
+        running.serve_forever()
+    except KeyboardInterrupt:
+        print(f"{PROGRAM}: explorer stopped")
+    finally:
+        running.server_close()
 
 
 def _read_images(paths: list[Path]):

@@ -26,6 +26,8 @@ INERT = {
     "betavae/workspace.py": "decides whether a stage may start, not what it writes",
     "betavae/launch.py": "starts the processes; how many is the `launcher` param, which dvc.yaml tracks",
     "betavae/dependencies.py": "decides which modules a checkpoint is compared on, not what is computed",
+    "betavae/explorer.py": "serves the explorer page; its file names are also dvc.yaml's outs, so a "
+                           "rename shows there",
 }
 
 

@@ -10,7 +10,7 @@ Every number is bounded by what the code can do with it; where memory is the lim
 also estimate what a run needs before allocating it (betavae/model.py, betavae/runtime.py).
 
 This module is also the one home of which params each stage's outputs depend on
-(`TRAINING_PARAMS`, `EVALUATION_PARAMS`, `PLOT_PARAMS`): dvc.yaml lists exactly these
+(`TRAINING_PARAMS`, `EVALUATION_PARAMS`, `PLOT_PARAMS`, `EXPORT_PARAMS`): dvc.yaml lists exactly these
 (tests/test_dvc_yaml.py), model.pt records the training ones, and a training checkpoint is
 resumed only when they match.
 """
@@ -118,6 +118,7 @@ TRAINING_PARAMS = tuple(field.name for field in dataclasses.fields(Params) if fi
 EVALUATION_PARAMS = ("seed", "data.limit", "eval.iw_samples", "eval.binarized_samples", "device", "precision",
                      "channels_last")
 PLOT_PARAMS = ("seed", "data.limit")
+EXPORT_PARAMS = ("data.limit",)  # which test images the export is checked on
 
 
 # (key, predicate, what the value must be): checked after the types, in this order.

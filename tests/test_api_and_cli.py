@@ -173,7 +173,8 @@ def test_traverse_draws_around_the_prior_or_an_image(model_path, tmp_path, png_d
     assert "traversal written" in result.stdout and (tmp_path / "u.png").stat().st_size > 5_000
 
 
-@pytest.mark.parametrize("command", ["sample", "reconstruct", "encode", "traverse", "digits", "check-params"])
+@pytest.mark.parametrize("command", ["sample", "reconstruct", "encode", "traverse", "digits", "check-params",
+                                     "explore"])
 def test_every_subcommand_has_help(command, betavae):
     result = betavae(command, "--help")
     assert result.returncode == 0 and "usage: betavae" in result.stdout

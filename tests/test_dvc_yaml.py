@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 
 from betavae import dependencies
-from betavae.params import EVALUATION_PARAMS, PLOT_PARAMS, TRAINING_PARAMS, read_yaml
+from betavae.params import EVALUATION_PARAMS, EXPORT_PARAMS, PLOT_PARAMS, TRAINING_PARAMS, read_yaml
 
-STAGE_PARAMS = {"train": TRAINING_PARAMS, "evaluate": EVALUATION_PARAMS, "plot": PLOT_PARAMS}
+STAGE_PARAMS = {"train": TRAINING_PARAMS, "evaluate": EVALUATION_PARAMS, "plot": PLOT_PARAMS,
+                "export": EXPORT_PARAMS}
 
 
 def _dvc_yaml(repo_root) -> dict:
@@ -20,7 +21,7 @@ def _script(stage: dict) -> str:
     return words[words.index("-m") + 1].replace(".", "/") + ".py"
 
 
-@pytest.mark.parametrize("name", ["check_params", "download", "train", "evaluate", "plot"])
+@pytest.mark.parametrize("name", ["check_params", "download", "train", "evaluate", "plot", "export"])
 def test_stage_lists_exactly_the_code_it_runs(name, repo_root):
     stage = _dvc_yaml(repo_root)["stages"][name]
     listed = {dep for dep in stage["deps"] if dep.endswith(".py")}
@@ -72,7 +73,7 @@ def test_every_stage_runs_after_the_whole_params_file_is_checked(repo_root):
 
 def test_committed_outputs_live_in_git_and_survive_a_failed_stage(repo_root):
     stages = _dvc_yaml(repo_root)["stages"]
-    for name in ("train", "evaluate", "plot"):
+    for name in ("train", "evaluate", "plot", "export"):
         declared = [out for kind in ("outs", "metrics", "plots") for out in stages[name].get(kind, [])]
         for out in declared:
             (path, options), = out.items()

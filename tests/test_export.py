@@ -14,10 +14,11 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from betavae import explorer, export
+from betavae import checkpoint, explorer, export
 from betavae.checkpoint import load_model
 from betavae.data import load_test
 from betavae.model import ConvVAE, ModelConfig
+from betavae.params import TRAINING_PARAMS, Params
 from scripts import vendor_onnxruntime_web
 
 
@@ -107,6 +108,21 @@ def test_the_stage_refuses_a_model_file_that_is_not_this_projects(stage_dir, sta
     ended = stage("export", ["--params", str(stage_dir.params), "--data", str(stage_dir.root / "mnist"),
                              "--model", str(model), "--out", str(out)])
     assert message in ended.error_line and ended.error_line.startswith("export: error: ")
+    assert not out.exists()
+
+
+def test_the_stage_refuses_an_export_that_onnxruntime_runs_differently(small_model, graphs, stage_dir, stage,
+                                                                         tmp_path, monkeypatch):
+    model = tmp_path / "model.pt"
+    record = checkpoint.model_record(small_model.state_dict(), small_model.config, Params().select(TRAINING_PARAMS),
+                                     epoch=1, val_loss=1.0, latent_kl=[0.5] * small_model.config.latent_dim)
+    torch.save(record, model)
+    broken = {**graphs, explorer.DECODER: _tampered(graphs[explorer.DECODER])}
+    monkeypatch.setattr(export, "to_onnx", lambda _model: broken)
+    out = tmp_path / "page"
+    ended = stage("export", ["--params", str(stage_dir.params), "--data", str(stage_dir.root / "mnist"),
+                             "--model", str(model), "--out", str(out)])
+    assert ended.error_line.startswith("export: error: onnxruntime's decoder differs from PyTorch's by up to")
     assert not out.exists()
 
 

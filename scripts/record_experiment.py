@@ -10,21 +10,33 @@ that the README quotes (the binarized-MNIST reference, for one).
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 from pathlib import Path
 
 from betavae import atomic, dotted, errors
 from betavae.errors import BetaVAEError
-from betavae.params import Params
+from betavae.params import PARAMS_FILE, Params, parse_yaml
 from betavae.search import find_experiment
 
-METRIC_GROUPS = ("test.", "binarized.")  # reports/metrics.json's groups, as exp_show names them
+METRICS_FILE = "reports/metrics.json"  # dvc.yaml's evaluate stage writes it
 
 
-def record(row: dict, command: str) -> dict:
-    """An exp_show row -> {"name", "rev", "params": the params.yaml keys, "metrics", "command"}."""
-    params = {key: row[key] for key in dotted.flatten(Params().to_dict()) if key in row}
-    metrics = {key: value for key, value in row.items() if key.startswith(METRIC_GROUPS)}
-    return {"name": row["Experiment"], "rev": row["rev"], "params": params, "metrics": metrics, "command": command}
+def record(name: str, rev: str, params_text: str, metrics_text: str, command: str) -> dict:
+    """The experiment's committed params.yaml and metrics file -> {"name", "rev", "params" (its
+    params.yaml keys, dotted), "metrics" (dotted: "binarized.nll", ...), "command"}. Read from the
+    files, not from exp_show's table, which turns every number into a float and booleans into text."""
+    params = dotted.flatten(parse_yaml(params_text, f"{rev}:{PARAMS_FILE}"))
+    known = dotted.flatten(Params().to_dict())
+    return {"name": name, "rev": rev, "params": {key: value for key, value in params.items() if key in known},
+            "metrics": dotted.flatten(json.loads(metrics_text)), "command": command}
+
+
+def _committed(rev: str, path: str, repo: str | None) -> str:
+    shown = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=repo, capture_output=True, text=True)
+    if shown.returncode != 0:
+        raise BetaVAEError(f"{rev}:{path}: {shown.stderr.strip()}")
+    return shown.stdout
 
 
 def main() -> None:
@@ -43,7 +55,10 @@ def _main() -> None:
     if row is None:
         raise BetaVAEError(f"no finished experiment named {args.name!r} on the last {args.commits} commits "
                            "(`dvc exp list --all-commits` shows them)")
-    atomic.write_json(args.out, record(row, args.command))
+    rev = row["rev"]
+    recorded = record(args.name, rev, _committed(rev, PARAMS_FILE, args.repo), _committed(rev, METRICS_FILE, args.repo),
+                      args.command)
+    atomic.write_json(args.out, recorded)
     print(f"record_experiment: {args.name} -> {args.out}")
 
 

@@ -96,13 +96,13 @@ def test_the_github_workflow_passes_actionlint(repo_root, run):
 
 
 def test_a_recorded_experiment_keeps_its_params_and_test_metrics_and_fills_the_literature_row(repo_root):
-    """The row shape of dvc.api.exp_show, as scripts/record_experiment.py receives it."""
-    row = {"Experiment": "binarized-beta1", "rev": "abc1234", "State": None, "train.loss": 90.0, "lr": 1e-4,
-           "beta": 1.0, "z_dim": 32.0, "epochs": 120.0, "data.binarize": "dynamic", "betavae/train.py": "0" * 32,
-           "test.recon": 60.0, "binarized.nll": 85.5, "binarized.importance_samples": 5000.0}
-    recorded = record(row, "dvc exp run ...")
-    assert recorded["params"] == {"beta": 1.0, "z_dim": 32.0, "epochs": 120.0, "data.binarize": "dynamic"}
-    assert recorded["metrics"] == {"test.recon": 60.0, "binarized.nll": 85.5, "binarized.importance_samples": 5000.0}
+    """scripts/record_experiment.py reads the experiment's committed params.yaml and metrics file."""
+    params = "beta: 1.0\nz_dim: 32\nepochs: 120\nchannels_last: true\ndata:\n  binarize: dynamic\nnot_a_param: 3\n"
+    metrics = json.dumps({"test": {"recon": 60.0}, "binarized": {"nll": 85.5, "importance_samples": 5000}})
+    recorded = record("binarized-beta1", "abc1234", params, metrics, "dvc exp run ...")
+    assert recorded["params"] == {"beta": 1.0, "z_dim": 32, "epochs": 120, "channels_last": True,
+                                  "data.binarize": "dynamic"}
+    assert recorded["metrics"] == {"test.recon": 60.0, "binarized.nll": 85.5, "binarized.importance_samples": 5000}
     reference = json.loads((repo_root / "reports" / "metrics.json").read_text())
     ours = literature_table(recorded, reference).splitlines()[2]
     assert ours == ("| This repo: conv VAE, β = 1, 32-d latent, 120 epochs, K = 5000 | dynamic | **85.50** | "

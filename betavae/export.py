@@ -77,7 +77,13 @@ def _graph(module: nn.Module, example: torch.Tensor, inputs: list[str], outputs:
                                         dynamic_shapes=({0: batch},), verbose=False)
         except Exception as error:  # torch.export's failures come as many types, all with a message
             raise ExportError(f"torch.onnx.export failed ({one_line(error)[:300]})") from None
-    return program.model_proto.SerializeToString()
+    proto = program.model_proto
+    # The exporter annotates each node with the Python stack that made it, file paths included;
+    # without them the bytes depend on the model alone, not on where the checkout lives.
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    return proto.SerializeToString()
 
 
 def check(graphs: dict[str, bytes], model: ConvVAE, images: torch.Tensor) -> dict[str, float]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import threading
 import urllib.request
 
 import onnx
@@ -19,7 +18,7 @@ from betavae.checkpoint import load_model
 from betavae.data import load_test
 from betavae.model import ConvVAE, ModelConfig
 from betavae.params import TRAINING_PARAMS, Params
-from scripts import vendor_onnxruntime_web
+from scripts import screenshot_explorer, vendor_onnxruntime_web
 
 
 @pytest.fixture(scope="module")
@@ -152,18 +151,12 @@ def test_the_vendored_runtime_is_the_pinned_release(repo_root):
 
 
 def test_the_server_serves_the_page_with_the_types_browsers_require(repo_root):
-    running = explorer.server(repo_root / "reports" / "explorer", port=0)
-    thread = threading.Thread(target=running.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with screenshot_explorer.served(repo_root / "reports" / "explorer") as address:
+        assert address.startswith("http://127.0.0.1:")
         for path, kind in [("", "text/html"), ("vendor/ort.wasm.bundle.min.mjs", "text/javascript"),
                            ("vendor/ort-wasm-simd-threaded.wasm", "application/wasm")]:
-            with urllib.request.urlopen(explorer.url(running) + path, timeout=30) as response:
+            with urllib.request.urlopen(address + path, timeout=30) as response:
                 assert response.headers["Content-Type"].startswith(kind), path
-    finally:
-        running.shutdown()
-        running.server_close()
-    assert explorer.url(running).startswith("http://127.0.0.1:")
 
 
 def test_explore_refuses_a_directory_that_is_not_the_page(tmp_path, capsys):

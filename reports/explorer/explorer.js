@@ -158,13 +158,9 @@ class Explorer {
   }
 }
 
-// The digit canvas holds the 28 x 28 image at one canvas pixel per image pixel; CSS scales it up
-// (image-rendering: pixelated), so what is read back is exactly what was drawn.
+// A 28 x 28 canvas gets one canvas pixel per image pixel; CSS scales it up (image-rendering:
+// pixelated), so what is read back is exactly what was drawn.
 function paint(canvas, values) {
-  canvas.width = SIDE;
-  canvas.height = SIDE;
-  canvas.style.width = canvas.id === "seen" ? "28px" : "280px";
-  canvas.style.height = canvas.style.width;
   const context = canvas.getContext("2d");
   const image = context.createImageData(SIDE, SIDE);
   values.forEach((value, i) => {
@@ -212,7 +208,7 @@ class Pad {
   }
 
   show(image) {  // a 28 x 28 image, scaled up to fill the pad, to draw over
-    const small = document.createElement("canvas");
+    const small = Object.assign(document.createElement("canvas"), { width: SIDE, height: SIDE });
     paint(small, image);
     this.context.imageSmoothingEnabled = false;
     this.context.drawImage(small, 0, 0, this.canvas.width, this.canvas.height);

@@ -83,7 +83,8 @@ class _Step:
         counter = FlopCounterMode(display=False)
         with counter:
             self()
-        counts = counter.get_flop_counts()
+        # "Global" is the whole step, every module's total again: leaving it in counted each FLOP twice.
+        counts = {name: count for name, count in counter.get_flop_counts().items() if name != "Global"}
         leaves = {name for name in counts if not any(other.startswith(name + ".") for other in counts)}
         return {name: sum(counts[name].values()) for name in sorted(leaves) if sum(counts[name].values())}
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from betavae import atomic, checkpoint, resume, runtime
-from betavae.model import ARCHITECTURE, ConvVAE, ModelConfig, training_memory_bytes
+from betavae.model import ARCHITECTURE, ConvVAE, ModelConfig, OutputTransposedConv, training_memory_bytes
 
 
 def test_shapes_through_encode_reparameterize_decode():
@@ -24,6 +24,48 @@ def test_channels_follow_the_spec():
     assert [c.out_channels for c in convs] == [32, 64, 128]
     assert [d.in_channels for d in deconvs] + [deconvs[-1].out_channels] == [128, 64, 32, 1]
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.decoder.modules()) == 2
+
+
+@pytest.mark.parametrize("channels_last", [True, False], ids=["channels-last", "contiguous"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("shape", [(32, 1, 4, 2, 1, 0), (8, 3, 3, 2, 1, 1), (4, 2, 5, 3, 2, 0)],
+                         ids=["decoder-output", "odd-kernel-output-padding", "stride-3"])
+def test_the_output_layer_is_conv_transpose2d_forward_and_backward(channels_last, bias, shape):
+    in_channels, out_channels, kernel, stride, padding, output_padding = shape
+    torch.manual_seed(0)
+    layer = OutputTransposedConv(in_channels, out_channels, kernel, stride, padding, output_padding, bias=bias)
+    reference = torch.nn.ConvTranspose2d(in_channels, out_channels, kernel, stride, padding, output_padding, bias=bias)
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(6, in_channels, 9, 7)
+    if channels_last:
+        x, layer, reference = (m.to(memory_format=torch.channels_last) for m in (x, layer, reference))
+    ours, theirs = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    y, expected = layer(ours), reference(theirs)
+    assert y.shape == expected.shape
+    channels_last_out = [t.is_contiguous(memory_format=torch.channels_last) for t in (y, expected)]
+    assert channels_last_out[0] == channels_last_out[1]
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    expected.backward(grad)
+    torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-5, atol=1e-5)
+    for name, parameter in layer.named_parameters():
+        torch.testing.assert_close(parameter.grad, dict(reference.named_parameters())[name].grad, rtol=1e-4, atol=1e-4)
+
+
+def test_the_output_layer_runs_in_bf16_under_autocast_and_grads_reach_fp32_weights():
+    torch.manual_seed(0)
+    layer = OutputTransposedConv(32, 1, 4, stride=2, padding=1)
+    reference = torch.nn.ConvTranspose2d(32, 1, 4, stride=2, padding=1)
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(4, 32, 14, 14)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, expected = layer(x), reference(x)
+    assert y.dtype == expected.dtype == torch.bfloat16
+    # bf16 keeps 8 significant bits: agreement to a few units in the last place of the largest value
+    assert (y.float() - expected.float()).abs().max() <= 2 ** -6 * expected.float().abs().max()
+    y.float().sum().backward()
+    assert layer.weight.grad.dtype == torch.float32 and layer.bias.grad.dtype == torch.float32
 
 
 def test_reparameterize_has_the_posterior_moments():

@@ -4,7 +4,8 @@
 # make retrain   setup, then train from scratch (whatever training state is lying around), evaluate,
 #                plot, and compare the metrics with the committed run
 # make test      setup, lint, then the fast tier: every test that runs in this process (a few minutes)
-# make test-all  setup, lint, then every test, with the DVC, git and torchrun end-to-end runs (CI's)
+# make test-all  setup, lint, then every test, with the DVC, git and torchrun end-to-end runs (CI's),
+#                a pytest-xdist worker per core
 # make lint      ruff on the code, actionlint on the GitHub workflow
 # make bench     setup, then the training-speed benchmark (benchmarks/train_speed.py)
 
@@ -43,7 +44,7 @@ test: lint
 	python -m pytest -m "not slow"
 
 test-all: lint
-	python -m pytest
+	python -m pytest -n auto --dist worksteal
 
 bench: setup
 	python benchmarks/train_speed.py

@@ -11,7 +11,11 @@ In one process, with the same model, batch size, optimiser, loss and augmentatio
                 CPU count, default memory format and (non-deterministic) settings
   floor         forward + backward + optimiser step on one batch already in memory (FLOPs counted)
   bf16 floor    the same in bf16 autocast, where the CPU has bf16 instructions (or on CUDA)
-  ceiling       a plain 2048 x 2048 fp32 matrix product: what this machine's cores can do at best
+  stock floor   the floor with torch's own nn.ConvTranspose2d as the decoder's output layer instead
+                of betavae.model.OutputTransposedConv (same weights): what that layer's rewrite gains here
+  ceiling       a plain 2048 x 2048 fp32 matrix product (torch.mm): what this machine's cores can do at best;
+                beside it the same product through oneDNN (a 1x1 convolution, the library the model's
+                convolutions run in) and, where the CPU has bf16 instructions, in bf16
 plus the evaluate stage's importance-weighted NLL throughput at the default eval.iw_samples, and the
 page faults of one training step with and without the stages' allocator setting
 (betavae.runtime.retain_freed_memory), each in a fresh process.
@@ -34,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.transforms import InterpolationMode, v2
@@ -68,9 +73,11 @@ def main() -> None:
         data_dir = args.data if real else _synthetic_mnist(Path(scratch))
         trainer = training.prepare(params, data_dir, distributed.World())
         loops = {"project": Project(trainer), "conventional": Conventional(trainer), "floor": Floor(trainer, None),
-                 "ceiling": Ceiling()}
+                 "floor_stock_output_layer": Floor(trainer, None, stock_output_layer=True),
+                 "ceiling": Ceiling("mm"), "ceiling_onednn": Ceiling("onednn")}
         if _has_bf16(trainer.compute.device):
             loops["floor_bf16"] = Floor(trainer, torch.bfloat16)
+            loops["ceiling_bf16"] = Ceiling("mm", torch.bfloat16)
         samples = {name: [] for name in loops}
         for trial in range(trials):
             for name, loop in loops.items():
@@ -172,10 +179,17 @@ class Floor:
 
     unit = "images/s"
 
-    def __init__(self, trainer: Trainer, autocast_dtype: torch.dtype | None):
+    def __init__(self, trainer: Trainer, autocast_dtype: torch.dtype | None, stock_output_layer: bool = False):
         self.params, self.compute = trainer.params, trainer.compute
         self.autocast_dtype = autocast_dtype
-        self.model = self.compute.place(ConvVAE(ModelConfig(self.params.z_dim, self.params.dropout)))
+        model = ConvVAE(ModelConfig(self.params.z_dim, self.params.dropout))
+        if stock_output_layer:
+            ours = model.decoder[-1]
+            stock = nn.ConvTranspose2d(ours.in_channels, ours.out_channels, ours.kernel_size, ours.stride,
+                                       ours.padding, ours.output_padding, bias=ours.bias is not None)
+            stock.load_state_dict(ours.state_dict())
+            model.decoder[-1] = stock
+        self.model = self.compute.place(model)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.params.base_lr,
                                            weight_decay=self.params.weight_decay)
         x = to_float(trainer.train.images[: self.params.batch_size])
@@ -205,19 +219,27 @@ class Floor:
 
 
 class Ceiling:
-    """GFLOP/s of a plain fp32 matrix product on every core: the machine's own ceiling."""
+    """GFLOP/s of a square matrix product on every core: the machine's own ceiling. "mm" is torch.mm
+    (MKL's sgemm for fp32, oneDNN for bf16); "onednn" the same product as a 1x1 convolution over
+    2048 channels-last pixels, which oneDNN runs with the GEMM kernels its convolutions use."""
 
     unit = "GFLOP/s"
 
-    def __init__(self):
+    def __init__(self, kind: str, dtype: torch.dtype = torch.float32):
         generator = torch.Generator().manual_seed(0)
-        self.a, self.b = (torch.randn(MATMUL_SIDE, MATMUL_SIDE, generator=generator) for _ in range(2))
+        a, b = (torch.randn(MATMUL_SIDE, MATMUL_SIDE, generator=generator).to(dtype) for _ in range(2))
+        if kind == "mm":
+            self.product = lambda: torch.mm(a, b)
+        else:  # (1, K, M, 1) pixels x (N, K, 1, 1) weights: an M x K by K x N product
+            pixels = a.T.reshape(1, MATMUL_SIDE, MATMUL_SIDE, 1).contiguous(memory_format=torch.channels_last)
+            weights = b.reshape(MATMUL_SIDE, MATMUL_SIDE, 1, 1).contiguous(memory_format=torch.channels_last)
+            self.product = lambda: torch.nn.functional.conv2d(pixels, weights)
 
     def rate(self, steps: int) -> float:
-        torch.mm(self.a, self.b)
+        self.product()
         started = time.perf_counter()
         for _ in range(steps):
-            torch.mm(self.a, self.b)
+            self.product()
         return steps * 2 * MATMUL_SIDE**3 / (time.perf_counter() - started) / 1e9
 
 
@@ -322,10 +344,16 @@ def _report(samples: dict, gflop_per_image: float, nll: dict, params: Params, re
         "floor": {"images_per_s": median["floor"], "trials": samples["floor"],
                   "gflop_per_image": gflop_per_image, "gflops": floor_gflops},
         "ceiling": {"gflops": median["ceiling"], "trials": samples["ceiling"],
-                    "what": f"{MATMUL_SIDE}x{MATMUL_SIDE} fp32 matrix product"},
+                    "what": f"{MATMUL_SIDE}x{MATMUL_SIDE} fp32 matrix product (torch.mm)",
+                    "onednn_gflops": median["ceiling_onednn"], "onednn_trials": samples["ceiling_onednn"],
+                    "bf16_gflops": median.get("ceiling_bf16"), "bf16_trials": samples.get("ceiling_bf16")},
         "project_vs_conventional": median["project"] / median["conventional"],
         "floor_vs_project": median["floor"] / median["project"],
         "floor_vs_ceiling": floor_gflops / median["ceiling"],
+        "floor_vs_best_fp32_product": floor_gflops / max(median["ceiling"], median["ceiling_onednn"]),
+        "floor_stock_output_layer": {"images_per_s": median["floor_stock_output_layer"],
+                                     "trials": samples["floor_stock_output_layer"],
+                                     "floor_vs_stock": median["floor"] / median["floor_stock_output_layer"]},
         "evaluate_nll": nll,
         "page_faults_per_step": {"default_allocator": faults["default"], "retained_freed_memory": faults["retain"]},
         "settings": {"batch_size": params.batch_size, "channels_last": params.channels_last,
@@ -395,12 +423,17 @@ def _print(report: dict) -> None:
             ("conventional (Dataset + DataLoader)", report["conventional"]["images_per_s"], ""),
             ("floor (fwd + bwd + step, one batch)", report["floor"]["images_per_s"],
              f"{report['floor']['gflops']:.1f} GFLOP/s")]
+    rows.append(("floor, nn.ConvTranspose2d output layer", report["floor_stock_output_layer"]["images_per_s"],
+                 f"floor / this {report['floor_stock_output_layer']['floor_vs_stock']:.2f}x"))
     if isinstance(report["floor_bf16"], dict):
-        rows.append(("floor in bf16 autocast", report["floor_bf16"]["images_per_s"], ""))
+        rows.append(("floor in bf16 autocast", report["floor_bf16"]["images_per_s"],
+                     f"{report['floor_bf16']['vs_fp32_floor']:.2f}x the fp32 floor"))
     print(f"\n{'loop':40s} {'images/s':>10s}")
     for name, rate, extra in rows:
         print(f"{name:40s} {rate:10.0f}  {extra}")
-    print(f"ceiling: {report['ceiling']['gflops']:.1f} GFLOP/s ({report['ceiling']['what']})")
+    ceiling = report["ceiling"]
+    print(f"ceiling: {ceiling['gflops']:.1f} GFLOP/s ({ceiling['what']}), {ceiling['onednn_gflops']:.1f} through "
+          f"oneDNN" + (f", {ceiling['bf16_gflops']:.1f} in bf16" if ceiling["bf16_gflops"] else ""))
     print(f"project / conventional {report['project_vs_conventional']:.2f}x, floor / project "
           f"{report['floor_vs_project']:.2f}x, floor / ceiling {report['floor_vs_ceiling']:.2f}")
     print(f"epoch {report['project']['epoch_seconds']:.1f} s, all epochs "

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from ruamel.yaml import YAML
 
 from betavae import idx, workspace
@@ -215,6 +216,17 @@ def make_tiny_repo(root: Path, **overrides) -> tuple[Path, dict]:
     sh(["git", "add", "-A"], repo, env)
     sh(["git", "commit", "-qm", "tiny copy"], repo, env)
     return repo, env
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist (`make test-all` runs a worker per core) each worker, and every process its
+    tests start, gets an equal share of the cores: a torch process per worker each running a thread
+    per core would oversubscribe them, and OpenMP's waiting threads spin."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 # Helpers reach the tests as fixtures (pytest's factory-as-fixture pattern), never by importing

@@ -82,7 +82,8 @@ def sweep_table(runs: list[dict]) -> str:
 def tests_text(times: dict) -> str:
     fast, full = times["fast"], times["full"]
     return (f"`make test` (the fast tier, {fast['tests']} tests in this process) took {_duration(fast['seconds'])} "
-            f"and `make test-all` (all {full['tests']}, with DVC, git and torchrun runs) {_duration(full['seconds'])} "
+            f"and `make test-all` (all {full['tests']}, with DVC, git and torchrun runs, a worker per core) "
+            f"{_duration(full['seconds'])} "
             f"on {times['machine']}.")
 
 

@@ -228,6 +228,8 @@ class Ceiling:
     def __init__(self, kind: str, dtype: torch.dtype = torch.float32):
         generator = torch.Generator().manual_seed(0)
         a, b = (torch.randn(MATMUL_SIDE, MATMUL_SIDE, generator=generator).to(dtype) for _ in range(2))
+        if kind not in ("mm", "onednn"):
+            raise ValueError(f"kind must be mm or onednn, not {kind!r}")
         if kind == "mm":
             self.product = lambda: torch.mm(a, b)
         else:  # (1, K, M, 1) pixels x (N, K, 1, 1) weights: an M x K by K x N product

@@ -88,8 +88,9 @@ class _TransposedConvAsMatmul(torch.autograd.Function):
         y = nn.functional.fold(patches, size, (kh, kw), layer.dilation, layer.padding, layer.stride)
         if bias is not None:
             y = y + bias.view(1, -1, 1, 1)
-        return y.contiguous(memory_format=torch.channels_last) if x.is_contiguous(
-            memory_format=torch.channels_last) and not x.is_contiguous() else y
+        # fold writes channels-first; the stock layer keeps a channels-last input's layout
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        return y.contiguous(memory_format=torch.channels_last) if channels_last else y
 
     @staticmethod
     def backward(ctx, grad):

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import machine  # benchmarks/machine.py, beside this script
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -54,9 +55,10 @@ def main() -> None:
               "torch": torch.__version__, "step_ms": round(1e3 * seconds, 2),
               "step_gflop": round(sum(layers.values()) / 1e9, 3),
               "step_gflops": round(sum(layers.values()) / seconds / 1e9, 1),
-              "matmul_gflops": round(_matmul_gflops(), 1),
+              "matmul_gflops": round(machine.Ceiling("mm").rate(10), 1),
+              **_split(kernels, seconds),
               "layers_gflop": {name: round(flop / 1e9, 4) for name, flop in layers.items()},
-              "kernels": kernels, "operators": operators}
+              "kernels": kernels, "operators": operators, "machine": machine.describe()}
     atomic.write_json(args.out, report)
     _print(report)
 
@@ -139,19 +141,20 @@ def _kernels(precision: str) -> list[dict]:
     return sorted(rows, key=lambda row: -row["ms_per_step"])
 
 
-def _matmul_gflops(side: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.randn(side, side), torch.randn(side, side)
-    torch.mm(a, b)
-    started = time.perf_counter()
-    for _ in range(repeats):
-        torch.mm(a, b)
-    return repeats * 2 * side**3 / (time.perf_counter() - started) / 1e9
+def _split(kernels: list[dict], seconds: float) -> dict:
+    """The step's time in oneDNN's primitives (convolutions, transposed convolutions, reorders) and
+    in everything else (batch norm, activations, dropout, linear layers, loss, optimiser): what the
+    step would cost if the rest were free bounds how close it can come to the ceiling."""
+    onednn_ms = sum(row["ms_per_step"] for row in kernels)
+    return {"onednn_ms": round(onednn_ms, 2), "rest_ms": round(1e3 * seconds - onednn_ms, 2)}
 
 
 def _print(report: dict) -> None:
     print(f"step: {report['step_ms']} ms ({report['precision']}, batch {report['batch']}, "
           f"{report['threads']} threads), {report['step_gflop']} GFLOP, {report['step_gflops']} GFLOP/s; "
           f"fp32 matmul {report['matmul_gflops']} GFLOP/s")
+    print(f"oneDNN primitives {report['onednn_ms']} ms a step, the rest {report['rest_ms']} ms; "
+          f"{machine.summary(report['machine'])}")
     print("| oneDNN primitive | implementation | pass | problem | ms/step |")
     print("|---|---|---|---|---:|")
     for row in report["kernels"][:25]:

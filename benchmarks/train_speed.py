@@ -36,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import machine  # benchmarks/machine.py, beside this script
 import numpy as np
 import torch
 from torch import nn
@@ -53,12 +54,13 @@ from betavae.params import MNIST_TEST_IMAGES, Params, load_params
 from betavae.state import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
-MATMUL_SIDE = 2048
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer, shorter trials (about a minute)")
+    parser.add_argument("--trials", type=int, help="interleaved trials of every loop (default: 5, --quick 3)")
+    parser.add_argument("--steps", type=int, help="timed steps a trial (default: 30, --quick 8)")
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--data", type=Path, default=REPO / "data" / "mnist",
                         help="MNIST IDX directory; synthetic images of the same size if absent")
@@ -67,6 +69,7 @@ def main() -> None:
     faults = {mode: _step_page_faults(mode) for mode in ("default", "retain")}
     retained = runtime.retain_freed_memory()
     trials, steps = (3, 8) if args.quick else (5, 30)
+    trials, steps = args.trials or trials, args.steps or steps
     params = load_params(args.params)
     with tempfile.TemporaryDirectory() as scratch:
         real = (args.data / idx.TRAIN_IMAGES).exists()
@@ -74,10 +77,10 @@ def main() -> None:
         trainer = training.prepare(params, data_dir, distributed.World())
         loops = {"project": Project(trainer), "conventional": Conventional(trainer), "floor": Floor(trainer, None),
                  "floor_stock_output_layer": Floor(trainer, None, stock_output_layer=True),
-                 "ceiling": Ceiling("mm"), "ceiling_onednn": Ceiling("onednn")}
-        if _has_bf16(trainer.compute.device):
+                 "ceiling": machine.Ceiling("mm"), "ceiling_onednn": machine.Ceiling("onednn")}
+        if machine.has_bf16(trainer.compute.device):
             loops["floor_bf16"] = Floor(trainer, torch.bfloat16)
-            loops["ceiling_bf16"] = Ceiling("mm", torch.bfloat16)
+            loops["ceiling_bf16"] = machine.Ceiling("mm", torch.bfloat16)
         samples = {name: [] for name in loops}
         for trial in range(trials):
             for name, loop in loops.items():
@@ -218,33 +221,6 @@ class Floor:
             return _images_per_second(lambda i: self._step(), steps, self.params.batch_size, self.compute.device)
 
 
-class Ceiling:
-    """GFLOP/s of a square matrix product on every core: the machine's own ceiling. "mm" is torch.mm
-    (MKL's sgemm for fp32, oneDNN for bf16); "onednn" the same product as a 1x1 convolution over
-    2048 channels-last pixels, which oneDNN runs with the GEMM kernels its convolutions use."""
-
-    unit = "GFLOP/s"
-
-    def __init__(self, kind: str, dtype: torch.dtype = torch.float32):
-        generator = torch.Generator().manual_seed(0)
-        a, b = (torch.randn(MATMUL_SIDE, MATMUL_SIDE, generator=generator).to(dtype) for _ in range(2))
-        if kind not in ("mm", "onednn"):
-            raise ValueError(f"kind must be mm or onednn, not {kind!r}")
-        if kind == "mm":
-            self.product = lambda: torch.mm(a, b)
-        else:  # (1, K, M, 1) pixels x (N, K, 1, 1) weights: an M x K by K x N product
-            pixels = a.T.reshape(1, MATMUL_SIDE, MATMUL_SIDE, 1).contiguous(memory_format=torch.channels_last)
-            weights = b.reshape(MATMUL_SIDE, MATMUL_SIDE, 1, 1).contiguous(memory_format=torch.channels_last)
-            self.product = lambda: torch.nn.functional.conv2d(pixels, weights)
-
-    def rate(self, steps: int) -> float:
-        self.product()
-        started = time.perf_counter()
-        for _ in range(steps):
-            self.product()
-        return steps * 2 * MATMUL_SIDE**3 / (time.perf_counter() - started) / 1e9
-
-
 def _images_per_second(step, steps: int, batch_size: int, device: torch.device) -> float:
     for i in range(3):  # warm-up: allocator, oneDNN primitive caches, DataLoader workers
         step(i)
@@ -259,11 +235,6 @@ def _images_per_second(step, steps: int, batch_size: int, device: torch.device) 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def _has_bf16(device: torch.device) -> bool:
-    """Whether bf16 arithmetic is native here: CUDA, or a CPU with AVX-512 BF16 or AMX."""
-    return device.type == "cuda" or bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
 
 
 class _deterministic:
@@ -346,7 +317,7 @@ def _report(samples: dict, gflop_per_image: float, nll: dict, params: Params, re
         "floor": {"images_per_s": median["floor"], "trials": samples["floor"],
                   "gflop_per_image": gflop_per_image, "gflops": floor_gflops},
         "ceiling": {"gflops": median["ceiling"], "trials": samples["ceiling"],
-                    "what": f"{MATMUL_SIDE}x{MATMUL_SIDE} fp32 matrix product (torch.mm)",
+                    "what": f"{machine.MATMUL_SIDE}x{machine.MATMUL_SIDE} fp32 matrix product (torch.mm)",
                     "onednn_gflops": median["ceiling_onednn"], "onednn_trials": samples["ceiling_onednn"],
                     "bf16_gflops": median.get("ceiling_bf16"), "bf16_trials": samples.get("ceiling_bf16")},
         "project_vs_conventional": median["project"] / median["conventional"],
@@ -362,7 +333,7 @@ def _report(samples: dict, gflop_per_image: float, nll: dict, params: Params, re
                      "precision": params.precision, "compile": params.compile, "quick": quick,
                      "retain_freed_memory": retained,
                      "data": "MNIST" if real_data else "synthetic images of MNIST's size"},
-        "machine": _machine(),
+        "machine": machine.describe(),
     }
     if "floor_bf16" in median:
         report["floor_bf16"] = {"images_per_s": median["floor_bf16"], "trials": samples["floor_bf16"],
@@ -370,43 +341,6 @@ def _report(samples: dict, gflop_per_image: float, nll: dict, params: Params, re
     else:
         report["floor_bf16"] = "not measured: this CPU has no bf16 instructions (AVX-512 BF16 or AMX)"
     return report
-
-
-# The instruction sets the step's kernels can use, so runs on different CPUs read side by side.
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
-             "amx_tile", "amx_bf16", "amx_int8")
-
-
-def _machine() -> dict:
-    flags = _cpu_flags()
-    machine = {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-               "torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-               "isa": [flag for flag in ISA_FLAGS if flag in flags],
-               "avx512": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags, "amx": "amx_tile" in flags,
-               "python": platform.python_version()}
-    if torch.cuda.is_available():
-        machine["gpu"] = torch.cuda.get_device_name()
-    return machine
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _synthetic_mnist(directory: Path) -> Path:
@@ -449,11 +383,7 @@ def _print(report: dict) -> None:
     faults = report["page_faults_per_step"]
     print(f"page faults per step: {faults['default_allocator']} with glibc's defaults, "
           f"{faults['retained_freed_memory']} with freed memory retained")
-    machine = report["machine"]
-    print(f"machine: {machine['cpu']}, {machine['cpu_count']} CPUs, {' '.join(machine['isa']) or 'no AVX2'}, "
-          f"torch {machine['torch']} ({machine['cpu_capability']})"
-          + (f", {machine['gpu']}" if "gpu" in machine else ""))
-
+    print(f"machine: {machine.summary(report['machine'])}")
 
 if __name__ == "__main__":
     main()

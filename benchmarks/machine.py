@@ -23,7 +23,7 @@ MATMUL_SIDE = 2048
 
 def describe() -> dict:
     info = cpuinfo()
-    flags = set(info.get("flags", "").split())
+    flags = cpu_flags(info)
     machine = {"cpu": info.get("model name") or platform.processor() or "unknown",
                "cpu_family": _number(info.get("cpu family")), "cpu_model": _number(info.get("model")),
                "cpu_count": os.cpu_count(), "torch": torch.__version__, "onednn": onednn_version(),
@@ -65,7 +65,7 @@ class Ceiling:
 
 def has_bf16(device: torch.device) -> bool:
     """Whether bf16 arithmetic is native here: CUDA, or a CPU with AVX-512 BF16 or AMX."""
-    return device.type == "cuda" or bool({"avx512_bf16", "amx_bf16"} & set(cpuinfo().get("flags", "").split()))
+    return device.type == "cuda" or bool({"avx512_bf16", "amx_bf16"} & cpu_flags(cpuinfo()))
 
 
 def cpuinfo() -> dict[str, str]:
@@ -81,6 +81,10 @@ def cpuinfo() -> dict[str, str]:
         if separator:
             entries.setdefault(key.strip(), value.strip())
     return entries
+
+
+def cpu_flags(info: dict[str, str]) -> set[str]:
+    return set(info.get("flags", "").split())
 
 
 def onednn_version() -> str | None:

@@ -385,5 +385,6 @@ def _print(report: dict) -> None:
           f"{faults['retained_freed_memory']} with freed memory retained")
     print(f"machine: {machine.summary(report['machine'])}")
 
+
 if __name__ == "__main__":
     main()

@@ -33,7 +33,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from betavae import dotted
+from betavae import dotted, experiments
 from betavae.errors import BetaVAEError, one_line
 from betavae.evaluate import BINARIZED_METRICS, METRICS
 from betavae.params import Params, ParamsError, parse_params, read_yaml
@@ -298,11 +298,9 @@ class Runner:
 
 
 def find_experiment(name: str, repo: Path | str | None = None, commits: int = 1) -> dict | None:
-    """DVC's row (dvc.api.exp_show) for the finished experiment of this name on the last `commits`
+    """DVC's row (experiments.exp_show) for the finished experiment of this name on the last `commits`
     commits (1: HEAD's experiments, as a running search makes them), or None."""
-    import dvc.api
-
-    for row in dvc.api.exp_show(repo=None if repo is None else str(repo), num=commits):
+    for row in experiments.exp_show(repo, num=commits):
         if row.get("Experiment") == name and row.get("State") not in ("Failed", "Queued", "Running"):
             return row
     return None

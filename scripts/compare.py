@@ -23,7 +23,7 @@ from pathlib import Path
 import matplotlib.ticker
 from matplotlib.figure import Figure
 
-from betavae import atomic, errors
+from betavae import atomic, errors, experiments
 from betavae.errors import BetaVAEError
 from betavae.evaluate import METRICS
 
@@ -35,10 +35,8 @@ UNFINISHED = ("Failed", "Queued", "Running")
 def collect(repo: str | None = None, num: int = 1, epochs: int | None = None) -> list[dict]:
     """One dict per finished run with test metrics (of `epochs` epochs, if given): name, the
     PARAMS and the test METRICS, sorted by β."""
-    import dvc.api  # heavy import, and only this entry point needs it
-
     runs = []
-    for row in dvc.api.exp_show(repo=repo, num=num):
+    for row in experiments.exp_show(repo, num=num):
         # A failed run can still show the metrics files it found, from an earlier run: skip it.
         if row.get("rev") == "workspace" or row.get("State") in UNFINISHED:
             continue

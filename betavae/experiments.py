@@ -7,7 +7,7 @@ waits forever in two cases:
 - the writer fails: it raises in its thread (seen: `NotFoundError: object not found`, when another
   search process's temporary experiment, which exp_show lists as running, went away during the
   read) and never signals, so readinto, then close, wait on an event nobody will set. A search
-  process hung so for 15 minutes, until its test killed it;
+  process in a test hung so for 11 minutes, until it was killed;
 - a lost wake-up: readinto finds the queue empty, then clears the event, and a chunk or the end
   that the writer signals between the two is lost (the writer, its slot full, then waits too).
 pygit2's fix of the same class (PR 1491) made close() drain the queue; it covers neither case.

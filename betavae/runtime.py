@@ -66,9 +66,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    # auto keeps fp32 on CPUs: even with AVX-512 BF16 or AMX, bf16 autocast leaves most of the step
-    # as slow as fp32 (oneDNN's weight-gradient kernels, batch norm bound by memory), so it falls
-    # far short of the 2x that would pay for an unmeasured quality (docs/performance.md).
+    # auto keeps fp32 on CPUs: even with AMX, bf16 autocast leaves much of the step as slow as
+    # fp32 (oneDNN's weight-gradient kernels, batch norm bound by memory), short of the 2x that
+    # would justify one CPU computing another model than the rest from the same params; asked
+    # for, it trains to the same quality (docs/performance.md).
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None

@@ -180,3 +180,11 @@ def test_cuda_requested_without_cuda_is_a_clear_error():
 def test_each_precision_trains_to_finite_losses_on_the_cpu(tmp_path, mnist_dir, tiny_parsed, precision):
     results = _train(tiny_parsed(epochs=1, precision=precision), mnist_dir, tmp_path)
     assert math.isfinite(results.history[0]["train/loss"]) and math.isfinite(results.best.val_loss)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_each_precision_gives_the_same_model_bytes_on_a_rerun(tmp_path, mnist_dir, tiny_parsed, precision):
+    params = tiny_parsed(epochs=1, precision=precision)
+    _train(params, mnist_dir, tmp_path / "first")
+    _train(params, mnist_dir, tmp_path / "second")
+    assert (tmp_path / "first" / "model.pt").read_bytes() == (tmp_path / "second" / "model.pt").read_bytes()

@@ -11,16 +11,16 @@ waits forever in two cases:
 - a lost wake-up: readinto finds the queue empty, then clears the event, and a chunk or the end
   that the writer signals between the two is lost (the writer, its slot full, then waits too).
 pygit2's fix of the same class (PR 1491) made close() drain the queue; it covers neither case.
-`exp_show` here gives the reader a wait that also watches the writer's thread, and a re-check after
-clearing, then asks DVC: a failed writer becomes an OSError for that one file, which DVC records
-as that file's error, and the table comes back.
+`exp_show` here gives the reader a wait that looks, besides the event, at the queue, the end and
+the writer's thread, so a lost signal costs at most one look, then asks DVC: a failed writer becomes
+an OSError for that one file, which DVC records as that file's error, and the table comes back.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-WRITER_POLL_S = 0.1  # how often a waiting reader looks whether the writer's thread still runs
+WRITER_POLL_S = 0.1  # how often a waiting reader looks at the queue, the end and the writer's thread
 
 
 class BlobWriterFailed(OSError):
@@ -59,9 +59,7 @@ def _readinto(self, buffer, /) -> int:
                 return 0
             if not self._thread.is_alive():
                 raise BlobWriterFailed("pygit2's blob writer failed before the end of the blob")
-            self._ready.clear()
-            if not self._queue.empty() or self._writer_closed.is_set():
-                self._ready.set()  # the writer signalled between the check and the clear: keep it
+            self._ready.clear()  # a signal this clear erases is seen by _wait's look at the queue and the end
             continue
         self._chunk = self._queue.get() or None
     size = min(len(self._chunk), len(buffer))
@@ -79,7 +77,5 @@ def _close(self) -> None:
         if self._writer_closed.is_set() or not self._thread.is_alive():
             break
         self._ready.clear()
-        if not self._queue.empty() or self._writer_closed.is_set():
-            self._ready.set()
     self._thread.join()
     self._queue = None

@@ -8,6 +8,7 @@
 #                a pytest-xdist worker per core
 # make lint      ruff on the code, actionlint on the GitHub workflow
 # make bench     setup, then the training-speed benchmark (benchmarks/train_speed.py)
+# make dvc-yaml  rewrite dvc.yaml's code and params lists from the package (scripts/dvc_yaml.py)
 
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -15,7 +16,7 @@ STAMP := $(VENV)/installed
 # Stages call `python`, `dvc` and `torchrun`; the venv's must come first.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup repro retrain test test-all lint bench
+.PHONY: setup repro retrain test test-all lint bench dvc-yaml
 
 setup: $(STAMP)
 
@@ -48,3 +49,6 @@ test-all: lint
 
 bench: setup
 	python benchmarks/train_speed.py
+
+dvc-yaml: setup
+	python scripts/dvc_yaml.py

@@ -26,9 +26,10 @@ import machine  # benchmarks/machine.py, beside this script
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from betavae import atomic, runtime
-from betavae.loss import beta_vae_loss
-from betavae.model import ConvVAE, ModelConfig
+from betavae.core.model import ConvVAE, ModelConfig
+from betavae.core.objective import beta_vae_loss
+from betavae.pipeline import atomic
+from betavae.speed import runtime
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 256
@@ -67,7 +68,7 @@ class _Step:
     def __init__(self, precision: str):
         torch.manual_seed(0)
         self.autocast = precision == "bf16"
-        self.model = ConvVAE(ModelConfig()).to(memory_format=torch.channels_last).train()
+        self.model = ConvVAE(ModelConfig(latent_dim=32, dropout=0.1)).to(memory_format=torch.channels_last).train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=1e-5)
         self.x = torch.rand(BATCH, 1, 28, 28).round().to(memory_format=torch.channels_last)
 

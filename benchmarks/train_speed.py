@@ -5,20 +5,20 @@ the machine's own ceiling.
     python benchmarks/train_speed.py --quick    # about a minute
 
 In one process, with the same model, batch size, optimiser, loss and augmentation settings:
-  project       the train stage's own step (betavae.train.train_step) on device-resident uint8 data
+  project       the train stage's own step (betavae.training.loop.train_step) on device-resident uint8 data
   conventional  how the spec's kind of script is written: a Dataset that augments one image at a time
                 with torchvision.transforms.v2.RandomAffine, a shuffling DataLoader with num_workers =
                 CPU count, default memory format and (non-deterministic) settings
   floor         forward + backward + optimiser step on one batch already in memory (FLOPs counted)
   bf16 floor    the same in bf16 autocast, where the CPU has bf16 instructions (or on CUDA)
   stock floor   the floor with torch's own nn.ConvTranspose2d as the decoder's output layer instead
-                of betavae.model.OutputTransposedConv (same weights): what that layer's rewrite gains here
+                of betavae.core.model.OutputTransposedConv (same weights): what that layer's rewrite gains here
   ceiling       a plain 2048 x 2048 fp32 matrix product (torch.mm): what this machine's cores can do at best;
                 beside it the same product through oneDNN (a 1x1 convolution, the library the model's
                 convolutions run in) and, where the CPU has bf16 instructions, in bf16
 plus the evaluate stage's importance-weighted NLL throughput at the default eval.iw_samples, and the
 page faults of one training step with and without the stages' allocator setting
-(betavae.runtime.retain_freed_memory), each in a fresh process.
+(betavae.speed.runtime.retain_freed_memory), each in a fresh process.
 Trials of the loops are interleaved and medians reported, since a shared VM's speed drifts; compare
 only ratios from one run. The allocator setting is process-wide, so all loops run with it here.
 Writes reports/bench/train_speed.json (or --out).
@@ -44,14 +44,17 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.transforms import InterpolationMode, v2
 
-from betavae import atomic, distributed, evaluate, idx, runtime, schedules
-from betavae import train as training
-from betavae.augment import random_affine
-from betavae.data import load_test, shuffled_batches, to_float
-from betavae.loss import beta_vae_loss
-from betavae.model import ConvVAE, ModelConfig
-from betavae.params import MNIST_TEST_IMAGES, Params, load_params
-from betavae.state import Trainer
+from betavae.core import idx, metrics, schedules
+from betavae.core.augment import random_affine
+from betavae.core.data import load_test, shuffled_batches, to_float
+from betavae.core.idx import MNIST_TEST_IMAGES
+from betavae.core.model import ConvVAE, ModelConfig
+from betavae.core.objective import beta_vae_loss
+from betavae.pipeline import atomic
+from betavae.pipeline.params import Params, load_params
+from betavae.speed import runtime
+from betavae.training import distributed, loop
+from betavae.training.state import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,22 +77,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         real = (args.data / idx.TRAIN_IMAGES).exists()
         data_dir = args.data if real else _synthetic_mnist(Path(scratch))
-        trainer = training.prepare(params, data_dir, distributed.World())
-        loops = {"project": Project(trainer), "conventional": Conventional(trainer), "floor": Floor(trainer, None),
+        trainer = loop.prepare(params, data_dir, distributed.World())
+        timed = {"project": Project(trainer), "conventional": Conventional(trainer), "floor": Floor(trainer, None),
                  "floor_stock_output_layer": Floor(trainer, None, stock_output_layer=True),
                  "ceiling": machine.Ceiling("mm"), "ceiling_onednn": machine.Ceiling("onednn")}
         if machine.has_bf16(trainer.compute.device):
-            loops["floor_bf16"] = Floor(trainer, torch.bfloat16)
-            loops["ceiling_bf16"] = machine.Ceiling("mm", torch.bfloat16)
-        samples = {name: [] for name in loops}
+            timed["floor_bf16"] = Floor(trainer, torch.bfloat16)
+            timed["ceiling_bf16"] = machine.Ceiling("mm", torch.bfloat16)
+        samples = {name: [] for name in timed}
         for trial in range(trials):
-            for name, loop in loops.items():
-                samples[name].append(loop.rate(steps))
+            for name, timed_loop in timed.items():
+                samples[name].append(timed_loop.rate(steps))
             print(f"trial {trial + 1}/{trials}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in samples.items()),
                   flush=True)
-        loops["conventional"].close()
+        timed["conventional"].close()
         nll = _nll_throughput(trainer, params, data_dir, images=256 if args.quick else 1024)
-    report = _report(samples, loops["floor"].gflop_per_image, nll, params, real, args.quick, retained, faults)
+    report = _report(samples, timed["floor"].gflop_per_image, nll, params, real, args.quick, retained, faults)
     atomic.write_json(args.out, report)
     _print(report)
     print(f"written to {args.out}")
@@ -110,7 +113,7 @@ class Project:
         def step(i: int) -> None:
             if not self.batches:
                 self.batches = shuffled_batches(len(trainer.train), trainer.params.batch_size, trainer.generator)
-            training.train_step(trainer, self.batches.pop(), t=1.0 + i / 1000)
+            loop.train_step(trainer, self.batches.pop(), t=1.0 + i / 1000)
 
         with _deterministic(True):
             return _images_per_second(step, steps, trainer.params.batch_size, trainer.compute.device)
@@ -255,12 +258,12 @@ class _deterministic:
 # steps) in a fresh interpreter, since the allocator setting is process-wide and cannot be undone.
 _FAULTS_CHILD = """
 import resource, sys, torch
-from betavae import runtime
-from betavae.model import ConvVAE, ModelConfig
+from betavae.speed import runtime
+from betavae.core.model import ConvVAE, ModelConfig
 if sys.argv[1] == "retain":
     runtime.retain_freed_memory()
 torch.manual_seed(0)
-model, x = ConvVAE(ModelConfig()), torch.rand(256, 1, 28, 28)
+model, x = ConvVAE(ModelConfig(latent_dim=32, dropout=0.1)), torch.rand(256, 1, 28, 28)
 def step():
     model.zero_grad(set_to_none=False)
     logits, mu, logvar = model(x)
@@ -286,7 +289,7 @@ def _nll_throughput(trainer: Trainer, params: Params, data_dir: Path, images: in
     binarized-MNIST protocol at eval.binarized_samples (on fewer images: it costs K times more)."""
     device, model = trainer.compute.device, trainer.model.eval()
     generator = torch.Generator(device).manual_seed(0)
-    evaluate.per_image(model, load_test(data_dir, 128).to(device), params.eval.iw_samples, trainer.compute,
+    metrics.per_image(model, load_test(data_dir, 128).to(device), params.eval.iw_samples, trainer.compute,
                        generator)  # warm-up
     measured = {}
     for name, samples in (("iw", params.eval.iw_samples), ("binarized", params.eval.binarized_samples)):
@@ -294,7 +297,7 @@ def _nll_throughput(trainer: Trainer, params: Params, data_dir: Path, images: in
         test = load_test(data_dir, count, "dynamic" if name == "binarized" else "none").to(device)
         _sync(device)
         started = time.perf_counter()
-        evaluate.per_image(model, test, samples, trainer.compute, generator)
+        metrics.per_image(model, test, samples, trainer.compute, generator)
         _sync(device)
         per_second = len(test) / (time.perf_counter() - started)
         measured[name] = {"images_per_s": per_second, "importance_samples": samples,

@@ -45,7 +45,7 @@ def run(main: Callable[[], None], name: str, on_failure: Callable[[], None] | No
     """Call main(); an expected error becomes one line and exit status 1, Ctrl-C exit status 130.
 
     on_failure runs after either, before the exit (the stages use it to flag params that a failed
-    `dvc exp run` leaves behind, betavae/workspace.py)."""
+    `dvc exp run` leaves behind, betavae/compat/dvc_workspace.py)."""
     try:
         main()
     except BetaVAEError as error:

@@ -6,7 +6,7 @@ Collects the baseline and its experiments with DVC's Python API (what `dvc exp s
 a sweep over several machines, `dvc exp pull origin` first), keeps those with test metrics, and
 writes
   reports/rate_distortion.csv               one row per run: name, params, test metrics
-  reports/figures/rate_distortion.png       KL (rate) against reconstruction (distortion), labelled
+  reports/rate_distortion.png               KL (rate) against reconstruction (distortion), labelled
                                             by β; neg_elbo and nll against β; and what β does to
                                             the latent code: active units and the dimensions that
                                             hold 90% of the KL
@@ -23,9 +23,11 @@ from pathlib import Path
 import matplotlib.ticker
 from matplotlib.figure import Figure
 
-from betavae import atomic, errors, experiments
+from betavae import errors
+from betavae.core.metrics import METRICS
 from betavae.errors import BetaVAEError
-from betavae.evaluate import METRICS
+from betavae.experiments import table
+from betavae.pipeline import atomic
 
 PARAMS = ("beta", "z_dim", "epochs", "seed")
 INTEGER_PARAMS = ("z_dim", "epochs", "seed", "active_units", "kl_dims_90")  # the API gives every number as a float
@@ -36,7 +38,7 @@ def collect(repo: str | None = None, num: int = 1, epochs: int | None = None) ->
     """One dict per finished run with test metrics (of `epochs` epochs, if given): name, the
     PARAMS and the test METRICS, sorted by β."""
     runs = []
-    for row in experiments.exp_show(repo, num=num):
+    for row in table.exp_show(repo, num=num):
         # A failed run can still show the metrics files it found, from an earlier run: skip it.
         if row.get("rev") == "workspace" or row.get("State") in UNFINISHED:
             continue
@@ -113,7 +115,7 @@ def _main() -> None:
     parser.add_argument("--epochs", type=int, default=None,
                         help="only runs of this many epochs (keep one training budget per figure)")
     parser.add_argument("--csv", type=Path, default=Path("reports/rate_distortion.csv"))
-    parser.add_argument("--figure", default="reports/figures/rate_distortion.png",
+    parser.add_argument("--figure", default="reports/rate_distortion.png",
                         help="the figure to write; '' for none (e.g. a table of seeds)")
     parser.add_argument("--title", default="β sweep", help="figure title, e.g. the training budget")
     args = parser.parse_args()

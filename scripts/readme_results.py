@@ -22,11 +22,12 @@ import json
 import statistics
 from pathlib import Path
 
-from betavae import atomic, dotted, errors
-from betavae.checkpoint import MODEL_FORMAT, read
+from betavae import errors
+from betavae.core.metrics import METRICS
 from betavae.errors import BetaVAEError
-from betavae.evaluate import METRICS
-from betavae.params import PARAMS_FILE, TRAINING_PARAMS, Params, load_params
+from betavae.pipeline import atomic, dotted
+from betavae.pipeline.modelfile import MODEL_FORMAT, read
+from betavae.pipeline.params import PARAMS_FILE, Params, load_params
 
 # (metric key, label, the write-up's value or None, what it means); "\\|" keeps a bar inside a table cell
 ROWS = (
@@ -136,7 +137,7 @@ def not_the_reference_run(model: Path, params: Path) -> str | None:
         return f"{params} sets other values than the reference run ({', '.join(differing)})"
     trained = read(model, MODEL_FORMAT)["params"]
     # A key the model's file lacks is a param added since, whose default is the training it had.
-    differing = [key for key in dotted.differing(reference.select(TRAINING_PARAMS), trained)
+    differing = [key for key in dotted.differing(reference.training(), trained)
                  if dotted.get(trained, key) is not dotted.MISSING]
     if differing:
         return f"{model} was trained with other params than the reference run ({', '.join(differing)})"

@@ -14,10 +14,11 @@ import json
 import subprocess
 from pathlib import Path
 
-from betavae import atomic, dotted, errors
+from betavae import errors
 from betavae.errors import BetaVAEError
-from betavae.params import PARAMS_FILE, Params, parse_yaml
-from betavae.search import find_experiment
+from betavae.experiments.studies import find_experiment
+from betavae.pipeline import atomic, dotted, yamlfile
+from betavae.pipeline.params import PARAMS_FILE, Params
 
 METRICS_FILE = "reports/metrics.json"  # dvc.yaml's evaluate stage writes it
 
@@ -26,7 +27,7 @@ def record(name: str, rev: str, params_text: str, metrics_text: str, command: st
     """The experiment's committed params.yaml and metrics file -> {"name", "rev", "params" (its
     params.yaml keys, dotted), "metrics" (dotted: "binarized.nll", ...), "command"}. Read from the
     files, not from exp_show's table, which turns every number into a float and booleans into text."""
-    params = dotted.flatten(parse_yaml(params_text, f"{rev}:{PARAMS_FILE}"))
+    params = dotted.flatten(yamlfile.parse(params_text, f"{rev}:{PARAMS_FILE}"))
     known = dotted.flatten(Params().to_dict())
     return {"name": name, "rev": rev, "params": {key: value for key, value in params.items() if key in known},
             "metrics": dotted.flatten(json.loads(metrics_text)), "command": command}

@@ -17,8 +17,9 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from betavae import atomic, explorer
 from betavae.errors import BetaVAEError, run
+from betavae.pipeline import atomic
+from betavae.uses import explorer
 
 PAGE = Path(__file__).resolve().parents[1] / "reports" / "explorer"
 WINDOW = (1240, 860)

@@ -1,11 +1,11 @@
-"""Search hyperparameters with Optuna, every trial a DVC experiment (betavae/search.py says how).
+"""Search hyperparameters with Optuna, every trial a DVC experiment (betavae/experiments/studies.py says how).
 
     python scripts/search.py --space search.yaml --trials 12
     python scripts/search.py --space search.yaml --trials 40 --storage postgresql://user@host/db --remote origin
 
 Writes, for the study, reports/search/<study>_trials.csv (every trial: number, state, params,
 objectives, experiment, error) and, for two objectives, the Pareto front as
-reports/search/<study>_front.csv and reports/figures/<study>_front.png. `dvc exp show` lists the
+reports/search/<study>_front.csv and reports/search/<study>_front.png. `dvc exp show` lists the
 trials as search-<study>-<n>.
 """
 
@@ -16,7 +16,9 @@ import csv
 import io
 from pathlib import Path
 
-from betavae import atomic, errors, search
+from betavae import errors
+from betavae.experiments import studies
+from betavae.pipeline import atomic
 
 
 def main() -> None:
@@ -33,28 +35,28 @@ def _main() -> None:
     parser.add_argument("--reports", type=Path, default=Path("reports"))
     args = parser.parse_args()
     if args.trials < 1:
-        raise search.SearchError(f"--trials must be >= 1; got {args.trials}")
-    space = search.load_space(args.space)
+        raise studies.SearchError(f"--trials must be >= 1; got {args.trials}")
+    space = studies.load_space(args.space)
     if args.storage.startswith("sqlite:///"):
         Path(args.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    study = search.open_study(space, args.storage)
-    search.Runner(space, Path.cwd(), args.remote).run(study, args.trials)
+    study = studies.open_study(space, args.storage)
+    studies.Runner(space, Path.cwd(), args.remote).run(study, args.trials)
     write_reports(study, space, args.reports)
 
 
-def write_reports(study, space: search.Space, reports: Path) -> None:
+def write_reports(study, space: studies.Space, reports: Path) -> None:
     keys = [d.key for d in space.dimensions]
     metrics = [metric for metric, _ in space.objectives]
     rows = [_row(trial, keys, metrics) for trial in study.get_trials(deepcopy=False)]
     atomic.write_text(reports / "search" / f"{space.study}_trials.csv", _csv(rows))
     finished = [trial for trial in study.get_trials(deepcopy=False) if trial.values is not None]
     if not finished:
-        raise search.SearchError("no trial finished; their errors are in the trials CSV")
-    best = search.front(study)
+        raise studies.SearchError("no trial finished; their errors are in the trials CSV")
+    best = studies.front(study)
     atomic.write_text(reports / "search" / f"{space.study}_front.csv",
                       _csv([_row(trial, keys, metrics) for trial in sorted(best, key=lambda t: t.values)]))
     if len(metrics) == 2:
-        atomic.write_figure(reports / "figures" / f"{space.study}_front.png",
+        atomic.write_figure(reports / "search" / f"{space.study}_front.png",
                             front_figure(finished, best, metrics, space.study))
     print(f"search: {len(finished)} of {len(rows)} trials finished; the front holds {len(best)}")
 

@@ -18,8 +18,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from betavae import atomic
 from betavae.errors import BetaVAEError, run
+from betavae.pipeline import atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 

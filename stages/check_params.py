@@ -9,10 +9,12 @@ read it."""
 import argparse
 from pathlib import Path
 
-from betavae import atomic, schedules, workspace
-from betavae.params import PARAMS_FILE, load_params
+from betavae.compat import dvc_workspace
+from betavae.core import schedules
+from betavae.pipeline import atomic
+from betavae.pipeline.params import PARAMS_FILE, load_params
 
-CHECKED = f"{PARAMS_FILE} passed validation (betavae/params.py)\n"
+CHECKED = f"{PARAMS_FILE} passed validation (betavae/pipeline/params.py)\n"
 
 
 def main() -> None:
@@ -28,4 +30,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    workspace.run_stage(main, "check_params")
+    dvc_workspace.run_stage(main, "check_params")

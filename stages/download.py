@@ -3,8 +3,8 @@
 import argparse
 from pathlib import Path
 
-from betavae import workspace
-from betavae.download import download
+from betavae.compat import dvc_workspace
+from betavae.pipeline.fetch import download
 
 
 def main() -> None:
@@ -16,4 +16,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    workspace.run_stage(main, "download")
+    dvc_workspace.run_stage(main, "download")

@@ -11,11 +11,14 @@ from pathlib import Path
 
 import torch
 
-from betavae import atomic, runtime, workspace
-from betavae.checkpoint import load_model
-from betavae.data import TEST_BINARIZATION_SEED, binarized, load_test
-from betavae.evaluate import binarized_summary, latent_rows, memory_bytes, per_digit, per_image, summarize
-from betavae.params import MNIST_TEST_IMAGES, PARAMS_FILE, load_params
+from betavae.compat import dvc_workspace
+from betavae.core.data import TEST_BINARIZATION_SEED, binarized, load_test
+from betavae.core.idx import MNIST_TEST_IMAGES
+from betavae.core.metrics import binarized_summary, latent_rows, memory_bytes, per_digit, per_image, summarize
+from betavae.pipeline import atomic
+from betavae.pipeline.modelfile import load_model
+from betavae.pipeline.params import PARAMS_FILE, load_params
+from betavae.speed import runtime
 
 DECIMALS = 4
 
@@ -30,8 +33,8 @@ def main() -> None:
     parser.add_argument("--latent-kl", type=Path, required=True)
     args = parser.parse_args()
     params = load_params(args.params)
-    watch = workspace.Watch(args.params, params)
-    compute = runtime.resolve(params)
+    watch = dvc_workspace.Watch(args.params, params)
+    compute = runtime.resolve(params.device, params.precision, params.channels_last)
     runtime.make_deterministic(params.seed, compute.device)
     runtime.retain_freed_memory()
     model, record = load_model(args.model, compute.device)
@@ -73,4 +76,4 @@ def _csv(rows: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    workspace.run_stage(main, "evaluate")
+    dvc_workspace.run_stage(main, "evaluate")

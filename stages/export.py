@@ -1,16 +1,18 @@
 """Stage export: the trained model as ONNX for deployers and the in-browser explorer (--out:
 encoder.onnx, decoder.onnx, explorer.json), written only after onnxruntime has run both graphs on
-the test images and agreed with PyTorch within betavae.export.TOLERANCE."""
+the test images and agreed with PyTorch within betavae.uses.onnx_graphs.TOLERANCE."""
 
 import argparse
 from pathlib import Path
 
 import torch
 
-from betavae import atomic, explorer, export, workspace
-from betavae.checkpoint import load_model
-from betavae.data import load_test
-from betavae.params import PARAMS_FILE, load_params
+from betavae.compat import dvc_workspace
+from betavae.core.data import load_test
+from betavae.pipeline import atomic
+from betavae.pipeline.modelfile import load_model
+from betavae.pipeline.params import PARAMS_FILE, load_params
+from betavae.uses import explorer, onnx_graphs
 
 
 def main() -> None:
@@ -21,21 +23,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="directory of the explorer page")
     args = parser.parse_args()
     params = load_params(args.params)
-    watch = workspace.Watch(args.params, params)
+    watch = dvc_workspace.Watch(args.params, params)
     model, record = load_model(args.model, torch.device("cpu"))
     # The digits the model was trained on: binary ones for a model of binarized MNIST.
     test = load_test(args.data, params.data.limit, record["params"]["data"].get("binarize", "none"))
-    graphs = export.to_onnx(model)
-    differences = export.check(graphs, model, test.images)
-    page = export.explorer_record(record, test, differences)
+    graphs = onnx_graphs.to_onnx(model)
+    differences = onnx_graphs.check(graphs, model, test.images)
+    page = onnx_graphs.explorer_record(record, test, differences)
     watch.check()
     for name, data in graphs.items():
         atomic.write_bytes(args.out / name, data)
     atomic.write_json(args.out / explorer.EXPLORER, page)
     print(f"export: {explorer.ENCODER} and {explorer.DECODER} written to {args.out}; onnxruntime agrees with "
           f"PyTorch on {len(test)} test images within {max(differences.values()):.2g} "
-          f"(tolerance {export.TOLERANCE:g})")
+          f"(tolerance {onnx_graphs.TOLERANCE:g})")
 
 
 if __name__ == "__main__":
-    workspace.run_stage(main, "export")
+    dvc_workspace.run_stage(main, "export")

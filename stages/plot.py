@@ -6,9 +6,12 @@ from pathlib import Path
 
 import torch
 
-from betavae import api, atomic, figures, grids, workspace
-from betavae.data import INFERENCE_BATCH, load_test, ordered_batches, to_float
-from betavae.params import PARAMS_FILE, load_params
+from betavae.compat import dvc_workspace
+from betavae.core import grids
+from betavae.core.data import INFERENCE_BATCH, load_test, ordered_batches, to_float
+from betavae.pipeline import atomic
+from betavae.pipeline.params import PARAMS_FILE, load_params
+from betavae.uses import api, figures
 
 RECONSTRUCTIONS = 32  # test images shown with their reconstructions
 INTERPOLATION_ROWS = 6
@@ -25,7 +28,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     params = load_params(args.params)
-    watch = workspace.Watch(args.params, params)
+    watch = dvc_workspace.Watch(args.params, params)
     torch.manual_seed(params.seed)
     # Figures are cheap; the CPU in fp32 keeps them identical wherever the model was trained.
     vae = api.load(args.model, device="cpu")
@@ -52,4 +55,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    workspace.run_stage(main, "plot")
+    dvc_workspace.run_stage(main, "plot")

@@ -1,17 +1,22 @@
 """Stage train: fit the β-VAE; write the best-validation model and the DVCLive metrics and
 snapshots, keeping the training state beside --checkpoint until the run finishes, so an interrupted
-run resumes (betavae/resume.py). With `launcher: torchrun ...` this process starts the run's
-processes (betavae/launch.py), each of which runs this script."""
+run resumes (betavae/training/resume.py). With `launcher: torchrun ...` this process starts the run's
+processes (betavae/pipeline/launch.py), each of which runs this script."""
 
 import argparse
 import os
 import sys
 from pathlib import Path
 
-from betavae import distributed, errors, launch, runtime, schedules, workspace
-from betavae.params import PARAMS_FILE, load_params
-from betavae.resume import MODES
-from betavae.state import Outputs
+from betavae import errors
+from betavae.compat import dvc_workspace
+from betavae.core import schedules
+from betavae.pipeline import launch
+from betavae.pipeline.params import PARAMS_FILE, load_params
+from betavae.speed import runtime
+from betavae.training import distributed
+from betavae.training.resume import MODES
+from betavae.training.state import Outputs
 
 RESUME_VARIABLE = "BETAVAE_RESUME"  # `make retrain` sets it to "never"
 
@@ -30,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
     launcher = launch.parse(params.launcher)
-    resume_hint = (f"completed epochs are saved in {args.checkpoint}; run `{workspace.rerun_command()}` "
+    resume_hint = (f"completed epochs are saved in {args.checkpoint}; run `{dvc_workspace.rerun_command()}` "
                    "again to resume")
     if launch.is_launcher_process(launcher, dict(os.environ)):
         _launch(launcher, resume_hint)
@@ -38,11 +43,11 @@ def main() -> None:
     for warning in schedules.warnings(params):
         _log(f"warning: {warning}")
     runtime.retain_freed_memory()
-    from betavae.train import train  # torch and the training code: not needed to launch processes
+    from betavae.training.loop import train  # torch and the training code: not needed to launch processes
 
     try:
         progress = train(params, args.data, Outputs(args.model, args.checkpoint, args.live), args.resume, _log,
-                         between_epochs=workspace.Watch(args.params, params).check)
+                         between_epochs=dvc_workspace.Watch(args.params, params).check)
     except KeyboardInterrupt:
         _log(f"interrupted; {resume_hint}")
         raise
@@ -74,4 +79,4 @@ def _log(line: str) -> None:
 
 
 if __name__ == "__main__":
-    workspace.run_stage(main, "train")
+    dvc_workspace.run_stage(main, "train")

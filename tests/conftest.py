@@ -27,9 +27,11 @@ import pytest
 import torch
 from ruamel.yaml import YAML
 
-from betavae import idx, workspace
-from betavae.download import TEST_CHECKSUMS_ENV
-from betavae.params import PARAMS_FILE, parse_params, read_yaml
+from betavae.compat import dvc_workspace
+from betavae.core import idx
+from betavae.pipeline import yamlfile
+from betavae.pipeline.fetch import TEST_CHECKSUMS_ENV
+from betavae.pipeline.params import PARAMS_FILE, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TRAIN = 400
@@ -140,13 +142,13 @@ class Ended:
 
 
 def call_stage(name: str, arguments: list[str], capsys) -> Ended:
-    """Run stages/<name>.py's main in this process as its `__main__` does (workspace.run_stage)."""
+    """Run stages/<name>.py's main in this process as its `__main__` does (dvc_workspace.run_stage)."""
     stage = importlib.import_module(f"stages.{name}")
     saved = sys.argv
     sys.argv = [f"stages/{name}.py", *arguments]
     capsys.readouterr()
     try:
-        workspace.run_stage(stage.main, name)
+        dvc_workspace.run_stage(stage.main, name)
         status = 0
     except SystemExit as exit_:
         status = exit_.code if isinstance(exit_.code, int) else 1
@@ -191,7 +193,7 @@ def repo_environment(root: Path) -> dict:
 
 def write_params(path: Path, overrides: dict) -> None:
     """Apply overrides (nested dicts update groups) to the params file at path."""
-    params = read_yaml(path)
+    params = yamlfile.read(path)
     for key, value in overrides.items():
         if isinstance(value, dict):
             params[key].update(value)

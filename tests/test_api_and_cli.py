@@ -1,4 +1,4 @@
-"""The trained-model API (betavae/api.py) and the `betavae` command (betavae/cli.py), which runs
+"""The trained-model API (betavae/uses/api.py) and the `betavae` command (betavae/uses/cli.py), which runs
 in-process here through cli.main."""
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from betavae import api, cli, grids, idx
-from betavae.params import PARAMS_FILE, load_params
-from betavae.state import Outputs
-from betavae.train import train
+from betavae.core import grids, idx
+from betavae.pipeline.params import PARAMS_FILE, load_params
+from betavae.training.loop import train
+from betavae.training.state import Outputs
+from betavae.uses import api, cli
 
 LATENT_DIM = 4
 
@@ -276,7 +277,7 @@ def test_the_console_script_is_installed_and_checks_params_without_torch_or_plot
     found = shutil.which("betavae", path=str(Path(sys.executable).parent))
     assert found, "betavae is not installed beside this Python (make setup)"
     assert subprocess.run([found, "--help"], capture_output=True, text=True).returncode == 0
-    probe = ("import sys; from betavae import cli\n"
+    probe = ("import sys; from betavae.uses import cli\n"
              "try: cli.main(['check-params', '--params', sys.argv[1]])\n"
              "finally: print(sorted(m for m in ('torch', 'matplotlib', 'pandas', 'torchvision') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", probe, str(repo_root / PARAMS_FILE)], capture_output=True, text=True)

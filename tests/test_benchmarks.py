@@ -88,8 +88,8 @@ def _step_gflop() -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from betavae.model import ConvVAE, ModelConfig
-    model, counter = ConvVAE(ModelConfig()), FlopCounterMode(display=False)
+    from betavae.core.model import ConvVAE, ModelConfig
+    model, counter = ConvVAE(ModelConfig(latent_dim=32, dropout=0.1)), FlopCounterMode(display=False)
     with counter:
         logits, mu, logvar = model(torch.zeros(256, 1, 28, 28))
         (logits.sum() + mu.sum() + logvar.sum()).backward()

@@ -1,4 +1,4 @@
-"""Binarized MNIST and the literature's likelihood protocol (betavae/data.py, betavae/evaluate.py)."""
+"""Binarized MNIST and the literature's likelihood protocol (betavae/core/data.py, betavae/core/metrics.py)."""
 
 import json
 import math
@@ -6,13 +6,15 @@ import math
 import pytest
 import torch
 
-import betavae.train as training
-from betavae import checkpoint, evaluate, runtime
-from betavae.data import TEST_BINARIZATION_SEED, Split, binarized, load_test, sample_binary, to_float
-from betavae.distributed import World
-from betavae.loss import gaussian_log_density
-from betavae.model import ConvVAE, ModelConfig
-from betavae.state import Outputs
+import betavae.training.loop as training
+from betavae.core import metrics
+from betavae.core.data import TEST_BINARIZATION_SEED, Split, binarized, load_test, sample_binary, to_float
+from betavae.core.model import ConvVAE, ModelConfig
+from betavae.core.objective import gaussian_log_density
+from betavae.pipeline import modelfile
+from betavae.speed import runtime
+from betavae.training.distributed import World
+from betavae.training.state import Outputs
 
 CPU = runtime.Compute(device=torch.device("cpu"), autocast_dtype=None, channels_last=False)
 # Monte Carlo noise allowed between bounds with different numbers of samples on the tiny model below,
@@ -51,12 +53,12 @@ def test_training_draws_are_fresh_each_time_and_the_shards_of_processes_are_the_
 
 def _model() -> ConvVAE:
     torch.manual_seed(0)
-    return ConvVAE(ModelConfig(latent_dim=3)).eval()
+    return ConvVAE(ModelConfig(latent_dim=3, dropout=0.1)).eval()
 
 
 def test_the_importance_weighted_bound_with_one_sample_is_the_elbo():
     model, split = _model(), binarized(_grey(400), 0)
-    one = evaluate.per_image(model, split, 1, CPU, torch.Generator().manual_seed(7))
+    one = metrics.per_image(model, split, 1, CPU, torch.Generator().manual_seed(7))
     # With one sample, log w = log p(x|z) + log p(z) - log q(z|x): the single-sample ELBO, whose mean
     # over images is the closed-form ELBO -(recon + KL) up to the noise of the KL's estimate.
     x = to_float(split.images)
@@ -73,18 +75,18 @@ def test_the_importance_weighted_bound_with_one_sample_is_the_elbo():
 
 def test_the_bound_does_not_loosen_with_more_samples():
     model, split = _model(), binarized(_grey(100), 0)
-    nll = {k: -evaluate.per_image(model, split, k, CPU, torch.Generator().manual_seed(k)).log_likelihood.mean().item()
+    nll = {k: -metrics.per_image(model, split, k, CPU, torch.Generator().manual_seed(k)).log_likelihood.mean().item()
            for k in (1, 10, 100, 500)}
     assert nll[500] <= nll[100] + MC_TOLERANCE <= nll[10] + 2 * MC_TOLERANCE <= nll[1] + 3 * MC_TOLERANCE
     assert nll[500] < nll[1]  # and it does tighten
 
 
 def test_the_literature_numbers_are_in_nats_and_bits_per_dimension():
-    results = evaluate.per_image(_model(), binarized(_grey(8), 0), 5, CPU, torch.Generator().manual_seed(0))
-    summary = evaluate.binarized_summary(results, 5)
+    results = metrics.per_image(_model(), binarized(_grey(8), 0), 5, CPU, torch.Generator().manual_seed(0))
+    summary = metrics.binarized_summary(results, 5)
     assert summary["bits_per_dim"] == pytest.approx(summary["nll"] / (784 * math.log(2)))
     assert (summary["importance_samples"], summary["binarization_seed"]) == (5, TEST_BINARIZATION_SEED)
-    assert list(summary) == list(evaluate.BINARIZED_METRICS)
+    assert list(summary) == list(metrics.BINARIZED_METRICS)
 
 
 def test_without_binarization_training_never_draws_binary_images(tmp_path, mnist_dir, tiny_parsed, monkeypatch):
@@ -95,7 +97,7 @@ def test_without_binarization_training_never_draws_binary_images(tmp_path, mnist
     monkeypatch.setattr(training, "sample_binary", forbidden)
     outputs = Outputs(tmp_path / "model.pt", tmp_path / "checkpoint.pt", tmp_path / "live")
     training.train(tiny_parsed(epochs=1), mnist_dir, outputs, log=lambda _: None)
-    _, record = checkpoint.load_model(tmp_path / "model.pt", torch.device("cpu"))
+    _, record = modelfile.load_model(tmp_path / "model.pt", torch.device("cpu"))
     assert record["params"]["data"]["binarize"] == "none"
 
 

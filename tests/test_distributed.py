@@ -1,4 +1,4 @@
-"""Data-parallel training (betavae/distributed.py, betavae/launch.py): how the launcher is read,
+"""Data-parallel training (betavae/training/distributed.py, betavae/pipeline/launch.py): how the launcher is read,
 shards, gradients, failures and resume, with torchrun and gloo on the CPU."""
 
 import os
@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from betavae import launch
-from betavae.augment import random_affine
-from betavae.data import to_float
-from betavae.distributed import World
-from betavae.params import PARAMS_FILE, ParamsError, parse_params
+from betavae.core.augment import random_affine
+from betavae.core.data import to_float
+from betavae.pipeline import launch
+from betavae.pipeline.params import PARAMS_FILE, ParamsError, parse_params
+from betavae.training.distributed import World
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
@@ -85,9 +85,9 @@ def test_a_launcher_becomes_an_argument_list_with_variables_looked_up_not_evalua
 GRADIENT_CHECK = """
 import torch, torch.distributed as dist
 from torch import nn
-from betavae import distributed
-from betavae.loss import beta_vae_loss
-from betavae.model import ConvVAE, ModelConfig
+from betavae.training import distributed
+from betavae.core.objective import beta_vae_loss
+from betavae.core.model import ConvVAE, ModelConfig
 
 def twin():
     torch.manual_seed(0)
@@ -156,7 +156,7 @@ def _start(command, repo_root) -> subprocess.Popen:
 # Stage train under torchrun, with the loss of process 1 poisoned at one step of epoch 2.
 POISONED_TRAIN = """
 import os, runpy, sys, torch
-import betavae.train as training
+import betavae.training.loop as training
 real, calls, poisoned_call = training.beta_vae_loss, {"n": 0}, int(os.environ["POISONED_CALL"])
 def poisoned(*args, **kwargs):
     calls["n"] += 1

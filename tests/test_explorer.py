@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from betavae import export
-from betavae.checkpoint import load_model
+from betavae.pipeline.modelfile import load_model
+from betavae.uses import onnx_graphs
 from scripts import screenshot_explorer as browser
 
 pytestmark = pytest.mark.slow
@@ -68,7 +68,7 @@ def test_the_page_draws_what_the_pytorch_decoder_draws_for_a_latent_code(page, m
     code = torch.randn(network.config.latent_dim, generator=torch.Generator().manual_seed(7)).tolist()
     assert _call(page, "setLatent", code) is None
     expected = _decoded(network, code)
-    assert np.abs(np.array(_read(page, "probabilities")) - expected).max() <= export.TOLERANCE
+    assert np.abs(np.array(_read(page, "probabilities")) - expected).max() <= onnx_graphs.TOLERANCE
     drawn = np.array(_read(page, "canvasPixels"))
     assert np.abs(drawn - np.round(expected * 255)).max() <= PIXEL_STEP
     assert drawn.max() > 128  # a digit, not a blank canvas
@@ -88,9 +88,9 @@ def test_a_drawing_sets_the_sliders_to_the_encoders_posterior_mean(page, model):
     seen = np.array(_read(page, "input"))
     assert seen.shape == (784,) and seen.max() > 0.5 and seen.reshape(28, 28)[:4].max() == 0  # centred, MNIST-like
     mean = _posterior_mean(network, seen)
-    assert np.abs(np.array(_read(page, "latent")) - mean).max() <= export.TOLERANCE
+    assert np.abs(np.array(_read(page, "latent")) - mean).max() <= onnx_graphs.TOLERANCE
     assert np.allclose(_read(page, "sliders"), np.clip(mean, -3, 3), atol=1e-6)
-    assert np.abs(np.array(_read(page, "probabilities")) - _decoded(network, mean)).max() <= export.TOLERANCE
+    assert np.abs(np.array(_read(page, "probabilities")) - _decoded(network, mean)).max() <= onnx_graphs.TOLERANCE
 
 
 def test_the_test_digit_button_shows_the_digits_posterior_mean(page, model, repo_root):
@@ -100,7 +100,8 @@ def test_the_test_digit_button_shows_the_digits_posterior_mean(page, model, repo
     assert _call(page, "testDigit") is None
     seen = np.array(_read(page, "input"))
     index = next(k for k, digit in enumerate(digits) if np.allclose(digit, seen, atol=1e-6))
-    assert np.abs(np.array(_read(page, "latent")) - _posterior_mean(network, digits[index])).max() <= export.TOLERANCE
+    difference = np.abs(np.array(_read(page, "latent")) - _posterior_mean(network, digits[index])).max()
+    assert difference <= onnx_graphs.TOLERANCE
 
 
 def test_sliders_go_most_kl_first_with_the_kl_beside_each(page, model):
@@ -123,7 +124,7 @@ def test_moving_a_slider_by_hand_redraws_the_digit(page, model):
     latent = _read(page, "latent")
     assert latent[_read(page, "order")[0]] == 3
     after = np.array(_read(page, "probabilities"))
-    assert np.abs(after - _decoded(network, latent)).max() <= export.TOLERANCE
+    assert np.abs(after - _decoded(network, latent)).max() <= onnx_graphs.TOLERANCE
     assert np.abs(after - before).max() > 0.1
 
 
@@ -132,7 +133,7 @@ def test_a_prior_sample_is_decoded_as_pytorch_decodes_it(page, model):
     assert _call(page, "priorSample") is None
     latent = _read(page, "latent")
     assert any(value != 0 for value in latent)
-    assert np.abs(np.array(_read(page, "probabilities")) - _decoded(network, latent)).max() <= export.TOLERANCE
+    assert np.abs(np.array(_read(page, "probabilities")) - _decoded(network, latent)).max() <= onnx_graphs.TOLERANCE
 
 
 def test_without_webassembly_the_page_says_it_cannot_run():

@@ -13,18 +13,19 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from betavae import checkpoint, explorer, export
-from betavae.checkpoint import load_model
-from betavae.data import load_test
-from betavae.model import ConvVAE, ModelConfig
-from betavae.params import TRAINING_PARAMS, Params
+from betavae.core.data import load_test
+from betavae.core.model import ConvVAE, ModelConfig
+from betavae.pipeline import modelfile
+from betavae.pipeline.modelfile import load_model
+from betavae.pipeline.params import Params
+from betavae.uses import explorer, onnx_graphs
 from scripts import screenshot_explorer, vendor_onnxruntime_web
 
 
 @pytest.fixture(scope="module")
 def small_model() -> ConvVAE:
     torch.manual_seed(0)
-    model = ConvVAE(ModelConfig(latent_dim=4))
+    model = ConvVAE(ModelConfig(latent_dim=4, dropout=0.1))
     with torch.no_grad():  # batch-norm statistics away from the identity, as after training
         for module in model.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
@@ -35,22 +36,22 @@ def small_model() -> ConvVAE:
 
 @pytest.fixture(scope="module")
 def graphs(small_model) -> dict[str, bytes]:
-    return export.to_onnx(small_model)
+    return onnx_graphs.to_onnx(small_model)
 
 
 def test_onnxruntime_runs_both_graphs_as_pytorch_does(small_model, graphs, make_mnist, tmp_path_factory):
     data = tmp_path_factory.mktemp("mnist")
     make_mnist(data)
     images = load_test(data).images
-    differences = export.check(graphs, small_model, images)
+    differences = onnx_graphs.check(graphs, small_model, images)
     assert set(differences) == {"encoder", "decoder"}
-    assert all(0 <= value <= export.TOLERANCE for value in differences.values())
+    assert all(0 <= value <= onnx_graphs.TOLERANCE for value in differences.values())
     for graph in graphs.values():
         onnx.checker.check_model(onnx.load_from_string(graph))
 
 
 def test_the_same_model_exports_to_the_same_bytes_wherever_the_code_lives(small_model, graphs):
-    assert export.to_onnx(small_model) == graphs
+    assert onnx_graphs.to_onnx(small_model) == graphs
     assert not any(b".py" in graph for graph in graphs.values())  # no stack traces with file paths
 
 
@@ -66,15 +67,15 @@ def _tampered(graph: bytes) -> bytes:
 def test_a_graph_that_computes_something_else_is_refused_in_one_line(small_model, graphs, part, name):
     broken = {**graphs, name: _tampered(graphs[name])}
     images = torch.randint(0, 256, (8, 28, 28), dtype=torch.uint8)
-    with pytest.raises(export.ExportError, match=f"onnxruntime's {part} differs from PyTorch's by up to") as error:
-        export.check(broken, small_model, images)
+    with pytest.raises(onnx_graphs.ExportError, match=f"onnxruntime's {part} differs from PyTorch's by up to") as error:
+        onnx_graphs.check(broken, small_model, images)
     assert "\n" not in str(error.value)
 
 
 def test_a_graph_onnxruntime_cannot_load_is_refused(small_model, graphs):
     images = torch.zeros(2, 28, 28, dtype=torch.uint8)
-    with pytest.raises(export.ExportError, match=r"decoder\.onnx: onnxruntime cannot load it"):
-        export.check({**graphs, explorer.DECODER: b"not a graph"}, small_model, images)
+    with pytest.raises(onnx_graphs.ExportError, match=r"decoder\.onnx: onnxruntime cannot load it"):
+        onnx_graphs.check({**graphs, explorer.DECODER: b"not a graph"}, small_model, images)
 
 
 def test_the_stage_writes_graphs_and_the_pages_record(stage_dir, stage, yaml_text, tiny, tmp_path):
@@ -92,10 +93,10 @@ def test_the_stage_writes_graphs_and_the_pages_record(stage_dir, stage, yaml_tex
     assert sorted(row["index"] for row in record["dimensions"]) == list(range(model.config.latent_dim))
     test = load_test(stage_dir.root / "mnist")
     pixels = torch.frombuffer(bytearray(base64.b64decode(record["digits"]["pixels"])), dtype=torch.uint8)
-    assert torch.equal(pixels.view(-1, 28, 28), test.images[:export.EXPLORER_DIGITS])
-    assert record["digits"]["labels"] == test.labels[:export.EXPLORER_DIGITS].tolist()
-    assert record["model"]["epoch"] == saved["epoch"] and record["check"]["tolerance"] == export.TOLERANCE
-    assert (out / explorer.ENCODER).read_bytes() == export.to_onnx(model)[explorer.ENCODER]
+    assert torch.equal(pixels.view(-1, 28, 28), test.images[:onnx_graphs.EXPLORER_DIGITS])
+    assert record["digits"]["labels"] == test.labels[:onnx_graphs.EXPLORER_DIGITS].tolist()
+    assert record["model"]["epoch"] == saved["epoch"] and record["check"]["tolerance"] == onnx_graphs.TOLERANCE
+    assert (out / explorer.ENCODER).read_bytes() == onnx_graphs.to_onnx(model)[explorer.ENCODER]
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -114,11 +115,11 @@ def test_the_stage_refuses_a_model_file_that_is_not_this_projects(stage_dir, sta
 def test_the_stage_refuses_an_export_that_onnxruntime_runs_differently(small_model, graphs, stage_dir, stage,
                                                                          tmp_path, monkeypatch):
     model = tmp_path / "model.pt"
-    record = checkpoint.model_record(small_model.state_dict(), small_model.config, Params().select(TRAINING_PARAMS),
+    record = modelfile.model_record(small_model.state_dict(), small_model.config, Params().training(),
                                      epoch=1, val_loss=1.0, latent_kl=[0.5] * small_model.config.latent_dim)
     torch.save(record, model)
     broken = {**graphs, explorer.DECODER: _tampered(graphs[explorer.DECODER])}
-    monkeypatch.setattr(export, "to_onnx", lambda _model: broken)
+    monkeypatch.setattr(onnx_graphs, "to_onnx", lambda _model: broken)
     out = tmp_path / "page"
     ended = stage("export", ["--params", str(stage_dir.params), "--data", str(stage_dir.root / "mnist"),
                              "--model", str(model), "--out", str(out)])
@@ -131,7 +132,7 @@ def test_the_committed_explorer_files_are_the_committed_models_export(repo_root)
     compared with what the code makes of the inputs)."""
     model, record = load_model(repo_root / "models" / "model.pt", torch.device("cpu"))
     page = repo_root / "reports" / "explorer"
-    for name, graph in export.to_onnx(model).items():
+    for name, graph in onnx_graphs.to_onnx(model).items():
         assert (page / name).read_bytes() == graph, name
     shown = json.loads((page / explorer.EXPLORER).read_text())
     assert shown["latent_dim"] == model.config.latent_dim and shown["model"]["epoch"] == record["epoch"]
@@ -160,7 +161,7 @@ def test_the_server_serves_the_page_with_the_types_browsers_require(repo_root):
 
 
 def test_explore_refuses_a_directory_that_is_not_the_page(tmp_path, capsys):
-    from betavae import cli
+    from betavae.uses import cli
 
     with pytest.raises(SystemExit) as exit_:
         cli.main(["explore", "--dir", str(tmp_path), "--port", "0"])

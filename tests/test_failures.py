@@ -13,8 +13,9 @@ import subprocess
 import pytest
 import torch
 
-from betavae import checkpoint, resume
-from betavae.params import PARAMS_FILE
+from betavae.pipeline import modelfile
+from betavae.pipeline.params import PARAMS_FILE
+from betavae.training import resume
 
 
 def _set_params(run, yaml_text, tiny, **overrides) -> None:
@@ -103,7 +104,7 @@ class _Payload:
 
 def test_a_checkpoint_that_references_code_is_refused_for_safety_and_never_run(stage_dir, stage):
     model = stage_dir.root / "model.pt"
-    torch.save({"format": checkpoint.MODEL_FORMAT, "model": _Payload()}, model)
+    torch.save({"format": modelfile.MODEL_FORMAT, "model": _Payload()}, model)
     ended = stage("evaluate", stage_dir.evaluate())
     assert ended.error_line == (f"evaluate: error: {model}: refused for safety: the file references code "
                                 "(posix.system), which loading would run; a checkpoint holds only tensors and "
@@ -177,7 +178,7 @@ def test_ctrl_c_exits_cleanly_keeps_the_committed_logs_and_says_how_to_resume(
     assert process.returncode == 130, stderr
     assert "again to resume" in stdout and "python -m stages.train --params" in stdout
     assert stderr.strip().splitlines()[-1] == "train: interrupted" and "Traceback" not in stderr
-    assert checkpoint.read(stage_dir.root / "checkpoint.pt", resume.FORMAT)["epoch"] >= 1
+    assert modelfile.read(stage_dir.root / "checkpoint.pt", resume.FORMAT)["epoch"] >= 1
     now = {path: path.read_bytes() for path in (stage_dir.root / "live").rglob("*") if path.is_file()}
     assert now == committed and (stage_dir.root / "model.pt").read_bytes() == model
 

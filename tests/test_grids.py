@@ -1,8 +1,8 @@
-"""Mosaics of decoded digits (betavae/grids.py)."""
+"""Mosaics of decoded digits (betavae/core/grids.py)."""
 
 import torch
 
-from betavae import grids
+from betavae.core import grids
 
 
 def test_a_mosaic_lays_images_out_in_rows_with_white_gaps_at_the_saved_scale():

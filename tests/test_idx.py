@@ -3,7 +3,7 @@ import struct
 import numpy as np
 import pytest
 
-from betavae import idx
+from betavae.core import idx
 
 
 def test_round_trip_images_and_labels(tmp_path):

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from betavae import schedules
-from betavae.loss import beta_vae_loss, gaussian_log_density, kl_per_image, reconstruction_per_image
+from betavae.core import schedules
+from betavae.core.objective import beta_vae_loss, gaussian_log_density, kl_per_image, reconstruction_per_image
 
 LOG2 = math.log(2)
 

@@ -3,8 +3,12 @@ import re
 import pytest
 import torch
 
-from betavae import atomic, checkpoint, resume, runtime
-from betavae.model import ARCHITECTURE, ConvVAE, ModelConfig, OutputTransposedConv, training_memory_bytes
+from betavae.core.footprint import training_memory_bytes
+from betavae.core.model import ARCHITECTURE, ConvVAE, ModelConfig
+from betavae.pipeline import atomic, modelfile
+from betavae.speed import runtime
+from betavae.speed.kernels import OutputTransposedConv
+from betavae.training import resume
 
 
 def test_shapes_through_encode_reparameterize_decode():
@@ -18,7 +22,7 @@ def test_shapes_through_encode_reparameterize_decode():
 
 
 def test_channels_follow_the_spec():
-    model = ConvVAE(ModelConfig())
+    model = ConvVAE(ModelConfig(latent_dim=32, dropout=0.1))
     convs = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
     deconvs = [m for m in model.decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
     assert [c.out_channels for c in convs] == [32, 64, 128]
@@ -76,8 +80,8 @@ def test_reparameterize_has_the_posterior_moments():
 
 
 def _saved_model(tmp_path, **overrides):
-    model = ConvVAE(ModelConfig(latent_dim=3))
-    record = checkpoint.model_record(model.state_dict(), model.config, {"beta": 0.8}, 4, 123.0, [1.0, 2.0, 3.0])
+    model = ConvVAE(ModelConfig(latent_dim=3, dropout=0.1))
+    record = modelfile.model_record(model.state_dict(), model.config, {"beta": 0.8}, 4, 123.0, [1.0, 2.0, 3.0])
     record.update(overrides)
     atomic.write_torch(tmp_path / "model.pt", record)
     return model
@@ -85,7 +89,7 @@ def _saved_model(tmp_path, **overrides):
 
 def test_model_checkpoint_round_trip_is_self_describing(tmp_path):
     model = _saved_model(tmp_path)
-    loaded, record = checkpoint.load_model(tmp_path / "model.pt", torch.device("cpu"))
+    loaded, record = modelfile.load_model(tmp_path / "model.pt", torch.device("cpu"))
     assert record["epoch"] == 4 and record["params"] == {"beta": 0.8}
     assert record["architecture"] == ARCHITECTURE and not loaded.training
     for name, tensor in model.state_dict().items():
@@ -110,41 +114,42 @@ def test_same_checkpoint_is_the_same_bytes(tmp_path):
 def test_missing_or_truncated_checkpoint_is_one_clear_error(tmp_path, damage, message):
     _saved_model(tmp_path)
     damage(tmp_path / "model.pt")
-    with pytest.raises(checkpoint.CheckpointError, match=message):
-        checkpoint.load_model(tmp_path / "model.pt", torch.device("cpu"))
+    with pytest.raises(modelfile.CheckpointError, match=message):
+        modelfile.load_model(tmp_path / "model.pt", torch.device("cpu"))
 
 
 def test_checkpoint_of_another_architecture_or_kind_is_refused(tmp_path):
     _saved_model(tmp_path, architecture="conv-beta-vae/0")
-    with pytest.raises(checkpoint.CheckpointError, match="written for model 'conv-beta-vae/0'"):
-        checkpoint.load_model(tmp_path / "model.pt", torch.device("cpu"))
+    with pytest.raises(modelfile.CheckpointError, match="written for model 'conv-beta-vae/0'"):
+        modelfile.load_model(tmp_path / "model.pt", torch.device("cpu"))
     _saved_model(tmp_path, format=resume.FORMAT)
-    with pytest.raises(checkpoint.CheckpointError, match="expected 'betavae-model/2'"):
-        checkpoint.load_model(tmp_path / "model.pt", torch.device("cpu"))
+    with pytest.raises(modelfile.CheckpointError, match="expected 'betavae-model/2'"):
+        modelfile.load_model(tmp_path / "model.pt", torch.device("cpu"))
 
 
 def test_weights_that_do_not_fit_are_refused(tmp_path):
     _saved_model(tmp_path, model_config={"latent_dim": 5, "dropout": 0.1})
-    with pytest.raises(checkpoint.CheckpointError, match="weights do not fit the model"):
-        checkpoint.load_model(tmp_path / "model.pt", torch.device("cpu"))
+    with pytest.raises(modelfile.CheckpointError, match="weights do not fit the model"):
+        modelfile.load_model(tmp_path / "model.pt", torch.device("cpu"))
 
 
 def test_pickled_code_in_a_checkpoint_is_refused_for_safety_naming_it(tmp_path, capsys):
     class Evil:
         def __reduce__(self):
             return (print, ("executed",))
-    torch.save({"format": checkpoint.MODEL_FORMAT, "x": Evil()}, tmp_path / "model.pt")
-    with pytest.raises(checkpoint.CheckpointError) as error:
-        checkpoint.load_model(tmp_path / "model.pt", torch.device("cpu"))
+    torch.save({"format": modelfile.MODEL_FORMAT, "x": Evil()}, tmp_path / "model.pt")
+    with pytest.raises(modelfile.CheckpointError) as error:
+        modelfile.load_model(tmp_path / "model.pt", torch.device("cpu"))
     assert re.search(r"refused for safety: the file references code \((builtins\.)?print\)", str(error.value))
     assert "weights_only" not in str(error.value) and "executed" not in capsys.readouterr().out
 
 
 def test_training_memory_is_estimated_without_allocating_and_grows_with_the_run():
-    small = training_memory_bytes(ModelConfig(latent_dim=32), 256)
+    small = training_memory_bytes(ModelConfig(latent_dim=32, dropout=0.1), 256)
     assert 50e6 < small < 1e9
-    assert training_memory_bytes(ModelConfig(latent_dim=65_536), 256) > 20 * small  # the latent layers dominate
-    assert training_memory_bytes(ModelConfig(latent_dim=32), 2560) > 5 * small
+    large = training_memory_bytes(ModelConfig(latent_dim=65_536, dropout=0.1), 256)
+    assert large > 20 * small  # the latent layers dominate
+    assert training_memory_bytes(ModelConfig(latent_dim=32, dropout=0.1), 2560) > 5 * small
 
 
 def test_a_run_that_cannot_fit_in_memory_is_refused_before_it_allocates():

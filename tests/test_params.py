@@ -1,20 +1,21 @@
-"""params.yaml: read as DVC reads it, validated into Params, every bad value named (betavae/params.py)."""
+"""params.yaml: read as DVC reads it, validated into Params, every bad value named (betavae/pipeline/params.py)."""
 
 import dataclasses
 
 import pytest
 import torch
 
-from betavae import dotted, schedules
-from betavae.params import (
+from betavae.core import schedules
+from betavae.pipeline import dotted, yamlfile
+from betavae.pipeline.params import (
     MAX_SEED,
     PARAMS_FILE,
-    TRAINING_PARAMS,
+    TRAIN,
     Params,
     ParamsError,
     load_params,
     parse_params,
-    read_yaml,
+    stage_params,
 )
 
 
@@ -27,8 +28,8 @@ def test_the_committed_params_yaml_is_the_defaults_and_the_spec(repo_root):
 
 
 def test_the_committed_params_yaml_sets_every_key_explicitly(repo_root):
-    """What makes params.py inert for DVC (betavae/dependencies.py): no stage ever runs on a default."""
-    raw = read_yaml(repo_root / PARAMS_FILE)
+    """What makes params.py inert for DVC (betavae/compat/code_dependencies.py): no stage ever runs on a default."""
+    raw = yamlfile.read(repo_root / PARAMS_FILE)
     assert set(dotted.flatten(raw)) == set(dotted.flatten(Params().to_dict()))
 
 
@@ -155,10 +156,10 @@ def test_schedules_longer_than_training_run_as_given_with_one_warning_each():
 
 
 def test_training_params_are_everything_but_evaluation_settings():
-    assert set(TRAINING_PARAMS) == {field.name for field in dataclasses.fields(Params)} - {"eval"}
-    selected = parse_params({"beta": 2.0}).select(TRAINING_PARAMS)
+    assert set(stage_params(TRAIN)) == {field.name for field in dataclasses.fields(Params)} - {"eval"}
+    selected = parse_params({"beta": 2.0}).training()
     assert selected["beta"] == 2.0 and selected["augment"]["rotation"] == 5.0 and "eval" not in selected
-    assert parse_params({}).select(["data.limit", "seed"]) == {"data": {"limit": 0}, "seed": 42}
+    assert parse_params({}).select_keys(["data.limit", "seed"]) == {"data": {"limit": 0}, "seed": 42}
 
 
 def test_dotted_keys_name_leaves_and_groups_and_find_differences():

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from betavae.evaluate import METRICS
-from betavae.params import PARAMS_FILE, parse_yaml, read_yaml
+from betavae.core.metrics import METRICS
+from betavae.pipeline import yamlfile
+from betavae.pipeline.params import PARAMS_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -132,7 +133,7 @@ def test_a_missing_or_empty_params_file_is_named(clone, run, text):
 def test_a_value_yaml_1_1_would_read_otherwise_trains_as_dvc_records_it(clone, run):
     repo, env = clone
     run(["dvc", "exp", "run", "-S", "weight_decay=1e-6", "-S", "epochs=1"], repo, env)
-    assert parse_yaml((repo / PARAMS_FILE).read_text(), PARAMS_FILE)["weight_decay"] == 1e-6
+    assert yamlfile.parse((repo / PARAMS_FILE).read_text(), PARAMS_FILE)["weight_decay"] == 1e-6
     trained = torch.load(repo / "models" / "model.pt", weights_only=True)["params"]
     shown = _flatten_runs(json.loads(run(["dvc", "exp", "show", "--json"], repo, env).stdout))
     recorded = {r["params"]["params.yaml"]["data"]["weight_decay"] for r in shown}
@@ -177,7 +178,7 @@ def test_evaluation_params_leave_the_trained_model_alone(clone, run, yaml_text):
     repo, env = clone
     run(["dvc", "repro", "download"], repo, env)
     model = (repo / "models" / "model.pt").read_bytes()
-    params = read_yaml(repo / PARAMS_FILE)
+    params = yamlfile.read(repo / PARAMS_FILE)
     params["eval"]["iw_samples"] = 3
     (repo / PARAMS_FILE).write_text(yaml_text(params))
     status = run(["dvc", "status", "--json"], repo, env).stdout
@@ -266,7 +267,7 @@ def test_push_then_a_fresh_clone_pulls_and_shares_experiments(clone, tmp_path, r
     run(["dvc", "exp", "pull", "origin", "beta-1"], other, env)
     assert "beta-1" in run(["dvc", "exp", "list", "--name-only", "--all-commits"], other, env).stdout
     run(["dvc", "exp", "apply", "beta-1"], other, env)
-    assert read_yaml(other / PARAMS_FILE)["beta"] == 1.0
+    assert yamlfile.read(other / PARAMS_FILE)["beta"] == 1.0
     assert "up to date" in run(["dvc", "status"], other, env).stdout
 
 
@@ -286,7 +287,7 @@ def test_two_runs_in_two_copies_record_the_same_hashes(tiny_run, make_repo, tmp_
 
 def _output_hashes(lock_text: str) -> dict[str, str]:
     """path -> md5 of every stage output in a dvc.lock, except the timed ones."""
-    lock = parse_yaml(lock_text, "dvc.lock")
+    lock = yamlfile.parse(lock_text, "dvc.lock")
     return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])
             if out["path"] not in TIMED_OUTPUTS}
 

@@ -9,9 +9,10 @@ import shutil
 import pytest
 import torch
 
-from betavae import grids
-from betavae.evaluate import METRICS
-from betavae.params import MNIST_TEST_IMAGES, PARAMS_FILE, Params
+from betavae.core import grids
+from betavae.core.idx import MNIST_TEST_IMAGES
+from betavae.core.metrics import METRICS
+from betavae.pipeline.params import PARAMS_FILE, Params
 from scripts.readme_results import (
     blocks,
     fill,

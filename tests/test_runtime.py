@@ -11,11 +11,11 @@ import pytest
 # setting is process-wide and cannot be undone in this one.
 CHILD = """
 import hashlib, sys, torch
-from betavae import runtime
-from betavae.model import ConvVAE, ModelConfig
+from betavae.speed import runtime
+from betavae.core.model import ConvVAE, ModelConfig
 applied = runtime.retain_freed_memory() if sys.argv[1] == "retain" else False
 torch.manual_seed(0)
-model, x = ConvVAE(ModelConfig()), torch.rand(64, 1, 28, 28)
+model, x = ConvVAE(ModelConfig(latent_dim=32, dropout=0.1)), torch.rand(64, 1, 28, 28)
 for _ in range(3):
     model.zero_grad(set_to_none=False)
     logits, mu, logvar = model(x)

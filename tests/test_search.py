@@ -1,4 +1,4 @@
-"""Hyperparameter search through DVC experiments (betavae/search.py, scripts/search.py)."""
+"""Hyperparameter search through DVC experiments (betavae/experiments/studies.py, scripts/search.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from betavae import search
+from betavae.experiments import studies
 
 SPACE = {"study": "tiny", "objectives": [{"metric": "test.kl", "direction": "minimize"},
                                          {"metric": "test.recon", "direction": "minimize"}],
@@ -17,9 +17,9 @@ SPACE = {"study": "tiny", "objectives": [{"metric": "test.kl", "direction": "min
 
 
 def test_the_committed_search_space_is_valid(repo_root):
-    space = search.load_space(repo_root / "search.yaml")
+    space = studies.load_space(repo_root / "search.yaml")
     assert [metric for metric, _ in space.objectives] == ["test.kl", "test.recon"]
-    assert search.distributions(space)["beta"].log
+    assert studies.distributions(space)["beta"].log
 
 
 @pytest.mark.parametrize("change, message", [
@@ -45,8 +45,8 @@ def test_a_bad_search_space_is_refused_naming_the_key(tmp_path, yaml_text, chang
     change(space)
     path = tmp_path / "space.yaml"
     path.write_text(yaml_text(space))
-    with pytest.raises(search.SearchError) as error:
-        search.load_space(path)
+    with pytest.raises(studies.SearchError) as error:
+        studies.load_space(path)
     assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
     assert "\n" not in str(error.value)
 
@@ -94,7 +94,7 @@ def test_a_study_runs_its_trials_as_experiments_and_a_rerun_adds_only_the_differ
     assert len({t.params["beta"] for t in study.trials}) == 5  # no process drew another's params again
     front = (repo / "reports" / "search" / "tiny_front.csv").read_text().splitlines()
     assert front[0] == "number,state,beta,test.kl,test.recon,experiment,error" and len(front) >= 2
-    assert (repo / "reports" / "figures" / "tiny_front.png").stat().st_size > 5_000
+    assert (repo / "reports" / "search" / "tiny_front.png").stat().st_size > 5_000
 
 
 @pytest.mark.slow
@@ -123,7 +123,7 @@ def test_a_killed_search_resumes_its_interrupted_trial_under_the_same_number(sea
 @pytest.mark.slow
 def test_two_processes_share_one_study_without_losing_or_repeating_a_trial(searched, run):
     repo, env, storage = searched
-    search.open_study(search.load_space(repo / "space.yaml"), storage)  # both processes load the one study
+    studies.open_study(studies.load_space(repo / "space.yaml"), storage)  # both processes load the one study
     processes = [_search(repo, env, storage, 2, popen=True) for _ in range(2)]
     for process in processes:
         _, stderr = process.communicate(timeout=900)
@@ -151,9 +151,9 @@ def test_a_failing_trial_is_recorded_with_the_stages_error_and_the_search_goes_o
 @pytest.mark.slow
 def test_a_trial_dvc_finished_but_the_study_did_not_record_is_recovered_not_run_again(searched, run):
     repo, env, storage = searched
-    space = search.load_space(repo / "space.yaml")
-    study = search.open_study(space, storage)
-    trial = study.ask(search.distributions(space))
+    space = studies.load_space(repo / "space.yaml")
+    study = studies.open_study(space, storage)
+    trial = study.ask(studies.distributions(space))
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     for key, value in (("experiment", "search-tiny-0"), ("host", __import__("socket").gethostname()),
                        ("pid", int(gone.stdout))):
@@ -166,6 +166,6 @@ def test_a_trial_dvc_finished_but_the_study_did_not_record_is_recovered_not_run_
     assert "trial 0 (search-tiny-0) finished before its process died: recorded" in resumed.stdout
     recorded = _study(storage).trials
     assert len(recorded) == 1 and recorded[0].state.name == "COMPLETE"
-    row = search.find_experiment("search-tiny-0", repo)
+    row = studies.find_experiment("search-tiny-0", repo)
     assert recorded[0].values == [row["test.kl"], row["test.recon"]]
     assert _experiments(repo, env, run) == ["search-tiny-0"]

@@ -2,7 +2,7 @@
 
 import json
 
-from betavae.evaluate import METRICS
+from betavae.core.metrics import METRICS
 from stages.check_params import CHECKED
 
 

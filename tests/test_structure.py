@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from betavae import dependencies
+from betavae.compat import code_dependencies
 
 
 def _modules(repo_root) -> list[str]:
@@ -12,7 +12,7 @@ def _modules(repo_root) -> list[str]:
 
 def test_no_module_of_the_package_imports_itself_through_others(repo_root):
     """Not even for type annotations: a circle means two modules share something that belongs in a third."""
-    graph = {module: dependencies.imports(module, annotations=True) for module in _modules(repo_root)}
+    graph = {module: code_dependencies.imports(module, annotations=True) for module in _modules(repo_root)}
 
     def circle_from(start: str, path: list[str]) -> list[str] | None:
         for module in sorted(graph.get(path[-1], ())):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from betavae.params import parse_yaml
+from betavae.pipeline import yamlfile
 from scripts import sweep
 
 GRID = ["--grid", "beta=0.5,2"]  # two runs: one for each of two machines
@@ -100,7 +100,7 @@ def test_a_run_the_remote_has_with_other_params_fails_the_shard_naming_it(machin
     pushed = run(["dvc", "exp", "list", "origin", "--name-only"], first, env).stdout.split()
     assert "epochs-1_beta-2" in pushed
     committed = run(["git", "show", f"refs/exps/{_baseline(first, env, run)}/{clash}:params.yaml"], first, env).stdout
-    assert parse_yaml(committed, "params.yaml")["beta"] == 0.5  # our run is kept locally, not lost
+    assert yamlfile.parse(committed, "params.yaml")["beta"] == 0.5  # our run is kept locally, not lost
 
 
 def _baseline(clone, env, run) -> str:

@@ -1,4 +1,4 @@
-"""The training loop and its resume contract (betavae/resume.py), through betavae.train.train."""
+"""The training loop and its resume contract (betavae/training/resume.py), through betavae.training.loop.train."""
 
 import json
 import math
@@ -6,10 +6,11 @@ import math
 import pytest
 import torch
 
-import betavae.train as training
-from betavae import checkpoint, resume, runtime
-from betavae.params import TRAINING_PARAMS, parse_params
-from betavae.state import Outputs
+import betavae.training.loop as training
+from betavae.pipeline import modelfile
+from betavae.speed import runtime
+from betavae.training import resume
+from betavae.training.state import Outputs
 
 
 def _outputs(root):
@@ -43,10 +44,10 @@ def test_training_writes_every_output_and_then_drops_its_state(tmp_path, mnist_d
     params = tiny_parsed(epochs=3, snapshot_every=2)
     results = _train(params, mnist_dir, tmp_path)
     assert [r["epoch"] for r in results.history] == [1, 2, 3]
-    _, record = checkpoint.load_model(tmp_path / "model.pt", torch.device("cpu"))
+    _, record = modelfile.load_model(tmp_path / "model.pt", torch.device("cpu"))
     assert record["epoch"] == results.best.epoch
     assert record["val_loss"] == min(r["val/loss"] for r in results.history)
-    assert record["params"] == params.select(TRAINING_PARAMS) and "eval" not in record["params"]
+    assert record["params"] == params.training() and "eval" not in record["params"]
     assert len(record["latent_kl"]) == params.z_dim
     assert sum(record["latent_kl"]) == pytest.approx(results.history[record["epoch"] - 1]["val/kl"])
     summary = json.loads((tmp_path / "live" / "metrics.json").read_text())
@@ -107,8 +108,8 @@ def test_a_finished_run_leaves_nothing_to_resume_so_a_rerun_trains_again(tmp_pat
 @pytest.mark.parametrize("edit, message", [
     (lambda state: state["params"].update(beta=1.0),
      "starting fresh: checkpoint was written with different params (beta)"),
-    (lambda state: state["code"].update({"betavae/augment.py": "0" * 64}),
-     "starting fresh: checkpoint was written by other code (betavae/augment.py changed)"),
+    (lambda state: state["code"].update({"betavae/core/augment.py": "0" * 64}),
+     "starting fresh: checkpoint was written by other code (betavae/core/augment.py changed)"),
     (lambda state: state.update(world_size=2), "starting fresh: checkpoint was written by 2 processes, this run has 1"),
     (lambda state: state.update(architecture="conv-beta-vae/0"), "written for model 'conv-beta-vae/0'"),
 ])
@@ -164,7 +165,7 @@ def test_non_finite_loss_stops_naming_epoch_and_batch_and_keeps_the_last_checkpo
     monkeypatch.setattr(training, "beta_vae_loss", poisoned)  # epoch 2, batch 3
     with pytest.raises(training.TrainingDiverged, match=f"epoch 2, batch 3 of {steps}"):
         _train(tiny_parsed(epochs=3), mnist_dir, tmp_path)
-    state = checkpoint.read(tmp_path / "checkpoint.pt", resume.FORMAT)
+    state = modelfile.read(tmp_path / "checkpoint.pt", resume.FORMAT)
     assert state["epoch"] == 1
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
 
@@ -173,7 +174,7 @@ def test_cuda_requested_without_cuda_is_a_clear_error():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(runtime.DeviceError, match="device: cuda was requested, but CUDA is not available"):
-        runtime.resolve(parse_params({"device": "cuda"}))
+        runtime.resolve("cuda", "auto", channels_last=True)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

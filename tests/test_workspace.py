@@ -1,4 +1,4 @@
-"""DVC's workspace experiments and their two traps (betavae/workspace.py): a failed `dvc exp run -S`
+"""DVC's workspace experiments and their two traps (betavae/compat/dvc_workspace.py): a failed `dvc exp run -S`
 that leaves invisible values in params.yaml, and two `dvc exp run` at once."""
 
 from __future__ import annotations
@@ -8,12 +8,13 @@ import subprocess
 
 import pytest
 
-from betavae import workspace
-from betavae.params import PARAMS_FILE, ParamsError, load_params, read_yaml
+from betavae.compat import dvc_workspace
+from betavae.pipeline import yamlfile
+from betavae.pipeline.params import PARAMS_FILE, ParamsError, load_params
 
 
 def _params(repo) -> dict:
-    return read_yaml(repo / PARAMS_FILE)
+    return yamlfile.read(repo / PARAMS_FILE)
 
 
 class FakeTime:
@@ -37,7 +38,7 @@ def _watched(tmp_path, *writes: tuple[float, str]):
     path = tmp_path / PARAMS_FILE
     path.write_text("seed: 7\n")
     time = FakeTime(path, *writes)
-    return path, workspace.Watch(path, load_params(path), clock=time.clock, sleep=time.sleep)
+    return path, dvc_workspace.Watch(path, load_params(path), clock=time.clock, sleep=time.sleep)
 
 
 def test_a_watch_describes_the_file_its_writer_leaves_not_a_torn_one(tmp_path):
@@ -77,15 +78,15 @@ def test_a_watch_passes_an_unchanged_file_at_once(tmp_path):
 def test_a_stage_refuses_params_that_its_own_dvc_exp_run_did_not_set(tmp_path, monkeypatch, command, allowed):
     (tmp_path / PARAMS_FILE).write_text("seed: 7\nbeta: 1.0\n")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv(workspace.BASELINE_VARIABLE, "0" * 40)
-    monkeypatch.setenv(workspace.ROOT_VARIABLE, str(tmp_path))
-    monkeypatch.setattr(workspace, "_dvc_command", lambda: command)
+    monkeypatch.setenv(dvc_workspace.BASELINE_VARIABLE, "0" * 40)
+    monkeypatch.setenv(dvc_workspace.ROOT_VARIABLE, str(tmp_path))
+    monkeypatch.setattr(dvc_workspace, "_dvc_command", lambda: command)
     if allowed:
-        workspace.refuse_other_values()
+        dvc_workspace.refuse_other_values()
     else:
         with pytest.raises(ParamsError, match=r"params.yaml holds seed: 7, but this `dvc exp run` set seed=8: "
                                               "another `dvc exp run` in this workspace wrote it; nothing was run"):
-            workspace.refuse_other_values()
+            dvc_workspace.refuse_other_values()
 
 
 def _git_sees_params_modified(repo, env, run) -> bool:

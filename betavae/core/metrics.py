@@ -24,10 +24,12 @@ import math
 
 import torch
 
-from betavae import idx, runtime
-from betavae.data import TEST_BINARIZATION_SEED, Split, ordered_batches
-from betavae.loss import gaussian_log_density, kl_per_dimension, reconstruction_per_image
-from betavae.model import ConvVAE, ModelConfig, training_memory_bytes
+from betavae.core import idx
+from betavae.core.data import TEST_BINARIZATION_SEED, Split, ordered_batches
+from betavae.core.footprint import training_memory_bytes
+from betavae.core.model import ConvVAE, ModelConfig
+from betavae.core.objective import gaussian_log_density, kl_per_dimension, reconstruction_per_image
+from betavae.speed import runtime
 
 METRICS = ("recon", "kl", "loss", "neg_elbo", "nll", "active_units", "kl_dims_90")  # reports/metrics.json's "test"
 BINARIZED_METRICS = ("nll", "bits_per_dim", "importance_samples", "binarization_seed")  # its "binarized"
@@ -54,7 +56,7 @@ def memory_bytes(latent_dim: int, samples: int, images: int, device: torch.devic
     samples, every image's posterior mean, and one decoder call."""
     noise = samples * IMAGES_PER_BATCH * (latent_dim * 4 + 8)
     means = images * latent_dim * 8 * 2
-    decode = training_memory_bytes(ModelConfig(latent_dim), _latents_per_decode(device)) // 2
+    decode = training_memory_bytes(ModelConfig(latent_dim, dropout=0.0), _latents_per_decode(device)) // 2
     return noise + means + decode
 
 

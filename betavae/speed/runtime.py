@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from betavae.errors import BetaVAEError
-from betavae.params import DEVICES, Params
 
 GIB = 1024**3
 
@@ -44,25 +43,26 @@ class Compute:
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
 
-def resolve(params: Params, local_rank: int = 0) -> Compute:
-    """The Compute for params; under torchrun on CUDA each process takes the GPU of its local rank."""
-    device = resolve_device(params.device)
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-    return Compute(device=device, autocast_dtype=_autocast_dtype(params.precision, device),
-                   channels_last=params.channels_last, compile=params.compile)
+def resolve(device: str, precision: str, channels_last: bool, compile: bool = False, local_rank: int = 0) -> Compute:
+    """The Compute for the params of these names; under torchrun on CUDA each process takes the
+    GPU of its local rank."""
+    chosen = resolve_device(device)
+    if chosen.type == "cuda":
+        chosen = torch.device("cuda", local_rank)
+    return Compute(device=chosen, autocast_dtype=_autocast_dtype(precision, chosen),
+                   channels_last=channels_last, compile=compile)
 
 
 def resolve_device(name: str) -> torch.device:
-    """auto (CUDA when present, else the CPU), cpu or cuda."""
-    if name not in DEVICES:
-        raise DeviceError(f"device must be one of {', '.join(DEVICES)}; got {name!r}")
+    """auto (CUDA when present, else the CPU), cpu or cuda: the device param's choices."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise DeviceError("device: cuda was requested, but CUDA is not available on this machine "
                           "(use device: auto or cpu)")
-    return torch.device(name)
+    if name in ("cpu", "cuda"):
+        return torch.device(name)
+    raise DeviceError(f"device {name!r} is not one this project runs on")
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

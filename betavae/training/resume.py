@@ -5,7 +5,7 @@ What is saved. After every epoch, process 0 writes the training state to the che
 generator (shuffling and augmentation) and every process's own RNG (dropout, reparameterisation
 noise; CUDA's too), the epochs done, the metric history, the best epoch so far (its weights,
 validation loss and per-dimension KL), the snapshot mosaics, and what produced it: the training
-params (params.TRAINING_PARAMS), a SHA-256 of each module training runs (dependencies.closure),
+params (params.stage_params(TRAIN)), a SHA-256 of each module training runs (dependencies.closure),
 the model architecture and the number of processes.
 
 When it is resumed. With resume mode "auto" (the default), a run continues after the last complete
@@ -36,12 +36,12 @@ from pathlib import Path
 
 import torch
 
-from betavae import atomic, checkpoint, distributed, dotted
-from betavae.dependencies import code_fingerprint
+from betavae.compat.code_dependencies import code_fingerprint
+from betavae.core.model import ARCHITECTURE
 from betavae.errors import BetaVAEError, one_line
-from betavae.model import ARCHITECTURE
-from betavae.params import TRAINING_PARAMS
-from betavae.state import BestEpoch, Outputs, Progress, Trainer
+from betavae.pipeline import atomic, dotted, modelfile
+from betavae.training import distributed
+from betavae.training.state import BestEpoch, Outputs, Progress, Trainer
 
 FORMAT = "betavae-train-state/3"  # 3: per-process RNGs, the process count, the latent KL of the best epoch
 MODES = ("auto", "never", "require")
@@ -64,7 +64,7 @@ def save(path: Path, trainer: Trainer, progress: Progress) -> None:
     atomic.write_torch(path, {
         "format": FORMAT,
         "architecture": ARCHITECTURE,
-        "params": trainer.params.select(TRAINING_PARAMS),
+        "params": trainer.params.training(),
         "code": code_fingerprint(),
         "world_size": trainer.world.size,
         "epoch": progress.epochs_done,
@@ -85,7 +85,7 @@ def restore(trainer: Trainer, path: Path, mode: str, log: Callable[[str], None])
     if mode == "never" or (mode == "auto" and not path.exists()):
         return Progress()
     try:
-        state = checkpoint.read(path, FORMAT)
+        state = modelfile.read(path, FORMAT)
         _check_same_run(state, trainer)
         progress = _check_state(state, trainer)
     except (BetaVAEError, KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
@@ -110,17 +110,17 @@ def discard(outputs: Outputs) -> None:
 
 
 def _check_same_run(state: dict, trainer: Trainer) -> None:
-    changed = dotted.differing(state["params"], trainer.params.select(TRAINING_PARAMS))
+    changed = dotted.differing(state["params"], trainer.params.training())
     if changed:
-        raise checkpoint.CheckpointError(f"checkpoint was written with different params ({', '.join(changed)})")
+        raise modelfile.CheckpointError(f"checkpoint was written with different params ({', '.join(changed)})")
     # DVC reruns the stage when its code changes; finishing the old code's run would pass off its
     # model as the new code's.
     saved, current = state["code"], code_fingerprint()
     changed = sorted(name for name in saved.keys() | current.keys() if saved.get(name) != current.get(name))
     if changed:
-        raise checkpoint.CheckpointError(f"checkpoint was written by other code ({', '.join(changed)} changed)")
+        raise modelfile.CheckpointError(f"checkpoint was written by other code ({', '.join(changed)} changed)")
     if state["world_size"] != trainer.world.size:
-        raise checkpoint.CheckpointError(f"checkpoint was written by {state['world_size']} processes, "
+        raise modelfile.CheckpointError(f"checkpoint was written by {state['world_size']} processes, "
                                          f"this run has {trainer.world.size}")
 
 

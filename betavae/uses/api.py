@@ -1,6 +1,6 @@
 """Use a trained model from Python: encode, decode, sample, reconstruct and traverse.
 
-    from betavae import api
+    from betavae.uses import api
     vae = api.load("models/model.pt")              # on CUDA if present, else the CPU
     digits = api.read_images(["a.png", "b.png"])   # 28x28 grey PNGs or one IDX file -> uint8 (N, 28, 28)
     mean, logvar = vae.encode(digits)              # the posterior, (N, Z) each
@@ -10,7 +10,7 @@
 Images may be uint8 (0-255) or float (0-1), shaped (N, 28, 28) or (N, 1, 28, 28), as torch
 tensors or numpy arrays; anything else is refused with an ImageError that says what it got, and a
 latent code of the wrong shape with a LatentError. Requests too large for the memory free here are
-refused before anything is allocated. The `betavae` command (betavae/cli.py) does the same from a
+refused before anything is allocated. The `betavae` command (betavae/uses/cli.py) does the same from a
 shell.
 """
 
@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from betavae import grids, idx, runtime
-from betavae.checkpoint import load_model
-from betavae.data import INFERENCE_BATCH
+from betavae.core import grids, idx
+from betavae.core.data import INFERENCE_BATCH
 from betavae.errors import BetaVAEError, one_line
+from betavae.pipeline.modelfile import load_model
+from betavae.speed import runtime
 
 SIDE = idx.IMAGE_SIDE
 TRAVERSAL_VALUES = torch.linspace(-3, 3, 11)  # -3 to +3 prior standard deviations
@@ -119,7 +120,7 @@ class TrainedModel:
                          rows: int | None = None):
         """The labelled traversal figure of the `rows` dimensions with most KL around `base`
         (default: TRAVERSAL_ROWS, or every dimension of a smaller code)."""
-        from betavae.figures import traversal_figure  # matplotlib: only drawing a figure needs it
+        from betavae.uses.figures import traversal_figure  # matplotlib: only drawing a figure needs it
 
         rows = min(TRAVERSAL_ROWS, self.latent_dim) if rows is None else rows
         if not isinstance(rows, int) or not 1 <= rows <= self.latent_dim:

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 if TYPE_CHECKING:
-    from betavae.model import ConvVAE
+    from betavae.core.model import ConvVAE
 
 SAMPLES = 64  # prior samples in a grid: the training snapshots, the plot stage, `betavae sample`
 COLUMNS = 8  # images per row of a grid

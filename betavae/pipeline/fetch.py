@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 from torchvision.datasets import MNIST
 
-from betavae import atomic, idx
+from betavae.core import idx
 from betavae.errors import BetaVAEError
+from betavae.pipeline import atomic
 
 # md5 of the uncompressed canonical files (torchvision checks only the .gz files).
 FILES = {

@@ -22,6 +22,8 @@ TRAIN_LABELS = "train-labels-idx1-ubyte"
 TEST_IMAGES = "t10k-images-idx3-ubyte"
 TEST_LABELS = "t10k-labels-idx1-ubyte"
 MNIST_FILES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
+MNIST_TRAIN_IMAGES = 60_000
+MNIST_TEST_IMAGES = 10_000
 
 
 class IdxError(BetaVAEError, ValueError):

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import torch
 
-from betavae import idx
-from betavae.params import Params
+from betavae.core import idx
 
 INFERENCE_BATCH = 1000  # images per forward pass outside training: validation, plots, the API
 TEST_BINARIZATION_SEED = 0  # the one binarization of the test set every binarized NLL is measured on
@@ -48,17 +47,19 @@ def load_split(data_dir: Path, images_name: str, labels_name: str, limit: int = 
     return Split(torch.from_numpy(images.copy()), torch.from_numpy(labels.astype("int64")))
 
 
-def load_train_val(data_dir: Path, params: Params) -> tuple[Split, Split]:
-    """The training pool (first data.limit images, or all) split by a seeded permutation; with
-    dynamic binarization, the validation images binarized once."""
-    pool = load_split(data_dir, idx.TRAIN_IMAGES, idx.TRAIN_LABELS, params.data.limit)
-    if len(pool) != params.pool_images:
-        raise idx.IdxError(f"{data_dir}: {len(pool)} training images, params expect {params.pool_images}")
-    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(params.seed))
-    val_index = order[: params.data.val_size].sort().values
-    train_index = order[params.data.val_size:].sort().values
+def load_train_val(data_dir: Path, seed: int, limit: int, val_size: int, binarize: str) -> tuple[Split, Split]:
+    """The training pool (the first `limit` images, or all) split by a permutation seeded by `seed`
+    into the rest and `val_size` validation images; with dynamic binarization, the validation
+    images binarized once."""
+    pool = load_split(data_dir, idx.TRAIN_IMAGES, idx.TRAIN_LABELS, limit)
+    expected = limit or idx.MNIST_TRAIN_IMAGES
+    if len(pool) != expected:
+        raise idx.IdxError(f"{data_dir}: {len(pool)} training images, params expect {expected}")
+    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))
+    val_index = order[:val_size].sort().values
+    train_index = order[val_size:].sort().values
     val = _take(pool, val_index)
-    if params.data.binarize == "dynamic":
+    if binarize == "dynamic":
         val = binarized(val, VALIDATION_BINARIZATION_SEED)
     return _take(pool, train_index), val
 

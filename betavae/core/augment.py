@@ -18,8 +18,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from betavae.params import INTERPOLATIONS
-
 
 def random_affine(x: torch.Tensor, rotation_degrees: float, translate: float,
                   generator: torch.Generator, interpolation: str = "nearest",
@@ -50,7 +48,5 @@ def draw_affine(batch: int, rotation_degrees: float, translate: float,
 
 def warp(x: torch.Tensor, theta: torch.Tensor, interpolation: str = "nearest") -> torch.Tensor:
     """x (B, C, H, W), theta (B, 2, 3) -> output pixel at u takes x at theta @ [u, 1]."""
-    if interpolation not in INTERPOLATIONS:
-        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode=interpolation, padding_mode="zeros", align_corners=False)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
+from betavae.core.model import ARCHITECTURE, ConvVAE, ModelConfig
 from betavae.errors import BetaVAEError, one_line
-from betavae.model import ARCHITECTURE, ConvVAE, ModelConfig
 
 MODEL_FORMAT = "betavae-model/2"  # 2: records only the training params, and the latent KL
 

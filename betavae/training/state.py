@@ -10,10 +10,11 @@ from pathlib import Path
 
 import torch
 
-from betavae import distributed, runtime
-from betavae.data import Split
-from betavae.model import ConvVAE
-from betavae.params import Params
+from betavae.core.data import Split
+from betavae.core.model import ConvVAE
+from betavae.pipeline.params import Params
+from betavae.speed import runtime
+from betavae.training import distributed
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from betavae.data import INFERENCE_BATCH, Split, to_float
+from betavae.core.data import INFERENCE_BATCH, Split, to_float
+from betavae.core.model import ARCHITECTURE, ConvVAE
 from betavae.errors import BetaVAEError, one_line
-from betavae.explorer import DECODER, ENCODER
-from betavae.model import ARCHITECTURE, ConvVAE
+from betavae.uses.explorer import DECODER, ENCODER
 
 EXPLORER_FORMAT = "betavae-explorer/1"
 OPSET = 18  # read by every onnxruntime since 1.14, the browser's included

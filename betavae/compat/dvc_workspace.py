@@ -37,8 +37,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from betavae import dotted, errors
-from betavae.params import PARAMS_FILE, Params, ParamsError, load_params, parse_yaml, read_yaml
+from betavae import errors
+from betavae.pipeline import dotted, yamlfile
+from betavae.pipeline.params import PARAMS_FILE, Params, ParamsError, load_params
 
 BASELINE_VARIABLE = "DVC_EXP_BASELINE_REV"  # set by `dvc exp run` for its stages
 ROOT_VARIABLE = "DVC_ROOT"  # the repository the experiment belongs to
@@ -66,7 +67,7 @@ def refuse_other_values() -> None:
     if not overrides:
         return
     try:
-        now = read_yaml(root / PARAMS_FILE)
+        now = yamlfile.read(root / PARAMS_FILE)
     except ParamsError:
         return  # load_params reports a bad params.yaml
     if not isinstance(now, dict):
@@ -223,7 +224,7 @@ def _overrides() -> dict[str, str] | None:
 def _scalar(text: str) -> object:
     """A -S value as YAML 1.2 reads it; MISSING for anything but a plain scalar (a sweep, a list)."""
     try:
-        value = parse_yaml(text, "-S")
+        value = yamlfile.parse(text, "-S")
     except ParamsError:
         return dotted.MISSING
     return value if isinstance(value, (str, int, float, bool)) or value is None else dotted.MISSING
@@ -241,7 +242,7 @@ def _differences(root: Path, baseline: str) -> dict[str, object]:
     """{dotted key: value in params.yaml} for every key whose value differs from the baseline's."""
     committed = subprocess.run(["git", "show", f"{baseline}:{PARAMS_FILE}"], cwd=root, capture_output=True,
                                text=True, check=True).stdout
-    before, now = parse_yaml(committed, f"{baseline}:{PARAMS_FILE}") or {}, read_yaml(root / PARAMS_FILE) or {}
+    before, now = yamlfile.parse(committed, f"{baseline}:{PARAMS_FILE}") or {}, yamlfile.read(root / PARAMS_FILE) or {}
     return {key: dotted.get(now, key, None) for key in dotted.differing(before, now)}
 
 

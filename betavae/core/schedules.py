@@ -6,10 +6,18 @@ Progress t is fractional (step / steps_per_epoch), so both schedules move every 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from betavae.params import Params
+
+class Schedule(Protocol):
+    """What the schedules read of the params (betavae.pipeline.params.Params has these)."""
+
+    epochs: int
+    beta: float
+    base_lr: float
+    max_lr: float
+    warmup_epochs: int
+    kl_anneal_epochs: int
 
 
 def learning_rate(t: float, base_lr: float, max_lr: float, warmup_epochs: float,
@@ -31,7 +39,7 @@ def kl_weight(t: float, beta: float, anneal_epochs: float) -> float:
     return beta * min(1.0, t / anneal_epochs)
 
 
-def warnings(params: Params) -> list[str]:
+def warnings(params: Schedule) -> list[str]:
     """Schedules longer than training are run as given (a quick `-S epochs=3` run never reaches the
     peak, as in the spec's own script); say so, naming the key."""
     found = []

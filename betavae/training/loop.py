@@ -3,8 +3,8 @@
 One epoch = one pass over a fresh seeded permutation of the training images. Each step: gather a
 uint8 batch, augment it, forward, β-VAE loss with the annealed KL weight, backward, clip, AdamW step
 at the scheduled learning rate. After each epoch: validation (never augmented), metrics and
-snapshots to DVCLive, and the training state for resuming (betavae/resume.py). Under torchrun the
-same loop runs in every process on its share of each batch (betavae/distributed.py).
+snapshots to DVCLive, and the training state for resuming (betavae/training/resume.py). Under torchrun the
+same loop runs in every process on its share of each batch (betavae/training/distributed.py).
 
 DVCLive writes to a directory beside the checkpoint while the run is unfinished; the finished run's
 logs replace the committed ones at the end, with model.pt, so a run that stops early leaves every
@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from betavae import atomic, checkpoint, distributed, grids, resume, runtime, schedules
-from betavae.augment import random_affine
-from betavae.data import (
+from betavae.core import grids, schedules
+from betavae.core.augment import random_affine
+from betavae.core.data import (
     INFERENCE_BATCH,
     Split,
     load_train_val,
@@ -32,11 +32,15 @@ from betavae.data import (
     shuffled_batches,
     to_float,
 )
+from betavae.core.footprint import training_memory_bytes
+from betavae.core.model import ConvVAE, ModelConfig
+from betavae.core.objective import LossTerms, beta_vae_loss, kl_per_dimension, reconstruction_per_image
 from betavae.errors import BetaVAEError
-from betavae.loss import LossTerms, beta_vae_loss, kl_per_dimension, reconstruction_per_image
-from betavae.model import ConvVAE, ModelConfig, training_memory_bytes
-from betavae.params import TRAINING_PARAMS, Params
-from betavae.state import BestEpoch, Outputs, Progress, Trainer
+from betavae.pipeline import atomic, modelfile
+from betavae.pipeline.params import Params
+from betavae.speed import runtime
+from betavae.training import distributed, resume
+from betavae.training.state import BestEpoch, Outputs, Progress, Trainer
 
 SNAPSHOT_RECONSTRUCTIONS = 16  # validation images shown with their reconstructions in each snapshot
 
@@ -73,13 +77,16 @@ def prepare(params: Params, data_dir: Path, world: distributed.World) -> Trainer
     if params.batch_size % world.size:  # validation checks this where the launcher names the count
         raise distributed.OutOfSync(f"batch_size {params.batch_size} is not divisible by the {world.size} "
                                     "processes running")
-    compute = runtime.resolve(params, world.local_rank)
-    runtime.check_memory(training_memory_bytes(ModelConfig(params.z_dim), params.batch_size // world.size),
+    compute = runtime.resolve(params.device, params.precision, params.channels_last, params.compile,
+                              world.local_rank)
+    config = ModelConfig(latent_dim=params.z_dim, dropout=params.dropout)
+    runtime.check_memory(training_memory_bytes(config, params.batch_size // world.size),
                          f"training with z_dim {params.z_dim} and batch_size {params.batch_size}", compute.device)
     distributed.join(world, compute.device)
     runtime.make_deterministic(distributed.rank_seed(params.seed, world.rank), compute.device)
-    train_split, val_split = load_train_val(data_dir, params)
-    model = ConvVAE(ModelConfig(latent_dim=params.z_dim, dropout=params.dropout))
+    train_split, val_split = load_train_val(data_dir, params.seed, params.data.limit, params.data.val_size,
+                                           params.data.binarize)
+    model = ConvVAE(config)
     model = compute.place(distributed.prepare_model(model, world, compute.device))
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.base_lr, weight_decay=params.weight_decay)
     generator = torch.Generator(compute.device).manual_seed(params.seed)
@@ -247,7 +254,7 @@ def _log(live, progress: Progress, upto: int) -> None:
 
 def _write_model(trainer: Trainer, progress: Progress, path: Path) -> None:
     best = progress.best
-    record = checkpoint.model_record(best.weights, trainer.model.config, trainer.params.select(TRAINING_PARAMS),
+    record = modelfile.model_record(best.weights, trainer.model.config, trainer.params.training(),
                                      best.epoch, best.val_loss, best.latent_kl)
     atomic.write_torch(path, record)
 

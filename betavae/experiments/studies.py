@@ -33,10 +33,11 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from betavae import dotted, experiments
+from betavae.core.metrics import BINARIZED_METRICS, METRICS
 from betavae.errors import BetaVAEError, one_line
-from betavae.evaluate import BINARIZED_METRICS, METRICS
-from betavae.params import Params, ParamsError, parse_params, read_yaml
+from betavae.experiments import table
+from betavae.pipeline import dotted, yamlfile
+from betavae.pipeline.params import Params, ParamsError, parse_params
 
 SPACE_KEYS = ("study", "objectives", "params", "fixed", "sampler")
 SAMPLERS = ("tpe", "nsga2", "random")
@@ -77,7 +78,7 @@ def load_space(path: str | Path) -> Space:
     """The search space at path, validated; SearchError naming the key otherwise."""
     path = Path(path)
     try:
-        raw = read_yaml(path)
+        raw = yamlfile.read(path)
     except ParamsError as error:
         raise SearchError(str(error)) from None
     return parse_space(raw, str(path))
@@ -298,9 +299,9 @@ class Runner:
 
 
 def find_experiment(name: str, repo: Path | str | None = None, commits: int = 1) -> dict | None:
-    """DVC's row (experiments.exp_show) for the finished experiment of this name on the last `commits`
+    """DVC's row (table.exp_show) for the finished experiment of this name on the last `commits`
     commits (1: HEAD's experiments, as a running search makes them), or None."""
-    for row in experiments.exp_show(repo, num=commits):
+    for row in table.exp_show(repo, num=commits):
         if row.get("Experiment") == name and row.get("State") not in ("Failed", "Queued", "Running"):
             return row
     return None

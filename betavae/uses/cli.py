@@ -21,7 +21,7 @@ from pathlib import Path
 
 from betavae import errors
 from betavae.errors import BetaVAEError
-from betavae.params import MAX_SEED, PARAMS_FILE
+from betavae.pipeline.params import MAX_SEED, PARAMS_FILE
 
 PROGRAM = "betavae"
 DEFAULT_MODEL = Path("models/model.pt")
@@ -130,14 +130,16 @@ def _bounded(low: int, high: int | None):
 
 
 def _sample(args) -> None:
-    from betavae import api, grids
+    from betavae.core import grids
+    from betavae.uses import api
 
     _check_out(args.out)
     _write_grid(args.out, api.load(args.model, args.device).sample(args.count or grids.SAMPLES, args.seed))
 
 
 def _reconstruct(args) -> None:
-    from betavae import api, grids
+    from betavae.core import grids
+    from betavae.uses import api
 
     _check_out(args.out)
     images = _read_images(args.images)
@@ -152,7 +154,8 @@ def _encode(args) -> None:
     import numpy as np
     import torch
 
-    from betavae import api, atomic
+    from betavae.pipeline import atomic
+    from betavae.uses import api
 
     if args.out.suffix not in (".csv", ".npy"):
         raise UsageError(f"--out {args.out}: must end in .csv or .npy")
@@ -169,7 +172,8 @@ def _encode(args) -> None:
 
 
 def _traverse(args) -> None:
-    from betavae import api, atomic
+    from betavae.pipeline import atomic
+    from betavae.uses import api
 
     _check_out(args.out)
     vae = api.load(args.model, args.device)
@@ -187,7 +191,9 @@ def _traverse(args) -> None:
 
 
 def _digits(args) -> None:
-    from betavae import api, atomic, grids
+    from betavae.core import grids
+    from betavae.pipeline import atomic
+    from betavae.uses import api
 
     if not args.out_dir.is_dir():
         raise UsageError(f"--out-dir {args.out_dir}: not a directory")
@@ -198,8 +204,8 @@ def _digits(args) -> None:
 
 
 def _check_params(args) -> None:
-    from betavae import schedules
-    from betavae.params import load_params
+    from betavae.core import schedules
+    from betavae.pipeline.params import load_params
 
     for warning in schedules.warnings(load_params(args.params)):
         print(f"{PROGRAM}: warning: {warning}")
@@ -209,7 +215,7 @@ def _check_params(args) -> None:
 def _explore(args) -> None:
     import webbrowser
 
-    from betavae import explorer
+    from betavae.uses import explorer
 
     running = explorer.server(args.dir, args.port)
     print(f"{PROGRAM}: the explorer is at {explorer.url(running)} (Ctrl-C stops it)", flush=True)
@@ -224,7 +230,7 @@ def _explore(args) -> None:
 
 
 def _read_images(paths: list[Path]):
-    from betavae import api
+    from betavae.uses import api
 
     images = api.read_images(paths)
     if len(images) > MAX_GRID_IMAGES:
@@ -238,7 +244,8 @@ def _check_out(path: Path) -> None:
 
 
 def _write_grid(path: Path, images, columns: int | None = None) -> None:
-    from betavae import atomic, grids
+    from betavae.core import grids
+    from betavae.pipeline import atomic
 
     atomic.write_bytes(path, grids.png(grids.mosaic(images, columns or grids.COLUMNS)))
     print(f"{PROGRAM}: {len(images)} images written to {path}")

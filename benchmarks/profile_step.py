@@ -74,7 +74,7 @@ class _Step:
 
     def __call__(self) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
-            logits, mu, logvar = self.model(self.x)
+            logits, mu, logvar, _ = self.model(self.x)
         loss = beta_vae_loss(logits.float(), self.x, mu.float(), logvar.float(), 0.8).loss
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -166,7 +166,7 @@ class Conventional:
             for group in self.optimizer.param_groups:
                 group["lr"] = schedules.learning_rate(t, p.base_lr, p.max_lr, p.warmup_epochs, p.epochs)
             x = self._next().to(self.device, non_blocking=True)
-            logits, mu, logvar = model(x)
+            logits, mu, logvar, _ = model(x)
             loss = beta_vae_loss(logits, x, mu, logvar, schedules.kl_weight(t, p.beta, p.kl_anneal_epochs)).loss
             self.optimizer.zero_grad()
             loss.backward()
@@ -211,7 +211,7 @@ class Floor:
     def _step(self) -> None:
         with torch.autocast(self.compute.device.type, dtype=self.autocast_dtype,
                             enabled=self.autocast_dtype is not None):
-            logits, mu, logvar = self.model(self.x)
+            logits, mu, logvar, _ = self.model(self.x)
         loss = beta_vae_loss(logits, self.x, mu, logvar, self.params.beta).loss
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -266,7 +266,7 @@ torch.manual_seed(0)
 model, x = ConvVAE(ModelConfig(latent_dim=32, dropout=0.1)), torch.rand(256, 1, 28, 28)
 def step():
     model.zero_grad(set_to_none=False)
-    logits, mu, logvar = model(x)
+    logits, mu, logvar, _ = model(x)
     (logits.square().mean() + mu.square().mean()).backward()
 def faults():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

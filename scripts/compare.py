@@ -27,7 +27,7 @@ from betavae import errors
 from betavae.core.metrics import METRICS
 from betavae.errors import BetaVAEError
 from betavae.experiments import table
-from betavae.pipeline import atomic
+from betavae.pipeline import atomic, pictures
 
 PARAMS = ("beta", "z_dim", "epochs", "seed")
 INTEGER_PARAMS = ("z_dim", "epochs", "seed", "active_units", "kl_dims_90")  # the API gives every number as a float
@@ -125,7 +125,7 @@ def _main() -> None:
     atomic.write_text(args.csv, to_csv(runs))
     written = [args.csv]
     if args.figure:
-        atomic.write_figure(Path(args.figure), figure(runs, args.title))
+        atomic.write_bytes(Path(args.figure), pictures.figure_bytes(figure(runs, args.title), args.figure))
         written.append(args.figure)
     for run in runs:
         print(f"compare: {run['name']}: β={run['beta']:g} recon {run['recon']:.2f} kl {run['kl']:.2f} "

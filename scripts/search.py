@@ -18,7 +18,7 @@ from pathlib import Path
 
 from betavae import errors
 from betavae.experiments import studies
-from betavae.pipeline import atomic
+from betavae.pipeline import atomic, pictures
 
 
 def main() -> None:
@@ -56,8 +56,8 @@ def write_reports(study, space: studies.Space, reports: Path) -> None:
     atomic.write_text(reports / "search" / f"{space.study}_front.csv",
                       _csv([_row(trial, keys, metrics) for trial in sorted(best, key=lambda t: t.values)]))
     if len(metrics) == 2:
-        atomic.write_figure(reports / "search" / f"{space.study}_front.png",
-                            front_figure(finished, best, metrics, space.study))
+        path = reports / "search" / f"{space.study}_front.png"
+        atomic.write_bytes(path, pictures.figure_bytes(front_figure(finished, best, metrics, space.study), path))
     print(f"search: {len(finished)} of {len(rows)} trials finished; the front holds {len(best)}")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from betavae.compat import dvc_workspace
-from betavae.core.data import TEST_BINARIZATION_SEED, binarized, load_test
+from betavae.core.data import load_test
 from betavae.core.idx import MNIST_TEST_IMAGES
 from betavae.core.metrics import binarized_summary, latent_rows, memory_bytes, per_digit, per_image, summarize
 from betavae.pipeline import atomic
@@ -37,27 +37,26 @@ def main() -> None:
     compute = runtime.resolve(params.device, params.precision, params.channels_last)
     runtime.make_deterministic(params.seed, compute.device)
     runtime.retain_freed_memory()
-    model, record = load_model(args.model, compute.device)
+    model, trained = load_model(args.model, compute.device)
     images = params.data.limit or MNIST_TEST_IMAGES
     samples = max(params.eval.iw_samples, params.eval.binarized_samples)
     runtime.check_memory(memory_bytes(model.config.latent_dim, samples, images, compute.device),
                          f"evaluation with {samples} importance samples", compute.device)
     model = compute.place(model)
     # The data and the loss the model was trained for, from its file, not today's params.yaml.
-    beta, binarize = record["params"]["beta"], record["params"]["data"].get("binarize", "none")
-    grey = load_test(args.data, params.data.limit)
-    binary = binarized(grey, TEST_BINARIZATION_SEED)
-    test = (binary if binarize == "dynamic" else grey).to(compute.device)
+    test = load_test(args.data, params.data.limit, trained.params.data.binarize).to(compute.device)
+    binary = load_test(args.data, params.data.limit, "dynamic").to(compute.device)
     generator = torch.Generator(compute.device).manual_seed(params.seed)
     results = per_image(model, test, params.eval.iw_samples, compute, generator)
-    metrics = {key: _round(value) for key, value in summarize(results, beta).items()}
-    literature = per_image(model, binary.to(compute.device), params.eval.binarized_samples, compute, generator)
+    metrics = {key: _round(value) for key, value in summarize(results, trained.params.beta).items()}
+    literature = per_image(model, binary, params.eval.binarized_samples, compute, generator)
     summary = binarized_summary(literature, params.eval.binarized_samples)
     protocol = {key: _round(value) for key, value in summary.items()}
     watch.check()
-    atomic.write_json(args.metrics, {"test": metrics, "binarized": protocol})
-    atomic.write_text(args.per_digit, _csv(per_digit(results, test.labels)))
-    atomic.write_text(args.latent_kl, _csv(latent_rows(results)))
+    with atomic.Together() as outputs:
+        outputs.json(args.metrics, {"test": metrics, "binarized": protocol})
+        outputs.text(args.per_digit, _csv(per_digit(results, test.labels)))
+        outputs.text(args.latent_kl, _csv(latent_rows(results)))
     print("evaluate: " + ", ".join(f"{key} {value}" for key, value in metrics.items()))
     print(f"evaluate: binarized test set, {params.eval.binarized_samples} importance samples: "
           f"nll {protocol['nll']} nats, {protocol['bits_per_dim']} bits/dim")

@@ -24,16 +24,17 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
     watch = dvc_workspace.Watch(args.params, params)
-    model, record = load_model(args.model, torch.device("cpu"))
+    model, trained = load_model(args.model, torch.device("cpu"))
     # The digits the model was trained on: binary ones for a model of binarized MNIST.
-    test = load_test(args.data, params.data.limit, record["params"]["data"].get("binarize", "none"))
+    test = load_test(args.data, params.data.limit, trained.params.data.binarize)
     graphs = onnx_graphs.to_onnx(model)
     differences = onnx_graphs.check(graphs, model, test.images)
-    page = onnx_graphs.explorer_record(record, test, differences)
+    page = onnx_graphs.explorer_page(trained, test, differences)
     watch.check()
-    for name, data in graphs.items():
-        atomic.write_bytes(args.out / name, data)
-    atomic.write_json(args.out / explorer.EXPLORER, page)
+    with atomic.Together() as outputs:  # the page's graphs and its digits always belong to one model
+        for name, data in graphs.items():
+            outputs.bytes(args.out / name, data)
+        outputs.json(args.out / explorer.EXPLORER, page)
     print(f"export: {explorer.ENCODER} and {explorer.DECODER} written to {args.out}; onnxruntime agrees with "
           f"PyTorch on {len(test)} test images within {max(differences.values()):.2g} "
           f"(tolerance {onnx_graphs.TOLERANCE:g})")

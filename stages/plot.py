@@ -9,10 +9,12 @@ import torch
 from betavae.compat import dvc_workspace
 from betavae.core import grids
 from betavae.core.data import INFERENCE_BATCH, load_test, ordered_batches, to_float
-from betavae.pipeline import atomic
+from betavae.pipeline import atomic, pictures
 from betavae.pipeline.params import PARAMS_FILE, load_params
 from betavae.uses import api, figures
 
+FIGURES = ("training_history.png", "samples.png", "reconstructions.png", "interpolation.png",
+           "latent_projection.png", "traversal.png")  # what --out holds; README shows the first three
 RECONSTRUCTIONS = 32  # test images shown with their reconstructions
 INTERPOLATION_ROWS = 6
 INTERPOLATION_STEPS = 10
@@ -32,26 +34,28 @@ def main() -> None:
     torch.manual_seed(params.seed)
     # Figures are cheap; the CPU in fp32 keeps them identical wherever the model was trained.
     vae = api.load(args.model, device="cpu")
-    test = load_test(args.data, params.data.limit, vae.record["params"]["data"].get("binarize", "none"))
+    test = load_test(args.data, params.data.limit, vae.model_file.params.data.binarize)
     history = figures.history_figure(figures.read_history(args.history))
     pairs = torch.randperm(len(test), generator=torch.Generator().manual_seed(params.seed))
     starts, ends = (to_float(test.images[index]) for index in pairs[: 2 * INTERPOLATION_ROWS].view(2, -1))
     with torch.no_grad():
         means = torch.cat([vae.model.encode(x)[0] for x, _ in ordered_batches(test, INFERENCE_BATCH)])
-    pictures = {
-        "samples.png": grids.mosaic(vae.sample(grids.SAMPLES, params.seed)),
-        "reconstructions.png": grids.mosaic(grids.reconstructions(vae.model, to_float(test.images[:RECONSTRUCTIONS]))),
-        "interpolation.png": grids.mosaic(grids.interpolations(vae.model, starts, ends, INTERPOLATION_STEPS),
-                                          INTERPOLATION_STEPS),
-    }
+    reconstructed = grids.reconstructions(vae.model, to_float(test.images[:RECONSTRUCTIONS]))
+    interpolated = grids.interpolations(vae.model, starts, ends, INTERPOLATION_STEPS)
     traversal = vae.traversal_figure(means[TRAVERSAL_IMAGE], f"the posterior mean of test image {TRAVERSAL_IMAGE}")
+    drawn = {
+        "training_history.png": pictures.figure_bytes(history),
+        "samples.png": pictures.pixels_bytes(grids.mosaic(vae.sample(grids.SAMPLES, params.seed))),
+        "reconstructions.png": pictures.pixels_bytes(grids.mosaic(reconstructed)),
+        "interpolation.png": pictures.pixels_bytes(grids.mosaic(interpolated, INTERPOLATION_STEPS)),
+        "latent_projection.png": pictures.figure_bytes(figures.projection_figure(means, test.labels)),
+        "traversal.png": pictures.figure_bytes(traversal),
+    }
     watch.check()
-    atomic.write_figure(args.out / "training_history.png", history)
-    for name, pixels in pictures.items():
-        atomic.write_bytes(args.out / name, grids.png(pixels))
-    atomic.write_figure(args.out / "latent_projection.png", figures.projection_figure(means, test.labels))
-    atomic.write_figure(args.out / "traversal.png", traversal)
-    print(f"plot: figures written to {args.out}")
+    with atomic.Together() as outputs:
+        for name in FIGURES:
+            outputs.bytes(args.out / name, drawn[name])
+    print(f"plot: {len(FIGURES)} figures written to {args.out}")
 
 
 if __name__ == "__main__":

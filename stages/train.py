@@ -53,7 +53,7 @@ def main() -> None:
         raise
     except distributed.PeerLost:
         raise SystemExit(launch.PEER_LOST_STATUS) from None  # the launcher names the process that stopped
-    _log(f"best validation loss {progress.best.val_loss:.3f} at epoch {progress.best.epoch}; "
+    _log(f"best validation {params.select.metric} {progress.best.value:.3f} at epoch {progress.best.epoch}; "
          f"model written to {args.model}")
 
 

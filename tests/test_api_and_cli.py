@@ -193,7 +193,7 @@ def test_digits_writes_test_images_as_pngs_that_the_commands_read_back(tmp_path,
 
 
 @pytest.mark.parametrize("make_args, message", [
-    (lambda m, t, p: ["sample", "--model", t / "none.pt", "--out", t / "s.png"], "none.pt: no such checkpoint"),
+    (lambda m, t, p: ["sample", "--model", t / "none.pt", "--out", t / "s.png"], "none.pt: no such file"),
     (lambda m, t, p: ["sample", "--model", _damaged(m, t), "--out", t / "s.png"],
      "damaged.pt: unreadable, truncated or not a torch checkpoint"),
     (lambda m, t, p: ["sample", "--model", m, "--out", t / "missing" / "s.png"],

@@ -91,6 +91,6 @@ def _step_gflop() -> float:
     from betavae.core.model import ConvVAE, ModelConfig
     model, counter = ConvVAE(ModelConfig(latent_dim=32, dropout=0.1)), FlopCounterMode(display=False)
     with counter:
-        logits, mu, logvar = model(torch.zeros(256, 1, 28, 28))
+        logits, mu, logvar, _ = model(torch.zeros(256, 1, 28, 28))
         (logits.sum() + mu.sum() + logvar.sum()).backward()
     return counter.get_total_flops() / 1e9

@@ -6,13 +6,14 @@ import math
 import pytest
 import torch
 
-import betavae.training.loop as training
 from betavae.core import metrics
-from betavae.core.data import TEST_BINARIZATION_SEED, Split, binarized, load_test, sample_binary, to_float
+from betavae.core.data import TEST_BINARIZATION_SEED, Split, bernoulli, binarized, load_test, to_float
 from betavae.core.model import ConvVAE, ModelConfig
 from betavae.core.objective import gaussian_log_density
 from betavae.pipeline import modelfile
+from betavae.pipeline.params import parse_params
 from betavae.speed import runtime
+from betavae.training import loop as training
 from betavae.training.distributed import World
 from betavae.training.state import Outputs
 
@@ -39,16 +40,13 @@ def test_the_binarization_of_held_out_images_is_fixed_by_its_seed_and_draws_each
                        torch.full((3, 28, 28), 255, dtype=torch.uint8))
 
 
-@pytest.mark.parametrize("size", [1, 2, 4])
-def test_training_draws_are_fresh_each_time_and_the_shards_of_processes_are_the_one_process_batch(size):
-    x = to_float(_grey(32).images)
-    single = sample_binary(x, torch.Generator().manual_seed(3))
-    shards = [sample_binary(x[World(rank, size).share(32)], torch.Generator().manual_seed(3), batch_size=32,
-                            share=World(rank, size).share(32)) for rank in range(size)]
-    assert torch.equal(torch.cat(shards), single)
+def test_training_draws_are_fresh_each_time_and_each_pixel_is_on_with_its_grey_value():
+    x = to_float(_grey(256).images)
     generator = torch.Generator().manual_seed(3)
-    assert not torch.equal(sample_binary(x, generator), sample_binary(x, generator))
-    assert set(single.unique().tolist()) <= {0.0, 1.0}
+    first, second = (bernoulli(x, torch.rand(x.shape, generator=generator)) for _ in range(2))
+    assert not torch.equal(first, second) and set(first.unique().tolist()) <= {0.0, 1.0}
+    assert first.mean().item() == pytest.approx(x.mean().item(), abs=0.005)
+    assert torch.equal(bernoulli(torch.ones(2, 1, 28, 28), torch.rand(2, 1, 28, 28)), torch.ones(2, 1, 28, 28))
 
 
 def _model() -> ConvVAE:
@@ -86,34 +84,38 @@ def test_the_literature_numbers_are_in_nats_and_bits_per_dimension():
     summary = metrics.binarized_summary(results, 5)
     assert summary["bits_per_dim"] == pytest.approx(summary["nll"] / (784 * math.log(2)))
     assert (summary["importance_samples"], summary["binarization_seed"]) == (5, TEST_BINARIZATION_SEED)
-    assert list(summary) == list(metrics.BINARIZED_METRICS)
+    names = [metric.name for metric in metrics.BINARIZED_METRICS]
+    assert list(summary) == [*names, "importance_samples", "binarization_seed"]
 
 
-def test_without_binarization_training_never_draws_binary_images(tmp_path, mnist_dir, tiny_parsed, monkeypatch):
-    """What keeps `data.binarize: none` the training it always was: not one extra random draw."""
-    def forbidden(*args, **kwargs):
-        raise AssertionError("sample_binary called with data.binarize: none")
-
-    monkeypatch.setattr(training, "sample_binary", forbidden)
+def test_without_binarization_training_never_draws_binary_images(tmp_path, mnist_dir, tiny_parsed):
+    """What keeps `data.binarize: none` the training it always was: not one extra random draw. After an
+    epoch, the run's shared generator has made the permutation and the augmentation's draws, no more."""
+    params = tiny_parsed(epochs=1)
+    trainer = training.prepare(params, mnist_dir, World())
+    step = training.make_step(trainer)
+    step.start_epoch(1)
+    for _ in range(step.steps):
+        step()
+    expected = torch.Generator().manual_seed(params.seed)
+    torch.randperm(len(trainer.train), generator=expected)
+    for _ in range(step.steps):
+        torch.rand(params.batch_size, 3, generator=expected)
+    assert torch.equal(trainer.generator.get_state(), expected.get_state())
     outputs = Outputs(tmp_path / "model.pt", tmp_path / "checkpoint.pt", tmp_path / "live")
-    training.train(tiny_parsed(epochs=1), mnist_dir, outputs, log=lambda _: None)
-    _, record = modelfile.load_model(tmp_path / "model.pt", torch.device("cpu"))
-    assert record["params"]["data"]["binarize"] == "none"
+    training.train(params, mnist_dir, outputs, log=lambda _: None)
+    assert modelfile.ModelFile.read(tmp_path / "model.pt").params.data.binarize == "none"
 
 
 def test_a_dynamically_binarized_run_validates_and_is_tested_on_binary_images(
-        stage_dir, stage, yaml_text, tiny, monkeypatch):
+        stage_dir, stage, yaml_text, tiny):
     params = tiny(epochs=1, beta=1.0, data={**tiny()["data"], "binarize": "dynamic"},
                   eval={"iw_samples": 2, "binarized_samples": 3})
     stage_dir.params.write_text(yaml_text(params))
-    seen = []
-    real_step = training.train_step
-    monkeypatch.setattr(training, "train_step", lambda trainer, batch, t: (seen.append(trainer), real_step(
-        trainer, batch, t))[1])
-    assert stage("train", stage_dir.train()).status == 0
-    trainer = seen[0]
+    trainer = training.prepare(parse_params(params), stage_dir.root / "mnist", World())
     assert set(trainer.val.images.unique().tolist()) <= {0, 255}  # validation: binarized once
     assert len(trainer.train.images.unique()) > 2  # training: grey, drawn afresh each step
+    assert stage("train", stage_dir.train()).status == 0
     ended = stage("evaluate", stage_dir.evaluate())
     assert ended.status == 0, ended.stderr
     metrics = json.loads((stage_dir.root / "metrics.json").read_text())

@@ -11,29 +11,47 @@ from pathlib import Path
 import pytest
 import torch
 
-from betavae.core.augment import random_affine
-from betavae.core.data import to_float
+from betavae.core.data import Split
+from betavae.core.model import ConvVAE, ModelConfig
 from betavae.pipeline import launch
 from betavae.pipeline.params import PARAMS_FILE, ParamsError, parse_params
+from betavae.speed import runtime
 from betavae.training.distributed import World
+from betavae.training.state import Trainer
+from betavae.training.step import Step
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
 
+def _first_step_images(world: World, **overrides) -> torch.Tensor:
+    """The images a process's first training step feeds the model (its share of the batch)."""
+    launcher = "python" if world.size == 1 else f"torchrun --standalone --nproc-per-node {world.size}"
+    params = parse_params({"batch_size": 32, "data": {"limit": 200, "val_size": 50}, "launcher": launcher,
+                           "augment": {"rotation": 10.0, "translate": 0.1}, **overrides})
+    images = (torch.rand(200, 28, 28, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8)
+    model = ConvVAE(ModelConfig(latent_dim=4, dropout=0.0))
+    seen = []
+    trainer = Trainer(params, runtime.resolve("cpu", "fp32", channels_last=False), world, model,
+                      lambda x, samples: (seen.append(x), model(x, samples))[1],
+                      torch.optim.AdamW(model.parameters()), torch.Generator().manual_seed(params.seed),
+                      Split(images[:150], torch.zeros(150, dtype=torch.long)), Split(images[150:], torch.zeros(50)))
+    step = Step(trainer, capture=False)
+    step.start_epoch(1)
+    step()
+    return seen[0]
+
+
 @pytest.mark.parametrize("size", [1, 2, 4])
-def test_the_shards_of_every_process_put_back_together_are_the_single_process_batch(size):
-    images = (torch.rand(64, 28, 28) * 255).to(torch.uint8)
-    batch = torch.randperm(64, generator=torch.Generator().manual_seed(0))[:32]
-
-    def augmented(world: World) -> torch.Tensor:
-        share = world.share(len(batch))
-        return random_affine(to_float(images[batch[share]]), 10.0, 0.1, torch.Generator().manual_seed(5),
-                             batch_size=len(batch), share=share)
-
-    single = augmented(World())
-    shards = [augmented(World(rank=rank, size=size)) for rank in range(size)]
+@pytest.mark.parametrize("binarize", ["none", "dynamic"])
+def test_the_shards_of_every_process_put_back_together_are_the_single_process_batch(size, binarize):
+    """Each process draws the augmentation and binarization for the whole batch and keeps its share."""
+    single = _first_step_images(World(), data={"limit": 200, "val_size": 50, "binarize": binarize})
+    shards = [_first_step_images(World(rank=rank, size=size), data={"limit": 200, "val_size": 50,
+                                                                     "binarize": binarize})
+              for rank in range(size)]
     assert all(len(shard) == 32 // size for shard in shards)
     assert torch.equal(torch.cat(shards), single)
+    assert (binarize == "dynamic") == (set(single.unique().tolist()) <= {0.0, 1.0})
 
 
 def test_a_batch_the_processes_cannot_share_equally_is_refused_naming_the_key():

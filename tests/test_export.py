@@ -78,7 +78,7 @@ def test_a_graph_onnxruntime_cannot_load_is_refused(small_model, graphs):
         onnx_graphs.check({**graphs, explorer.DECODER: b"not a graph"}, small_model, images)
 
 
-def test_the_stage_writes_graphs_and_the_pages_record(stage_dir, stage, yaml_text, tiny, tmp_path):
+def test_the_stage_writes_graphs_and_the_pages_digits(stage_dir, stage, yaml_text, tiny, tmp_path):
     stage_dir.params.write_text(yaml_text(tiny(epochs=1)))
     assert stage("train", stage_dir.train()).status == 0
     out = tmp_path / "page"
@@ -86,21 +86,22 @@ def test_the_stage_writes_graphs_and_the_pages_record(stage_dir, stage, yaml_tex
                              "--model", str(stage_dir.root / "model.pt"), "--out", str(out)])
     assert ended.status == 0, ended.stderr
     assert "onnxruntime agrees with PyTorch" in ended.stdout
-    record = json.loads((out / explorer.EXPLORER).read_text())
+    page = json.loads((out / explorer.EXPLORER).read_text())
     model, saved = load_model(stage_dir.root / "model.pt", torch.device("cpu"))
-    kl = [row["kl"] for row in record["dimensions"]]
-    assert kl == sorted(kl, reverse=True) and len(kl) == record["latent_dim"] == model.config.latent_dim
-    assert sorted(row["index"] for row in record["dimensions"]) == list(range(model.config.latent_dim))
+    kl = [row["kl"] for row in page["dimensions"]]
+    assert kl == sorted(kl, reverse=True) and len(kl) == page["latent_dim"] == model.config.latent_dim
+    assert sorted(row["index"] for row in page["dimensions"]) == list(range(model.config.latent_dim))
     test = load_test(stage_dir.root / "mnist")
-    pixels = torch.frombuffer(bytearray(base64.b64decode(record["digits"]["pixels"])), dtype=torch.uint8)
+    pixels = torch.frombuffer(bytearray(base64.b64decode(page["digits"]["pixels"])), dtype=torch.uint8)
     assert torch.equal(pixels.view(-1, 28, 28), test.images[:onnx_graphs.EXPLORER_DIGITS])
-    assert record["digits"]["labels"] == test.labels[:onnx_graphs.EXPLORER_DIGITS].tolist()
-    assert record["model"]["epoch"] == saved["epoch"] and record["check"]["tolerance"] == onnx_graphs.TOLERANCE
+    assert page["digits"]["labels"] == test.labels[:onnx_graphs.EXPLORER_DIGITS].tolist()
+    assert page["model"]["epoch"] == saved.epoch and page["check"]["tolerance"] == onnx_graphs.TOLERANCE
     assert (out / explorer.ENCODER).read_bytes() == onnx_graphs.to_onnx(model)[explorer.ENCODER]
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda path: torch.save({"weights": torch.zeros(3)}, path), "format None, expected 'betavae-model/2'"),
+    (lambda path: torch.save({"weights": torch.zeros(3)}, path),
+     "format None, expected 'betavae-model/3' or 'betavae-model/2'"),
     (lambda path: path.write_bytes(b"hello"), "unreadable, truncated or not a torch checkpoint"),
 ])
 def test_the_stage_refuses_a_model_file_that_is_not_this_projects(stage_dir, stage, tmp_path, damage, message):
@@ -115,9 +116,8 @@ def test_the_stage_refuses_a_model_file_that_is_not_this_projects(stage_dir, sta
 def test_the_stage_refuses_an_export_that_onnxruntime_runs_differently(small_model, graphs, stage_dir, stage,
                                                                          tmp_path, monkeypatch):
     model = tmp_path / "model.pt"
-    record = modelfile.model_record(small_model.state_dict(), small_model.config, Params().training(),
-                                     epoch=1, val_loss=1.0, latent_kl=[0.5] * small_model.config.latent_dim)
-    torch.save(record, model)
+    modelfile.ModelFile(small_model.config, Params(), 1, modelfile.Selection("loss", 1.0),
+                        (0.5,) * small_model.config.latent_dim, None, small_model.state_dict()).write(model)
     broken = {**graphs, explorer.DECODER: _tampered(graphs[explorer.DECODER])}
     monkeypatch.setattr(onnx_graphs, "to_onnx", lambda _model: broken)
     out = tmp_path / "page"
@@ -127,15 +127,32 @@ def test_the_stage_refuses_an_export_that_onnxruntime_runs_differently(small_mod
     assert not out.exists()
 
 
+def test_a_page_file_that_cannot_be_written_leaves_the_whole_page_as_it_was(small_model, stage_dir, stage, tmp_path):
+    """The graphs and explorer.json belong to one model: all are replaced, or none."""
+    model, out = tmp_path / "model.pt", tmp_path / "page"
+    modelfile.ModelFile(small_model.config, Params(), 1, modelfile.Selection("loss", 1.0),
+                        (0.5,) * small_model.config.latent_dim, None, small_model.state_dict()).write(model)
+    out.mkdir()
+    old = {name: f"old {name}".encode() for name in (explorer.ENCODER, explorer.DECODER)}
+    for name, data in old.items():
+        (out / name).write_bytes(data)
+    (out / explorer.EXPLORER).mkdir()  # cannot be replaced by a file
+    ended = stage("export", ["--params", str(stage_dir.params), "--data", str(stage_dir.root / "mnist"),
+                             "--model", str(model), "--out", str(out)])
+    assert ended.status == 1 and f"{explorer.EXPLORER}: it is a directory" in ended.error_line
+    assert {name: (out / name).read_bytes() for name in old} == old
+    assert sorted(path.name for path in out.iterdir()) == sorted([*old, explorer.EXPLORER])
+
+
 def test_the_committed_explorer_files_are_the_committed_models_export(repo_root):
     """What `dvc repro export` would write, byte for byte (dvc.lock cannot tell: outputs are not
     compared with what the code makes of the inputs)."""
-    model, record = load_model(repo_root / "models" / "model.pt", torch.device("cpu"))
+    model, saved = load_model(repo_root / "models" / "model.pt", torch.device("cpu"))
     page = repo_root / "reports" / "explorer"
     for name, graph in onnx_graphs.to_onnx(model).items():
         assert (page / name).read_bytes() == graph, name
     shown = json.loads((page / explorer.EXPLORER).read_text())
-    assert shown["latent_dim"] == model.config.latent_dim and shown["model"]["epoch"] == record["epoch"]
+    assert shown["latent_dim"] == model.config.latent_dim and shown["model"]["epoch"] == saved.epoch
 
 
 def test_the_page_stays_small(repo_root):

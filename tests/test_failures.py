@@ -75,7 +75,7 @@ def test_a_missing_data_file_is_one_line_naming_it(trained, stage):
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda path: path.unlink(), "no such checkpoint"),
+    (lambda path: path.unlink(), "no such file"),
     (lambda path: path.write_bytes(path.read_bytes()[:2000]), "unreadable, truncated or not a torch checkpoint"),
 ])
 def test_evaluate_with_a_missing_or_truncated_model_writes_nothing(trained, stage, damage, message):
@@ -115,7 +115,8 @@ def test_a_checkpoint_that_references_code_is_refused_for_safety_and_never_run(s
 def test_an_output_that_cannot_be_written_is_one_line_and_the_old_file_stays(trained, stage, monkeypatch):
     assert stage("evaluate", trained.evaluate()).status == 0
     metrics = trained.root / "metrics.json"
-    old = metrics.read_bytes()
+    outputs = [metrics, trained.root / "per_digit.csv", trained.root / "latent_kl.csv"]
+    old = [path.read_bytes() for path in outputs]
 
     def disk_full(_descriptor):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -123,8 +124,8 @@ def test_an_output_that_cannot_be_written_is_one_line_and_the_old_file_stays(tra
     with monkeypatch.context() as patched:
         patched.setattr(os, "fsync", disk_full)  # every write is fsynced before its rename
         assert stage("evaluate", trained.evaluate()).error_line == \
-            f"evaluate: error: cannot write {metrics}: No space left on device"
-    assert metrics.read_bytes() == old
+            f"evaluate: error: cannot write {metrics}: No space left on device; every output was left as it was"
+    assert [path.read_bytes() for path in outputs] == old
     assert not [path for path in trained.root.iterdir() if path.name.endswith(".tmp")]
 
     blocked = trained.root / "not-a-directory"

@@ -6,6 +6,7 @@ import torch
 from betavae.core.footprint import training_memory_bytes
 from betavae.core.model import ARCHITECTURE, ConvVAE, ModelConfig
 from betavae.pipeline import atomic, modelfile
+from betavae.pipeline.params import Params
 from betavae.speed import runtime
 from betavae.speed.kernels import OutputTransposedConv
 from betavae.training import resume
@@ -17,7 +18,7 @@ def test_shapes_through_encode_reparameterize_decode():
     mu, logvar = model.encode(x)
     assert mu.shape == logvar.shape == (5, 7)
     assert model.decode(model.reparameterize(mu, logvar)).shape == (5, 1, 28, 28)
-    logits, mu2, _ = model(x)
+    logits, mu2, _, _ = model(x)
     assert logits.shape == (5, 1, 28, 28) and torch.equal(mu, mu2)
 
 
@@ -79,25 +80,50 @@ def test_reparameterize_has_the_posterior_moments():
     assert abs(z.mean().item() - 2.0) < 0.03 and abs(z.std().item() - 3.0) < 0.03
 
 
+def _model_file(model: ConvVAE) -> modelfile.ModelFile:
+    provenance = modelfile.Provenance(torch="2.14.1", device="cpu", precision="fp32", processes=1, step="eager")
+    return modelfile.ModelFile(model.config, Params(beta=0.5), 4, modelfile.Selection("loss", 123.0), (1.0, 2.0, 3.0),
+                               provenance, model.state_dict())
+
+
 def _saved_model(tmp_path, **overrides):
     model = ConvVAE(ModelConfig(latent_dim=3, dropout=0.1))
-    record = modelfile.model_record(model.state_dict(), model.config, {"beta": 0.8}, 4, 123.0, [1.0, 2.0, 3.0])
+    record = _model_file(model).to_record()
     record.update(overrides)
     atomic.write_torch(tmp_path / "model.pt", record)
     return model
 
 
-def test_model_checkpoint_round_trip_is_self_describing(tmp_path):
+def test_model_file_round_trip_is_self_describing(tmp_path):
     model = _saved_model(tmp_path)
-    loaded, record = modelfile.load_model(tmp_path / "model.pt", torch.device("cpu"))
-    assert record["epoch"] == 4 and record["params"] == {"beta": 0.8}
-    assert record["architecture"] == ARCHITECTURE and not loaded.training
+    loaded, found = modelfile.load_model(tmp_path / "model.pt", torch.device("cpu"))
+    assert found.epoch == 4 and found.params.beta == 0.5 and found.selection == modelfile.Selection("loss", 123.0)
+    assert found.provenance.device == "cpu" and found.latent_kl == (1.0, 2.0, 3.0) and not loaded.training
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor)
-    assert torch.load(tmp_path / "model.pt", weights_only=True)["model_config"] == {"latent_dim": 3, "dropout": 0.1}
+    record = torch.load(tmp_path / "model.pt", weights_only=True)  # plain data: no project code needed
+    assert record["model_config"] == {"latent_dim": 3, "dropout": 0.1} and record["architecture"] == ARCHITECTURE
+    assert "eval" not in record["params"] and record["params"]["beta"] == 0.5
 
 
-def test_same_checkpoint_is_the_same_bytes(tmp_path):
+def test_a_model_file_of_the_previous_format_still_loads(tmp_path):
+    """Format 2 (the reference run's until format 3): no selection, no provenance, fewer params."""
+    model = ConvVAE(ModelConfig(latent_dim=3, dropout=0.1))
+    params = Params().training()
+    for newer in ("train_samples", "select", "cuda_graphs"):
+        params.pop(newer)
+    del params["data"]["binarize"]  # older still: before binarized MNIST
+    atomic.write_torch(tmp_path / "model.pt", {
+        "format": "betavae-model/2", "architecture": ARCHITECTURE, "model_config": model.config.__dict__,
+        "params": params, "epoch": 7, "val_loss": 99.5, "latent_kl": [0.1, 0.2, 0.3], "model": model.state_dict()})
+    found = modelfile.ModelFile.read(tmp_path / "model.pt")
+    assert found.selection == modelfile.Selection("loss", 99.5) and found.provenance is None
+    assert found.params == Params()  # what it lacks reads as the defaults, which is how it trained
+    rewritten = modelfile.ModelFile.read(tmp_path / "model.pt").to_record()
+    assert rewritten["format"] == modelfile.MODEL_FORMAT and rewritten["selection"] == {"metric": "loss", "value": 99.5}
+
+
+def test_same_model_file_is_the_same_bytes(tmp_path):
     torch.manual_seed(0)
     _saved_model(tmp_path)
     first = (tmp_path / "model.pt").read_bytes()
@@ -107,29 +133,37 @@ def test_same_checkpoint_is_the_same_bytes(tmp_path):
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda path: path.unlink(), "no such checkpoint"),
+    (lambda path: path.unlink(), "no such file"),
     (lambda path: path.write_bytes(path.read_bytes()[:1000]), "unreadable, truncated or not a torch checkpoint"),
     (lambda path: path.write_bytes(b"hello"), "unreadable, truncated or not a torch checkpoint"),
 ])
-def test_missing_or_truncated_checkpoint_is_one_clear_error(tmp_path, damage, message):
+def test_missing_or_truncated_model_file_is_one_clear_error(tmp_path, damage, message):
     _saved_model(tmp_path)
     damage(tmp_path / "model.pt")
     with pytest.raises(modelfile.CheckpointError, match=message):
         modelfile.load_model(tmp_path / "model.pt", torch.device("cpu"))
 
 
-def test_checkpoint_of_another_architecture_or_kind_is_refused(tmp_path):
+def test_model_file_of_another_architecture_or_kind_is_refused(tmp_path):
     _saved_model(tmp_path, architecture="conv-beta-vae/0")
     with pytest.raises(modelfile.CheckpointError, match="written for model 'conv-beta-vae/0'"):
         modelfile.load_model(tmp_path / "model.pt", torch.device("cpu"))
     _saved_model(tmp_path, format=resume.FORMAT)
-    with pytest.raises(modelfile.CheckpointError, match="expected 'betavae-model/2'"):
+    with pytest.raises(modelfile.CheckpointError, match="expected 'betavae-model/3' or 'betavae-model/2'"):
         modelfile.load_model(tmp_path / "model.pt", torch.device("cpu"))
 
 
-def test_weights_that_do_not_fit_are_refused(tmp_path):
-    _saved_model(tmp_path, model_config={"latent_dim": 5, "dropout": 0.1})
-    with pytest.raises(modelfile.CheckpointError, match="weights do not fit the model"):
+@pytest.mark.parametrize("overrides, message", [
+    ({"model_config": {"latent_dim": 5, "dropout": 0.1}}, "weights do not fit the model"),
+    ({"latent_kl": [1.0]}, "1 latent KL values for 3 latent dimensions"),
+    ({"params": {"beta": -1.0}}, "not a complete model file .*beta must be >= 0"),
+    ({"params": {"bta": 1.0}}, "not a complete model file .*unknown key bta"),
+    ({"selection": None}, "not a complete model file"),
+    ({"model": {"encoder.0.0.weight": "text"}}, "not a complete model file"),
+])
+def test_a_model_file_that_does_not_hold_together_is_refused(tmp_path, overrides, message):
+    _saved_model(tmp_path, **overrides)
+    with pytest.raises(modelfile.CheckpointError, match=message):
         modelfile.load_model(tmp_path / "model.pt", torch.device("cpu"))
 
 

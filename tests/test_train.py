@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-import betavae.training.loop as training
 from betavae.pipeline import modelfile
 from betavae.speed import runtime
-from betavae.training import resume
+from betavae.training import loop as training
+from betavae.training import resume, step
 from betavae.training.state import Outputs
 
 
@@ -44,12 +44,14 @@ def test_training_writes_every_output_and_then_drops_its_state(tmp_path, mnist_d
     params = tiny_parsed(epochs=3, snapshot_every=2)
     results = _train(params, mnist_dir, tmp_path)
     assert [r["epoch"] for r in results.history] == [1, 2, 3]
-    _, record = modelfile.load_model(tmp_path / "model.pt", torch.device("cpu"))
-    assert record["epoch"] == results.best.epoch
-    assert record["val_loss"] == min(r["val/loss"] for r in results.history)
-    assert record["params"] == params.training() and "eval" not in record["params"]
-    assert len(record["latent_kl"]) == params.z_dim
-    assert sum(record["latent_kl"]) == pytest.approx(results.history[record["epoch"] - 1]["val/kl"])
+    _, saved = modelfile.load_model(tmp_path / "model.pt", torch.device("cpu"))
+    assert saved.epoch == results.best.epoch
+    assert saved.selection == modelfile.Selection("loss", min(logged["val/loss"] for logged in results.history))
+    assert saved.params.training() == params.training()
+    assert saved.provenance.step == "eager" and saved.provenance.device == "cpu"
+    assert "eval" not in torch.load(tmp_path / "model.pt", weights_only=True)["params"]
+    assert len(saved.latent_kl) == params.z_dim
+    assert sum(saved.latent_kl) == pytest.approx(results.history[saved.epoch - 1]["val/kl"])
     summary = json.loads((tmp_path / "live" / "metrics.json").read_text())
     for key in ("loss", "recon", "kl"):
         assert math.isfinite(summary["train"][key]) and math.isfinite(summary["val"][key])
@@ -155,17 +157,17 @@ def test_a_corrupt_checkpoint_is_not_resumed(tmp_path, mnist_dir, tiny_parsed):
 def test_non_finite_loss_stops_naming_epoch_and_batch_and_keeps_the_last_checkpoint(
         tmp_path, mnist_dir, tiny_parsed, steps_per_epoch, monkeypatch):
     steps = steps_per_epoch(epochs=3)
-    calls, real_loss = {"n": 0}, training.beta_vae_loss
+    calls, real_loss = {"n": 0}, step.training_loss
 
     def poisoned(*args, **kwargs):
         calls["n"] += 1
         terms = real_loss(*args, **kwargs)
         return terms._replace(loss=terms.loss * float("nan")) if calls["n"] == steps + 3 else terms
 
-    monkeypatch.setattr(training, "beta_vae_loss", poisoned)  # epoch 2, batch 3
+    monkeypatch.setattr(step, "training_loss", poisoned)  # epoch 2, batch 3
     with pytest.raises(training.TrainingDiverged, match=f"epoch 2, batch 3 of {steps}"):
         _train(tiny_parsed(epochs=3), mnist_dir, tmp_path)
-    state = modelfile.read(tmp_path / "checkpoint.pt", resume.FORMAT)
+    state = modelfile.read_torch_file(tmp_path / "checkpoint.pt", (resume.FORMAT,))
     assert state["epoch"] == 1
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
 
@@ -180,7 +182,7 @@ def test_cuda_requested_without_cuda_is_a_clear_error():
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_each_precision_trains_to_finite_losses_on_the_cpu(tmp_path, mnist_dir, tiny_parsed, precision):
     results = _train(tiny_parsed(epochs=1, precision=precision), mnist_dir, tmp_path)
-    assert math.isfinite(results.history[0]["train/loss"]) and math.isfinite(results.best.val_loss)
+    assert math.isfinite(results.history[0]["train/loss"]) and math.isfinite(results.best.value)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -2,8 +2,9 @@
 grid_sample call for the batch, parameters drawn from a dedicated seeded generator.
 
 torchvision's RandomAffine transforms one image per call on the CPU (the benchmark's conventional
-loop uses it); this warps a batch on the training device in one kernel, and under data-parallel
-training lets each process warp its share of a batch exactly as a single process would.
+loop uses it); this warps a batch on the training device in one kernel. Drawing (`draw_affine`) and
+warping (`warp`) are separate, so a data-parallel process can draw for the whole batch and warp its
+share of it exactly as a single process would (betavae/training/step.py).
 
 Nearest-neighbour sampling is the default, as in torchvision's RandomRotation/RandomAffine: it
 only moves pixels. Bilinear sampling averages neighbours at every sub-pixel position, which turns
@@ -19,19 +20,14 @@ import torch
 import torch.nn.functional as F
 
 
-def random_affine(x: torch.Tensor, rotation_degrees: float, translate: float,
-                  generator: torch.Generator, interpolation: str = "nearest",
-                  batch_size: int | None = None, share: slice = slice(None)) -> torch.Tensor:
-    """x (b, C, H, W) -> x warped by a per-image rotation in [-rotation, rotation] degrees and a shift
-    in [-translate, translate] of the image side on each axis; uncovered pixels become 0.
-
-    x may be one process's `share` of a batch of batch_size images (default: x is the whole batch):
-    the parameters are drawn for the whole batch, so every process consumes the generator alike
-    and warps its images as a single process would."""
+def random_affine(x: torch.Tensor, rotation_degrees: float, translate: float, generator: torch.Generator,
+                  interpolation: str = "nearest") -> torch.Tensor:
+    """x (B, C, H, W) -> x warped by a per-image rotation in [-rotation, rotation] degrees and a shift
+    in [-translate, translate] of the image side on each axis; uncovered pixels become 0. Nothing is
+    drawn when both are 0."""
     if rotation_degrees == 0 and translate == 0:
         return x
-    theta = draw_affine(batch_size or x.shape[0], rotation_degrees, translate, generator)[share]
-    return warp(x, theta.to(x.dtype), interpolation)
+    return warp(x, draw_affine(x.shape[0], rotation_degrees, translate, generator).to(x.dtype), interpolation)
 
 
 def draw_affine(batch: int, rotation_degrees: float, translate: float,

@@ -78,14 +78,10 @@ def binarized(split: Split, seed: int) -> Split:
     return Split((draws < split.images.float() / 255).to(torch.uint8) * 255, split.labels)
 
 
-def sample_binary(x: torch.Tensor, generator: torch.Generator, batch_size: int | None = None,
-                  share: slice = slice(None)) -> torch.Tensor:
-    """x (b, 1, 28, 28) grey in [0, 1] -> a fresh Bernoulli draw of every pixel, 0 or 1. As for the
-    augmentation, x may be one process's share of a batch of batch_size: the draws are made for the
-    whole batch, so every process consumes the generator alike."""
-    shape = (batch_size or x.shape[0], *x.shape[1:])
-    draws = torch.rand(shape, generator=generator, device=generator.device)[share]
-    return (draws < x).to(x.dtype)
+def bernoulli(x: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """x grey in [0, 1], uniform draws in [0, 1) of x's shape -> each pixel 1 where its draw is below
+    its grey value, else 0: a Bernoulli(grey) draw of every pixel (dynamic binarization)."""
+    return (uniform < x).to(x.dtype)
 
 
 def _take(split: Split, index: torch.Tensor) -> Split:

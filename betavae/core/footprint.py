@@ -9,17 +9,18 @@ import torch
 from betavae.core.model import ConvVAE, ModelConfig
 
 
-def training_memory_bytes(config: ModelConfig, batch_size: int) -> int:
+def training_memory_bytes(config: ModelConfig, batch_size: int, samples: int = 1) -> int:
     """An estimate of what one training step holds: weights, gradients and AdamW's two moments
-    (4 copies of the parameters), plus every layer's output for the batch, kept for the backward
-    pass and matched by a gradient of the same size (2 copies). Counted on the meta device, where
-    building the model and running it allocate nothing."""
+    (4 copies of the parameters), plus every layer's output for the batch (the decoder's for
+    `samples` latents per image), kept for the backward pass and matched by a gradient of the same
+    size (2 copies). Counted on the meta device, where building the model and running it allocate
+    nothing."""
     with torch.device("meta"):
         model = ConvVAE(config)
         outputs = []
         hooks = [module.register_forward_hook(lambda _m, _i, out: outputs.append(out))
                  for module in model.modules() if not list(module.children())]
-        model(torch.empty(batch_size, 1, 28, 28))
+        model(torch.empty(batch_size, 1, 28, 28), samples)
     for hook in hooks:
         hook.remove()
     parameters = sum(p.numel() for p in model.parameters())

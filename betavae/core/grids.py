@@ -1,5 +1,5 @@
 """Pictures the model draws: mosaics of decoded digits (samples, reconstructions, interpolations,
-latent traversals) as uint8 tensors, and PNG bytes of them.
+latent traversals) as uint8 tensors (betavae/pipeline/pictures.py makes files of them).
 
 Where a new picture goes: a mosaic of images the model decodes belongs here (training's snapshots,
 the plot stage and the `betavae` command share these); a chart with axes, labels or legends is a
@@ -8,11 +8,9 @@ matplotlib figure and belongs in figures.py.
 
 from __future__ import annotations
 
-import io
 from typing import TYPE_CHECKING
 
 import torch
-from PIL import Image
 
 if TYPE_CHECKING:
     from betavae.core.model import ConvVAE
@@ -37,14 +35,6 @@ def mosaic(images: torch.Tensor, columns: int = COLUMNS) -> torch.Tensor:
                                        pad_value=1.0)[0]
     pixels = grid.mul(255).round().to(torch.uint8)
     return pixels.repeat_interleave(SCALE, 0).repeat_interleave(SCALE, 1)
-
-
-def png(pixels: torch.Tensor) -> bytes:
-    """uint8 (H, W) -> greyscale PNG bytes, with no timestamp: the same pixels give the same bytes.
-    Pillow, as DVCLive uses for the snapshots (torchvision's own PNG codec is deprecated)."""
-    buffer = io.BytesIO()
-    Image.fromarray(pixels.numpy(), mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ Shapes for a batch of B images with latent size Z:
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -52,6 +53,15 @@ def _deconv_block(in_channels: int, out_channels: int, kernel: int) -> nn.Sequen
     )
 
 
+class Forward(NamedTuple):
+    """What a training forward pass gives: K decoded posterior samples per image (K = 1: the ELBO's one)."""
+
+    logits: torch.Tensor  # (B, 1, 28, 28) for K = 1, else (K, B, 1, 28, 28)
+    mean: torch.Tensor  # (B, Z) posterior mean
+    logvar: torch.Tensor  # (B, Z) posterior log-variance
+    z: torch.Tensor  # (B, Z) for K = 1, else (K, B, Z): the latents the logits decode
+
+
 class ConvVAE(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -85,9 +95,12 @@ class ConvVAE(nn.Module):
         return mu, logvar
 
     @staticmethod
-    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        """z = mu + sigma * eps, eps ~ N(0, I): a sample that gradients flow through (Kingma & Welling)."""
-        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, samples: int = 1) -> torch.Tensor:
+        """z = mu + sigma * eps, eps ~ N(0, I): samples that gradients flow through (Kingma & Welling);
+        mu, logvar (B, Z) -> z (B, Z), or (samples, B, Z) for samples > 1."""
+        noise = torch.randn_like(mu) if samples == 1 else torch.randn((samples, *mu.shape), device=mu.device,
+                                                                       dtype=mu.dtype)
+        return mu + torch.exp(0.5 * logvar) * noise
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z (B, Z) -> Bernoulli logits (B, 1, 28, 28)."""
@@ -97,6 +110,9 @@ class ConvVAE(nn.Module):
         """z (B, Z) -> the decoder's Bernoulli means, the image a latent code draws (B, 1, 28, 28)."""
         return torch.sigmoid(self.decode(z))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, samples: int = 1) -> Forward:
+        """x (B, 1, 28, 28) -> the posterior and `samples` latents drawn from it per image, decoded."""
         mu, logvar = self.encode(x)
-        return self.decode(self.reparameterize(mu, logvar)), mu, logvar
+        z = self.reparameterize(mu, logvar, samples)
+        logits = self.decode(z.reshape(-1, z.shape[-1]))
+        return Forward(logits if samples == 1 else logits.view(samples, *x.shape), mu, logvar, z)

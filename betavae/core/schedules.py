@@ -8,6 +8,9 @@ from __future__ import annotations
 import math
 from typing import Protocol
 
+# What training logs of the schedules every epoch (their values at its last step), with a label for each.
+LOGGED = {"lr": "learning rate", "kl_weight": "KL weight (effective β)"}
+
 
 class Schedule(Protocol):
     """What the schedules read of the params (betavae.pipeline.params.Params has these)."""

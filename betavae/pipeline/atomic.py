@@ -80,11 +80,133 @@ def write_torch(path: str | Path, obj: object) -> None:
     write_bytes(path, torch_bytes(obj))
 
 
-def write_figure(path: str | Path, figure) -> None:
-    buffer = io.BytesIO()
-    # No Software/date metadata, so the same figure is the same bytes on every run.
-    figure.savefig(buffer, format="png", metadata={"Software": None}, dpi=figure.dpi)
-    write_bytes(path, buffer.getvalue())
+class Together:
+    """Outputs that belong together, replaced together: a reader, and a stage that fails, see all of
+    the old ones or all of the new ones.
+
+        with atomic.Together() as outputs:
+            outputs.bytes(directory / "encoder.onnx", encoder)
+            outputs.json(directory / "explorer.json", page)
+        # all replaced here; if one could not be written, none was, and OutputError names it
+
+    Every file is first written in full beside its destination (a temporary file, fsynced); only
+    when all are written are they renamed into place, each old file kept aside until the last
+    rename has succeeded. A rename that fails puts back the ones made before it. A finished
+    directory (`directory`) is moved into place the same way.
+    """
+
+    def __init__(self):
+        self._files: dict[Path, bytes] = {}
+        self._directories: dict[Path, Path] = {}
+
+    def bytes(self, path: str | Path, data: bytes) -> None:
+        self._files[Path(path)] = data
+
+    def text(self, path: str | Path, text: str) -> None:
+        self.bytes(path, text.encode())
+
+    def json(self, path: str | Path, data: object) -> None:
+        self.text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+    def directory(self, path: str | Path, source: str | Path) -> None:
+        """Replace the directory at path by the finished directory source."""
+        self._directories[Path(path)] = Path(source)
+
+    def __enter__(self) -> Together:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            self.commit()
+
+    def commit(self) -> None:
+        staged = self._stage()
+        done: list[tuple[Path, Path | None, bool]] = []  # (destination, the old one set aside, is a directory)
+        try:
+            for destination, temporary in staged.items():
+                done.append((destination, _set_aside(destination), False))
+                os.replace(temporary, destination)
+            for destination, source in self._directories.items():
+                done.append((destination, _set_aside(destination), True))
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(source, destination)
+        except OSError as error:
+            for destination, aside, is_directory in reversed(done):
+                _put_back(destination, aside, is_directory)
+            for temporary in staged.values():
+                Path(temporary).unlink(missing_ok=True)
+            raise OutputError(f"cannot replace {done[-1][0] if done else 'the outputs'}: "
+                              f"{error.strerror or error}; every output was left as it was") from None
+        for destination, aside, is_directory in done:
+            _fsync_directory(destination.parent)
+            if aside is not None:
+                shutil.rmtree(aside, ignore_errors=True) if is_directory else aside.unlink(missing_ok=True)
+
+    def _stage(self) -> dict[Path, str]:
+        staged: dict[Path, str] = {}
+        try:
+            for destination, data in self._files.items():
+                if destination.parent.exists() and not destination.parent.is_dir():
+                    raise OutputError(f"cannot write {destination}: {destination.parent} is not a directory")
+                if destination.is_dir():
+                    raise OutputError(f"cannot write {destination}: it is a directory")
+                try:
+                    staged[destination] = _write_beside(destination, data)
+                except OSError as error:
+                    raise OutputError(f"cannot write {destination}: {error.strerror or type(error).__name__}; "
+                                      "every output was left as it was") from None
+        except BaseException:
+            for temporary in staged.values():
+                Path(temporary).unlink(missing_ok=True)
+            raise
+        return staged
+
+
+def _write_beside(path: Path, data: bytes) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(handle, 0o666 & ~_umask())
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return temporary
+
+
+def _set_aside(destination: Path) -> Path | None:
+    """Move the old output out of the way (a file stays in place as a hard link, so it is never
+    missing); None if there was none."""
+    if not destination.exists() and not destination.is_symlink():
+        return None
+    aside = destination.with_name(f".{destination.name}.old")
+    if aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside)
+    else:
+        aside.unlink(missing_ok=True)
+    if destination.is_dir() and not destination.is_symlink():
+        os.replace(destination, aside)
+    else:
+        try:
+            os.link(destination, aside, follow_symlinks=False)
+        except OSError:  # a file system without hard links
+            shutil.copy2(destination, aside, follow_symlinks=False)
+    return aside
+
+
+def _put_back(destination: Path, aside: Path | None, is_directory: bool) -> None:
+    try:
+        if is_directory and destination.exists():
+            shutil.rmtree(destination, ignore_errors=True)
+        if aside is not None:
+            os.replace(aside, destination)
+        elif not is_directory:
+            destination.unlink(missing_ok=True)
+    except OSError:
+        pass  # best effort: the error being raised says what failed
 
 
 def replace_directory(destination: str | Path, source: str | Path) -> None:

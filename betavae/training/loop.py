@@ -1,14 +1,20 @@
 """The training loop: seeded, batched on the device, checkpointed every epoch, resumable.
 
-One epoch = one pass over a fresh seeded permutation of the training images. Each step: gather a
-uint8 batch, augment it, forward, β-VAE loss with the annealed KL weight, backward, clip, AdamW step
-at the scheduled learning rate. After each epoch: validation (never augmented), metrics and
-snapshots to DVCLive, and the training state for resuming (betavae/training/resume.py). Under torchrun the
-same loop runs in every process on its share of each batch (betavae/training/distributed.py).
+One epoch = one pass over a fresh seeded permutation of the training images, a training step
+(betavae/training/step.py) per batch. After each epoch: validation (never augmented), metrics and
+snapshots to DVCLive, and the training state for resuming (betavae/training/resume.py). Under
+torchrun the same loop runs in every process on its share of each batch
+(betavae/training/distributed.py).
+
+The epoch models/model.pt keeps is the one with the best validation metric, `select.metric`: the
+β-weighted loss with one posterior sample per image (the default), or the importance-weighted NLL
+with `select.samples` samples, the bound the literature reports. With `select.patience` > 0 the run
+stops once that many epochs pass without a better one (early stopping); a resumed run stops where
+the unbroken one would have, as the history it resumes holds the best epoch.
 
 DVCLive writes to a directory beside the checkpoint while the run is unfinished; the finished run's
-logs replace the committed ones at the end, with model.pt, so a run that stops early leaves every
-committed output as it was.
+logs replace the committed ones at the end, together with model.pt, so a run that stops early
+leaves every committed output as it was.
 """
 
 from __future__ import annotations
@@ -21,26 +27,18 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from betavae.core import grids, schedules
-from betavae.core.augment import random_affine
-from betavae.core.data import (
-    INFERENCE_BATCH,
-    Split,
-    load_train_val,
-    ordered_batches,
-    sample_binary,
-    shuffled_batches,
-    to_float,
-)
+from betavae.core import grids, metrics, schedules
+from betavae.core.data import INFERENCE_BATCH, Split, load_train_val, ordered_batches, to_float
 from betavae.core.footprint import training_memory_bytes
 from betavae.core.model import ConvVAE, ModelConfig
-from betavae.core.objective import LossTerms, beta_vae_loss, kl_per_dimension, reconstruction_per_image
+from betavae.core.objective import beta_weighted, kl_per_dimension, reconstruction_per_image
 from betavae.errors import BetaVAEError
 from betavae.pipeline import atomic, modelfile
 from betavae.pipeline.params import Params
 from betavae.speed import runtime
 from betavae.training import distributed, resume
 from betavae.training.state import BestEpoch, Outputs, Progress, Trainer
+from betavae.training.step import Step
 
 SNAPSHOT_RECONSTRUCTIONS = 16  # validation images shown with their reconstructions in each snapshot
 
@@ -51,22 +49,42 @@ class TrainingDiverged(BetaVAEError, RuntimeError):
 
 def train(params: Params, data_dir: Path, outputs: Outputs, resume_mode: str = "auto",
           log: Callable[[str], None] = print, between_epochs: Callable[[], None] = lambda: None) -> Progress:
-    """Train to params.epochs, resuming a matching checkpoint; write model.pt and the DVCLive logs.
-    between_epochs runs in process 0 after each epoch's checkpoint (the stage checks params.yaml)."""
+    """Train to params.epochs (or an early stop), resuming a matching checkpoint; write model.pt and
+    the DVCLive logs. between_epochs runs in process 0 after each epoch's checkpoint (the stage checks
+    params.yaml)."""
     world = distributed.world_from_environment()
     trainer = prepare(params, data_dir, world)
+    quiet_unless_main = log if world.is_main else _quiet
     try:
-        progress = resume.restore(trainer, outputs.checkpoint, resume_mode, log if world.is_main else _quiet)
+        progress = resume.restore(trainer, outputs.checkpoint, resume_mode, quiet_unless_main)
+        step = make_step(trainer, quiet_unless_main)
         with distributed.peers_watched(world):
-            _run_epochs(trainer, progress, outputs, between_epochs)
+            _run_epochs(trainer, step, progress, outputs, between_epochs, quiet_unless_main)
             distributed.check_in_sync(trainer.model, world)
         if world.is_main:
-            _write_model(trainer, progress, outputs.model)
-            atomic.replace_directory(outputs.live_dir, resume.live_directory(outputs))
+            with atomic.Together() as finished:
+                finished.bytes(outputs.model, _model_file(trainer, step, progress).to_bytes())
+                finished.directory(outputs.live_dir, resume.live_directory(outputs))
             resume.discard(outputs)  # finished: a later run starts afresh (resume.py)
     finally:
         distributed.leave(world)
     return progress
+
+
+def make_step(trainer: Trainer, log: Callable[[str], None] = print) -> Step:
+    """The run's training step, captured as a CUDA graph where it can be (one CUDA device, one process,
+    cuda_graphs on, compile off), else eager. A capture that fails says why and runs eagerly."""
+    params, compute = trainer.params, trainer.compute
+    capture = compute.device.type == "cuda" and trainer.world.size == 1 and params.cuda_graphs and not params.compile
+    if not capture:
+        return Step(trainer, capture=False)
+    try:
+        return Step(trainer, capture=True)
+    except RuntimeError as error:
+        log(f"warning: the training step could not be captured as a CUDA graph ({str(error).splitlines()[0][:200]});"
+            " it runs eagerly")
+        torch.cuda.synchronize(compute.device)
+        return Step(trainer, capture=False)
 
 
 def prepare(params: Params, data_dir: Path, world: distributed.World) -> Trainer:
@@ -80,15 +98,18 @@ def prepare(params: Params, data_dir: Path, world: distributed.World) -> Trainer
     compute = runtime.resolve(params.device, params.precision, params.channels_last, params.compile,
                               world.local_rank)
     config = ModelConfig(latent_dim=params.z_dim, dropout=params.dropout)
-    runtime.check_memory(training_memory_bytes(config, params.batch_size // world.size),
-                         f"training with z_dim {params.z_dim} and batch_size {params.batch_size}", compute.device)
+    runtime.check_memory(training_memory_bytes(config, params.batch_size // world.size, params.train_samples),
+                         f"training with z_dim {params.z_dim}, batch_size {params.batch_size} and train_samples "
+                         f"{params.train_samples}", compute.device)
     distributed.join(world, compute.device)
     runtime.make_deterministic(distributed.rank_seed(params.seed, world.rank), compute.device)
     train_split, val_split = load_train_val(data_dir, params.seed, params.data.limit, params.data.val_size,
                                            params.data.binarize)
     model = ConvVAE(config)
     model = compute.place(distributed.prepare_model(model, world, compute.device))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.base_lr, weight_decay=params.weight_decay)
+    # The learning rate is set every step by the training step (betavae/training/step.py), from the schedule.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=params.base_lr, weight_decay=params.weight_decay,
+                                  capturable=compute.device.type == "cuda")
     generator = torch.Generator(compute.device).manual_seed(params.seed)
     step_forward = distributed.wrap(model, world, compute.device)
     if compute.compile:
@@ -97,75 +118,61 @@ def prepare(params: Params, data_dir: Path, world: distributed.World) -> Trainer
                    train_split.to(compute.device), val_split.to(compute.device))
 
 
-def _run_epochs(trainer: Trainer, progress: Progress, outputs: Outputs, between_epochs: Callable[[], None]) -> None:
+def _run_epochs(trainer: Trainer, step: Step, progress: Progress, outputs: Outputs,
+                between_epochs: Callable[[], None], log: Callable[[str], None]) -> None:
     params, steps = trainer.params, trainer.steps_per_epoch
-    live = _open_live(resume.live_directory(outputs), progress) if trainer.world.is_main else None
+    live = _open_live(resume.live_directory(outputs), progress, params.select.metric) if trainer.world.is_main else None
     bar = tqdm(total=params.epochs * steps, initial=progress.epochs_done * steps, unit="step",
                dynamic_ncols=True, mininterval=1.0, disable=not trainer.world.is_main)
     try:
         for epoch in range(progress.epochs_done + 1, params.epochs + 1):
+            if stopping_early(params, progress):
+                break
             started = time.perf_counter()
-            train_metrics = train_epoch(trainer, epoch, bar)
+            train_metrics = train_epoch(trainer, step, epoch, bar)
             if trainer.world.is_main:
-                record, latent_kl = _record(trainer, epoch, train_metrics, started)
-                _finish_epoch(trainer, progress, record, latent_kl, live)
+                epoch_log, latent_kl = _epoch_log(trainer, epoch, train_metrics, started)
+                _finish_epoch(trainer, progress, epoch_log, latent_kl, live)
             # After validation drew its noise, so that every process's RNG state is the epoch's end.
             resume.save(outputs.checkpoint, trainer, progress)
             if trainer.world.is_main:
                 between_epochs()
-                bar.set_postfix(epoch=epoch, val_loss=f"{record['val/loss']:.2f}", refresh=False)
+                bar.set_postfix(epoch=epoch, val=f"{epoch_log[f'val/{params.select.metric}']:.2f}", refresh=False)
     finally:
         bar.close()
         if live is not None:
             live.end()
+    if stopping_early(params, progress) and progress.epochs_done < params.epochs:
+        log(f"stopped early after epoch {progress.epochs_done}: no better validation {params.select.metric} "
+            f"in the {params.select.patience} epochs since epoch {progress.best.epoch}")
 
 
-def train_epoch(trainer: Trainer, epoch: int, bar: tqdm | None = None) -> dict:
+def stopping_early(params: Params, progress: Progress) -> bool:
+    """Whether select.patience epochs have passed since the best one (never when patience is 0)."""
+    patience = params.select.patience
+    return patience > 0 and progress.epochs_done - progress.best.epoch >= patience
+
+
+def train_epoch(trainer: Trainer, step: Step, epoch: int, bar: tqdm | None = None) -> dict:
     """One pass over the training images; returns the epoch's mean train loss, recon and KL over
     all processes. Nothing is read back to the host until the epoch ends."""
-    params, compute, world = trainer.params, trainer.compute, trainer.world
+    params, world = trainer.params, trainer.world
     trainer.model.train()
-    steps = trainer.steps_per_epoch
-    totals = torch.zeros(2, device=compute.device)  # recon, KL summed over steps
-    first_bad_step = torch.full((), steps, dtype=torch.long, device=compute.device)  # steps: none
-    for step, batch in enumerate(shuffled_batches(len(trainer.train), params.batch_size, trainer.generator)):
-        terms = train_step(trainer, batch, t=epoch - 1 + step / steps)
-        totals += torch.stack([terms.recon.detach(), terms.kl.detach()])
-        bad = ~torch.isfinite(terms.loss.detach())
-        first_bad_step = torch.minimum(first_bad_step, torch.where(bad, step, steps))
+    step.start_epoch(epoch)
+    for _ in range(step.steps):
+        step()
         if bar is not None:
             bar.update()
+    totals, first_bad = step.epoch_sums()
     distributed.sum_across(totals, world)
-    distributed.min_across(first_bad_step, world)
-    if first_bad_step.item() < steps:
-        raise TrainingDiverged(f"loss became non-finite at epoch {epoch}, batch {first_bad_step.item() + 1} "
-                               f"of {steps}; the checkpoint of epoch {epoch - 1} is kept "
+    distributed.min_across(first_bad, world)
+    first_bad_step = int(first_bad.item())
+    if first_bad_step < step.steps:
+        raise TrainingDiverged(f"loss became non-finite at epoch {epoch}, batch {first_bad_step + 1} "
+                               f"of {step.steps}; the checkpoint of epoch {epoch - 1} is kept "
                                "(lower max_lr or grad_clip and rerun)")
-    recon, kl = (totals / (steps * world.size)).tolist()
-    return {"loss": recon + params.beta * kl, "recon": recon, "kl": kl}
-
-
-def train_step(trainer: Trainer, batch: torch.Tensor, t: float) -> LossTerms:
-    """One optimiser step on this process's share of the training images at index `batch`,
-    t epochs into training."""
-    params, compute = trainer.params, trainer.compute
-    for group in trainer.optimizer.param_groups:
-        group["lr"] = schedules.learning_rate(t, params.base_lr, params.max_lr, params.warmup_epochs, params.epochs)
-    share = trainer.world.share(len(batch))
-    x = random_affine(to_float(trainer.train.images[batch[share]]), params.augment.rotation,
-                      params.augment.translate, trainer.generator, params.augment.interpolation,
-                      batch_size=len(batch), share=share)
-    if params.data.binarize == "dynamic":
-        x = sample_binary(x, trainer.generator, batch_size=len(batch), share=share)
-    x = compute.to_layout(x)
-    with compute.autocast():
-        logits, mu, logvar = trainer.step_forward(x)
-    terms = beta_vae_loss(logits, x, mu, logvar, schedules.kl_weight(t, params.beta, params.kl_anneal_epochs))
-    trainer.optimizer.zero_grad(set_to_none=True)
-    terms.loss.backward()
-    torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), params.grad_clip)
-    trainer.optimizer.step()
-    return terms
+    recon, kl = (totals / (step.steps * world.size)).tolist()
+    return {"loss": beta_weighted(recon, kl, params.beta), "recon": recon, "kl": kl}
 
 
 @torch.no_grad()
@@ -178,21 +185,35 @@ def validate(model: ConvVAE, split: Split, beta: float, compute: runtime.Compute
     for x, _ in ordered_batches(split, INFERENCE_BATCH):
         x = compute.to_layout(x)
         with compute.autocast():
-            logits, mu, logvar = model(x)
+            logits, mu, logvar, _ = model(x)
         recon_sum += reconstruction_per_image(logits.float(), x).sum().double()
         kl_sums += kl_per_dimension(mu.float(), logvar.float()).sum(0).double()
     latent_kl = (kl_sums / len(split)).tolist()
     recon, kl = recon_sum.item() / len(split), sum(latent_kl)
     if not (math.isfinite(recon) and math.isfinite(kl)):
         raise TrainingDiverged(f"validation loss is non-finite (recon {recon}, kl {kl})")
-    return {"loss": recon + beta * kl, "recon": recon, "kl": kl}, latent_kl
+    return {"loss": beta_weighted(recon, kl, beta), "recon": recon, "kl": kl}, latent_kl
 
 
-def _record(trainer: Trainer, epoch: int, train_metrics: dict, started: float) -> tuple[dict, list[float]]:
+def validation_nll(trainer: Trainer, epoch: int) -> float:
+    """The importance-weighted NLL of the validation images with select.samples samples each, from
+    noise that depends on the seed and the epoch alone (the run's own random streams are untouched)."""
+    params, compute = trainer.params, trainer.compute
+    generator = torch.Generator(compute.device).manual_seed((params.seed + epoch) % 2**63)
+    found = metrics.per_image(trainer.model, trainer.val, params.select.samples, compute, generator)
+    nll = -found.log_likelihood.mean().item()
+    if not math.isfinite(nll):
+        raise TrainingDiverged(f"validation NLL is non-finite ({nll})")
+    return nll
+
+
+def _epoch_log(trainer: Trainer, epoch: int, train_metrics: dict, started: float) -> tuple[dict, list[float]]:
     params = trainer.params
     val_metrics, latent_kl = validate(trainer.model, trainer.val, params.beta, trainer.compute)
+    if params.select.metric == "nll":
+        val_metrics["nll"] = validation_nll(trainer, epoch)
     last_step = epoch - 1 / trainer.steps_per_epoch  # the schedules' position at the epoch's last step
-    record = {
+    epoch_log = {
         "epoch": epoch,
         **{f"train/{key}": value for key, value in train_metrics.items()},
         **{f"val/{key}": value for key, value in val_metrics.items()},
@@ -200,19 +221,20 @@ def _record(trainer: Trainer, epoch: int, train_metrics: dict, started: float) -
         "kl_weight": schedules.kl_weight(last_step, params.beta, params.kl_anneal_epochs),
         "epoch_seconds": time.perf_counter() - started,
     }
-    return record, latent_kl
+    return epoch_log, latent_kl
 
 
-def _finish_epoch(trainer: Trainer, progress: Progress, record: dict, latent_kl: list[float], live) -> None:
-    epoch = record["epoch"]
+def _finish_epoch(trainer: Trainer, progress: Progress, epoch_log: dict, latent_kl: list[float], live) -> None:
+    epoch, metric = epoch_log["epoch"], trainer.params.select.metric
     progress.epochs_done = epoch
-    progress.history.append(record)
-    if record["val/loss"] < progress.best.val_loss:
+    progress.history.append(epoch_log)
+    if epoch_log[f"val/{metric}"] < progress.best.value:
         weights = {name: tensor.detach().clone().cpu() for name, tensor in trainer.model.state_dict().items()}
-        progress.best = BestEpoch(epoch, record["val/loss"], weights, latent_kl)
-    if epoch % trainer.params.snapshot_every == 0 or epoch == trainer.params.epochs:
+        progress.best = BestEpoch(epoch, epoch_log[f"val/{metric}"], weights, latent_kl)
+    last = epoch == trainer.params.epochs or stopping_early(trainer.params, progress)
+    if epoch % trainer.params.snapshot_every == 0 or last:
         progress.snapshots.update(_snapshots(trainer, epoch))
-    _log(live, progress, upto=epoch)
+    _log(live, progress, metric, upto=epoch)
 
 
 @torch.no_grad()
@@ -226,37 +248,40 @@ def _snapshots(trainer: Trainer, epoch: int) -> dict[str, torch.Tensor]:
             f"reconstructions/{epoch}.png": grids.mosaic(grids.reconstructions(model, x))}
 
 
-def _open_live(live_dir: Path, progress: Progress):
+def _open_live(live_dir: Path, progress: Progress, metric: str):
     from dvclive import Live  # heavy import, and only training needs it
 
-    # Metrics and plots are declared in dvc.yaml by hand; DVC, not DVCLive, owns experiments.
+    # Metrics and plots are declared in dvc.yaml; DVC, not DVCLive, owns experiments.
     live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
-    for record in progress.history:  # a resumed run rewrites the logs of the epochs it skips
-        _log(live, progress, upto=record["epoch"])
+    for epoch_log in progress.history:  # a resumed run rewrites the logs of the epochs it skips
+        _log(live, progress, metric, upto=epoch_log["epoch"])
     return live
 
 
-def _log(live, progress: Progress, upto: int) -> None:
+def _log(live, progress: Progress, metric: str, upto: int) -> None:
     """Log epoch `upto`'s metrics and snapshots, with the best epoch as of then."""
-    record = progress.history[upto - 1]
-    best = min(progress.history[:upto], key=lambda r: r["val/loss"])
+    epoch_log = progress.history[upto - 1]
+    best = min(progress.history[:upto], key=lambda logged: logged[f"val/{metric}"])
     live.step = upto
-    for name, value in record.items():
+    for name, value in epoch_log.items():
         if name != "epoch":
             live.log_metric(name, value)
     for name, pixels in progress.snapshots.items():
         if int(Path(name).stem) == upto:
             live.log_image(name, pixels.numpy())
     live.summary["best_epoch"] = best["epoch"]
-    live.summary["best_val_loss"] = best["val/loss"]
+    live.summary[f"best_val_{metric}"] = best[f"val/{metric}"]
     live.make_summary()
 
 
-def _write_model(trainer: Trainer, progress: Progress, path: Path) -> None:
-    best = progress.best
-    record = modelfile.model_record(best.weights, trainer.model.config, trainer.params.training(),
-                                     best.epoch, best.val_loss, best.latent_kl)
-    atomic.write_torch(path, record)
+def _model_file(trainer: Trainer, step: Step, progress: Progress) -> modelfile.ModelFile:
+    best, compute = progress.best, trainer.compute
+    provenance = modelfile.Provenance(torch=str(torch.__version__), device=compute.device.type,
+                                      precision="fp32" if compute.autocast_dtype is None else "bf16",
+                                      processes=trainer.world.size, step="cuda-graph" if step.captured else "eager")
+    return modelfile.ModelFile(trainer.model.config, trainer.params, best.epoch,
+                               modelfile.Selection(trainer.params.select.metric, best.value), tuple(best.latent_kl),
+                               provenance, best.weights)
 
 
 def _quiet(_: str) -> None:

@@ -4,7 +4,7 @@ What is saved. After every epoch, process 0 writes the training state to the che
 (`--checkpoint`, models/checkpoint.pt in dvc.yaml), atomically: the model and optimiser, the shared
 generator (shuffling and augmentation) and every process's own RNG (dropout, reparameterisation
 noise; CUDA's too), the epochs done, the metric history, the best epoch so far (its weights,
-validation loss and per-dimension KL), the snapshot mosaics, and what produced it: the training
+its value of the selection metric and per-dimension KL), the snapshot mosaics, and what produced it: the training
 params (params.stage_params(TRAIN)), a SHA-256 of each module training runs (dependencies.closure),
 the model architecture and the number of processes.
 
@@ -43,7 +43,7 @@ from betavae.pipeline import atomic, dotted, modelfile
 from betavae.training import distributed
 from betavae.training.state import BestEpoch, Outputs, Progress, Trainer
 
-FORMAT = "betavae-train-state/3"  # 3: per-process RNGs, the process count, the latent KL of the best epoch
+FORMAT = "betavae-train-state/4"  # 4: the best epoch's value of the selection metric (select.metric)
 MODES = ("auto", "never", "require")
 
 
@@ -71,7 +71,7 @@ def save(path: Path, trainer: Trainer, progress: Progress) -> None:
         "model": trainer.model.state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
         "rng": {"generator": trainer.generator.get_state(), "processes": rng},
-        "best": {"epoch": best.epoch, "val_loss": best.val_loss, "weights": best.weights,
+        "best": {"epoch": best.epoch, "value": best.value, "weights": best.weights,
                  "latent_kl": best.latent_kl},
         "history": progress.history,
         "snapshots": progress.snapshots,
@@ -85,7 +85,7 @@ def restore(trainer: Trainer, path: Path, mode: str, log: Callable[[str], None])
     if mode == "never" or (mode == "auto" and not path.exists()):
         return Progress()
     try:
-        state = modelfile.read(path, FORMAT)
+        state = modelfile.read_torch_file(path, (FORMAT,))
         _check_same_run(state, trainer)
         progress = _check_state(state, trainer)
     except (BetaVAEError, KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
@@ -148,7 +148,7 @@ def _check_state(state: dict, trainer: Trainer) -> Progress:
     if not all(torch.is_tensor(p) and p.dtype == torch.uint8 and p.ndim == 2 for p in snapshots.values()):
         raise ValueError("checkpoint's snapshots are not uint8 images")
     return Progress(epochs_done=epochs_done, history=history,
-                    best=BestEpoch(int(best["epoch"]), float(best["val_loss"]), best["weights"],
+                    best=BestEpoch(int(best["epoch"]), float(best["value"]), best["weights"],
                                    [float(value) for value in best["latent_kl"]]),
                     snapshots=snapshots)
 

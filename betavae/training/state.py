@@ -32,7 +32,7 @@ class Trainer:
     compute: runtime.Compute
     world: distributed.World
     model: ConvVAE  # the module whose weights are saved and validated
-    step_forward: Callable  # what a training step calls: the model, its DDP wrapper, or compiled
+    step_forward: Callable  # what a training step calls (x, samples): the model, its DDP wrapper, or compiled
     optimizer: torch.optim.Optimizer
     generator: torch.Generator  # shuffling and augmentation: the same stream in every process
     train: Split
@@ -45,10 +45,11 @@ class Trainer:
 
 @dataclasses.dataclass
 class BestEpoch:
-    """The epoch with the lowest validation loss so far: what model.pt will hold."""
+    """The epoch with the best validation metric so far (params' select.metric, lower is better):
+    what model.pt will hold."""
 
     epoch: int = 0
-    val_loss: float = math.inf
+    value: float = math.inf  # the validation metric at that epoch
     weights: dict | None = None  # the model's state dict at that epoch, on the CPU
     latent_kl: list[float] = dataclasses.field(default_factory=list)  # validation KL per latent dimension
 

@@ -25,7 +25,7 @@ from PIL import Image
 from betavae.core import grids, idx
 from betavae.core.data import INFERENCE_BATCH
 from betavae.errors import BetaVAEError, one_line
-from betavae.pipeline.modelfile import load_model
+from betavae.pipeline.modelfile import ModelFile, load_model
 from betavae.speed import runtime
 
 SIDE = idx.IMAGE_SIDE
@@ -44,8 +44,8 @@ class LatentError(BetaVAEError, ValueError):
 class TrainedModel:
     """A trained β-VAE in eval mode, with what its model file says about it."""
 
-    def __init__(self, model: torch.nn.Module, record: dict):
-        self.model, self.record = model, record
+    def __init__(self, model: torch.nn.Module, model_file: ModelFile):
+        self.model, self.model_file = model, model_file
         self.device = next(model.parameters()).device
 
     @property
@@ -55,7 +55,7 @@ class TrainedModel:
     @property
     def latent_kl(self) -> torch.Tensor:
         """(Z,) validation KL of each latent dimension at the saved epoch: how much it encodes."""
-        return torch.tensor(self.record["latent_kl"], dtype=torch.float64)
+        return torch.tensor(self.model_file.latent_kl, dtype=torch.float64)
 
     def dimensions_by_kl(self) -> list[int]:
         """Latent dimensions, the most informative (highest KL) first."""
@@ -138,8 +138,8 @@ class TrainedModel:
 
 def load(path: str | Path, device: str = "auto") -> TrainedModel:
     """The model saved at path (models/model.pt), on `device`: auto (CUDA if present), cpu or cuda."""
-    model, record = load_model(path, runtime.resolve_device(device))
-    return TrainedModel(model, record)
+    model, model_file = load_model(path, runtime.resolve_device(device))
+    return TrainedModel(model, model_file)
 
 
 def check_images_fit(count: int, what: str) -> None:

@@ -172,7 +172,7 @@ def _encode(args) -> None:
 
 
 def _traverse(args) -> None:
-    from betavae.pipeline import atomic
+    from betavae.pipeline import atomic, pictures
     from betavae.uses import api
 
     _check_out(args.out)
@@ -186,20 +186,19 @@ def _traverse(args) -> None:
             raise UsageError(f"--index {args.index}: the images hold {len(images)}")
         base = vae.encode(images[args.index:args.index + 1])[0][0]
         around = f"the posterior mean of {_names(args.images, len(images))[args.index]}"
-    atomic.write_figure(args.out, vae.traversal_figure(base, around, args.rows))
+    atomic.write_bytes(args.out, pictures.figure_bytes(vae.traversal_figure(base, around, args.rows), args.out))
     print(f"{PROGRAM}: traversal written to {args.out}")
 
 
 def _digits(args) -> None:
-    from betavae.core import grids
-    from betavae.pipeline import atomic
+    from betavae.pipeline import atomic, pictures
     from betavae.uses import api
 
     if not args.out_dir.is_dir():
         raise UsageError(f"--out-dir {args.out_dir}: not a directory")
     images = api.read_images([args.images])[:args.first]
     for index, image in enumerate(images):
-        atomic.write_bytes(args.out_dir / f"digit-{index:04d}.png", grids.png(image))
+        atomic.write_bytes(args.out_dir / f"digit-{index:04d}.png", pictures.pixels_bytes(image))
     print(f"{PROGRAM}: {len(images)} digits written to {args.out_dir} (digit-0000.png ...)")
 
 
@@ -245,9 +244,9 @@ def _check_out(path: Path) -> None:
 
 def _write_grid(path: Path, images, columns: int | None = None) -> None:
     from betavae.core import grids
-    from betavae.pipeline import atomic
+    from betavae.pipeline import atomic, pictures
 
-    atomic.write_bytes(path, grids.png(grids.mosaic(images, columns or grids.COLUMNS)))
+    atomic.write_bytes(path, pictures.pixels_bytes(grids.mosaic(images, columns or grids.COLUMNS), path))
     print(f"{PROGRAM}: {len(images)} images written to {path}")
 
 

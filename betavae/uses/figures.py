@@ -13,14 +13,9 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from betavae.core.objective import LOGGED_TERMS
+from betavae.core.schedules import LOGGED as LOGGED_SCHEDULES
 from betavae.errors import BetaVAEError
-
-HISTORY_PANELS = (  # (title, y label, [(metric, label)])
-    ("β-weighted loss", "nats / image", [("train/loss", "train"), ("val/loss", "validation")]),
-    ("Reconstruction", "nats / image", [("train/recon", "train"), ("val/recon", "validation")]),
-    ("KL divergence", "nats / image", [("train/kl", "train"), ("val/kl", "validation")]),
-    ("Learning rate", "learning rate", [("lr", "learning rate")]),
-)
 
 
 def read_history(metrics_dir: Path) -> pd.DataFrame:
@@ -38,17 +33,25 @@ def read_history(metrics_dir: Path) -> pd.DataFrame:
 
 
 def history_figure(history: pd.DataFrame):
+    """A panel per loss term the training loop logs (train and validation), and one of the schedules:
+    the learning rate, and the KL weight on its own axis."""
     figure = Figure(figsize=(10, 7), dpi=100)
     axes = figure.subplots(2, 2)
-    for axis, (title, ylabel, series) in zip(axes.flat, HISTORY_PANELS):
-        for metric, label in series:
-            axis.plot(history.index, history[metric], label=label)
-        axis.set(title=title, xlabel="epoch", ylabel=ylabel)
+    for axis, (name, title) in zip(axes.flat, LOGGED_TERMS.items()):
+        axis.plot(history.index, history[f"train/{name}"], label="train")
+        axis.plot(history.index, history[f"val/{name}"], label="validation")
+        axis.set(title=title, xlabel="epoch", ylabel="nats / image")
         axis.grid(alpha=0.3)
         axis.legend()
-    kl_axis = axes.flat[3].twinx()
-    kl_axis.plot(history.index, history["kl_weight"], color="tab:red", linestyle="--", label="KL weight")
-    kl_axis.set_ylabel("KL weight (effective β)")
+    (rate, rate_label), (weight, weight_label) = LOGGED_SCHEDULES.items()
+    schedule = axes.flat[len(LOGGED_TERMS)]
+    schedule.plot(history.index, history[rate], label=rate_label)
+    schedule.set(title=rate_label.capitalize(), xlabel="epoch", ylabel=rate_label)
+    schedule.grid(alpha=0.3)
+    schedule.legend()
+    kl_axis = schedule.twinx()
+    kl_axis.plot(history.index, history[weight], color="tab:red", linestyle="--", label="KL weight")
+    kl_axis.set_ylabel(weight_label)
     kl_axis.legend(loc="center right")
     figure.tight_layout()
     return figure

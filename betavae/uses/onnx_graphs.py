@@ -25,6 +25,7 @@ from torch import nn
 from betavae.core.data import INFERENCE_BATCH, Split, to_float
 from betavae.core.model import ARCHITECTURE, ConvVAE
 from betavae.errors import BetaVAEError, one_line
+from betavae.pipeline.modelfile import ModelFile
 from betavae.uses.explorer import DECODER, ENCODER
 
 EXPLORER_FORMAT = "betavae-explorer/1"
@@ -125,11 +126,11 @@ def _largest(onnx: np.ndarray, torch_value: torch.Tensor) -> float:
     return float(np.max(np.abs(onnx.astype(np.float64) - torch_value.double().numpy())))
 
 
-def explorer_record(record: dict, digits: Split, differences: dict[str, float]) -> dict:
+def explorer_page(trained: ModelFile, digits: Split, differences: dict[str, float]) -> dict:
     """What the page needs beside the graphs: the latent dimensions ordered by their validation KL
     (the model file's), the first EXPLORER_DIGITS test digits (uint8, base64, row-major), and where
     the model came from."""
-    kl = record["latent_kl"]
+    kl = trained.latent_kl
     order = sorted(range(len(kl)), key=lambda dimension: (-kl[dimension], dimension))
     shown = digits.images[:EXPLORER_DIGITS].contiguous()
     return {
@@ -140,7 +141,6 @@ def explorer_record(record: dict, digits: Split, differences: dict[str, float]) 
         "digits": {"count": len(shown), "side": int(shown.shape[-1]),
                    "pixels": base64.b64encode(shown.numpy().tobytes()).decode("ascii"),
                    "labels": digits.labels[:EXPLORER_DIGITS].tolist()},
-        "model": {"epoch": record["epoch"], "beta": record["params"]["beta"],
-                  "binarize": record["params"]["data"].get("binarize", "none")},
+        "model": {"epoch": trained.epoch, "beta": trained.params.beta, "binarize": trained.params.data.binarize},
         "check": {"tolerance": TOLERANCE, **{part: float(f"{value:.3g}") for part, value in differences.items()}},
     }

@@ -4,11 +4,19 @@ A failure the user can fix (bad params, a missing or damaged file, an unwritable
 device) is a `BetaVAEError` whose message is one line naming what is wrong. Entry points (the stage
 scripts and the `betavae` command) print it as `<name>: error: <message>` and exit 1, without a
 traceback. Any other exception is a bug and keeps its traceback.
+
+No message carries a secret: everything said through here (`line`, `one_line`, `tell`, `say`) passes
+through `redact`, which hides the credentials of URLs (`postgresql://user:password@host`,
+`https://token@host`), the values of secret-looking query parameters (`?token=`, `&password=`) and
+the value of any environment variable whose name says it holds a secret (…_TOKEN, …_SECRET, …_KEY,
+…PASSWORD…), wherever they appear in a message, a tool's error or an exception's text.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -17,7 +25,10 @@ RANK_VARIABLE = "RANK"
 
 
 class BetaVAEError(Exception):
-    """An expected failure; str(error) is what the user sees."""
+    """An expected failure; str(error) is what the user sees, secrets hidden."""
+
+    def __str__(self) -> str:
+        return redact(super().__str__())
 
 
 def is_main_process() -> bool:
@@ -26,9 +37,14 @@ def is_main_process() -> bool:
 
 
 def tell(message: str, stream=None) -> None:
-    """Print message from process 0 only (stderr unless stream is given), at once."""
+    """Print message from process 0 only (stderr unless stream is given), at once, secrets hidden."""
     if is_main_process():
-        print(message, file=stream or sys.stderr, flush=True)
+        print(redact(message), file=stream or sys.stderr, flush=True)
+
+
+def say(message: str) -> None:
+    """Print a progress line on stdout, secrets hidden (the scripts' and the stages' lines)."""
+    print(redact(message), flush=True)
 
 
 def line(name: str, error: BaseException | str) -> str:
@@ -37,8 +53,32 @@ def line(name: str, error: BaseException | str) -> str:
 
 
 def one_line(error: BaseException | str) -> str:
-    """Any message, folded onto one line."""
-    return " ".join(str(error).split())
+    """Any message, folded onto one line, secrets hidden, and any control character (a NUL, a terminal's
+    escape sequence in a file name) written as its escape, so that what is printed is what it says."""
+    text = " ".join(str(error).split())
+    return redact("".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+                          for char in text))
+
+
+HIDDEN = "***"
+# scheme://user:password@host or scheme://token@host: everything between :// and the last @ before the host
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s/?#]+)@")
+_SECRET_QUERY = re.compile(r"(?P<key>[?&;](?:[\w.-]*(?:pass|pwd|secret|token|key|sig|signature|credential|auth)"
+                           r"[\w.-]*))=(?P<value>[^&\s#;'\"]+)", re.IGNORECASE)
+_SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIAL|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|_KEY$|AUTH",
+                          re.IGNORECASE)
+MIN_SECRET_LENGTH = 6  # shorter values (a flag, "1", "yes") would hide ordinary words
+
+
+def redact(text: str) -> str:
+    """text with credentials hidden: the user and password of URLs, secret query values, and the
+    values of environment variables whose names mark them as secrets."""
+    text = _URL_CREDENTIALS.sub(lambda match: f"{match['scheme']}{HIDDEN}@", text)
+    text = _SECRET_QUERY.sub(lambda match: f"{match['key']}={HIDDEN}", text)
+    for name, value in os.environ.items():
+        if len(value) >= MIN_SECRET_LENGTH and _SECRET_NAME.search(name) and value in text:
+            text = text.replace(value, HIDDEN)
+    return text
 
 
 def run(main: Callable[[], None], name: str, on_failure: Callable[[], None] | None = None) -> None:
@@ -59,3 +99,26 @@ def _exit(message: str, status: int, on_failure: Callable[[], None] | None) -> N
         on_failure()
     tell(message)
     raise SystemExit(status)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line, `<prog>: error: <what> (see `<prog> --help`)`, exit status 2:
+    the parser of every command line (the stages, the scripts, `betavae`)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{line(self.prog.split()[0], message)} (see `{self.prog} --help`)\n")
+
+
+def integer_in(low: int, high: int | None = None):
+    """An argparse type: an integer in [low, high] (no upper bound where high is None)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            upper = "" if high is None else f" and <= {high}"
+            raise argparse.ArgumentTypeError(f"must be >= {low}{upper}, got {value}")
+        return value
+    return parse
+

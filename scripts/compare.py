@@ -25,10 +25,11 @@ from matplotlib.figure import Figure
 
 from betavae import errors
 from betavae.core.metrics import METRICS
-from betavae.errors import BetaVAEError
-from betavae.experiments import table
+from betavae.errors import ArgumentParser, BetaVAEError, integer_in, say
+from betavae.experiments import table, tools
 from betavae.pipeline import atomic, pictures
 
+MAX_COMMITS = 10_000
 PARAMS = ("beta", "z_dim", "epochs", "seed")
 INTEGER_PARAMS = ("z_dim", "epochs", "seed", "active_units", "kl_dims_90")  # the API gives every number as a float
 UNFINISHED = ("Failed", "Queued", "Running")
@@ -109,16 +110,19 @@ def main() -> None:
 
 
 def _main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", default=None, help="DVC repository (default: the current one)")
-    parser.add_argument("--num", type=int, default=1, help="commits back from HEAD to include")
-    parser.add_argument("--epochs", type=int, default=None,
+    parser.add_argument("--num", type=integer_in(1, MAX_COMMITS), default=1, help="commits back from HEAD to include")
+    parser.add_argument("--epochs", type=integer_in(1), default=None,
                         help="only runs of this many epochs (keep one training budget per figure)")
     parser.add_argument("--csv", type=Path, default=Path("reports/rate_distortion.csv"))
     parser.add_argument("--figure", default="reports/rate_distortion.png",
                         help="the figure to write; '' for none (e.g. a table of seeds)")
     parser.add_argument("--title", default="β sweep", help="figure title, e.g. the training budget")
     args = parser.parse_args()
+    tools.require_repository(args.repo)
+    if args.figure:
+        pictures.check_name(args.figure, "figures")
     runs = collect(args.repo, args.num, args.epochs)
     if not runs:
         raise BetaVAEError("no experiment with test metrics; run `dvc exp run` first")
@@ -128,10 +132,10 @@ def _main() -> None:
         atomic.write_bytes(Path(args.figure), pictures.figure_bytes(figure(runs, args.title), args.figure))
         written.append(args.figure)
     for run in runs:
-        print(f"compare: {run['name']}: β={run['beta']:g} recon {run['recon']:.2f} kl {run['kl']:.2f} "
+        say(f"compare: {run['name']}: β={run['beta']:g} recon {run['recon']:.2f} kl {run['kl']:.2f} "
               f"neg_elbo {run['neg_elbo']:.2f} nll {run['nll']:.2f} active {run['active_units']} "
               f"kl_dims_90 {run['kl_dims_90']}")
-    print(f"compare: {len(runs)} runs -> {', '.join(map(str, written))}")
+    say(f"compare: {len(runs)} runs -> {', '.join(map(str, written))}")
 
 
 if __name__ == "__main__":

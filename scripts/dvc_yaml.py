@@ -19,7 +19,7 @@ import io
 from pathlib import Path
 
 from betavae.compat import code_dependencies
-from betavae.errors import BetaVAEError, run
+from betavae.errors import ArgumentParser, BetaVAEError, run, say
 from betavae.pipeline import atomic
 from betavae.pipeline.params import stage_params
 
@@ -93,7 +93,7 @@ def main() -> None:
 
 
 def _main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="only say which lists differ")
     parser.add_argument("--dvc-yaml", type=Path, default=DVC_YAML)
     args = parser.parse_args()
@@ -103,11 +103,11 @@ def _main() -> None:
         if problems:
             raise BetaVAEError(f"{args.dvc_yaml} differs from the package: {'; '.join(problems)} "
                                "(`make dvc-yaml` rewrites it)")
-        print(f"dvc_yaml: {args.dvc_yaml} lists what the package says")
+        say(f"dvc_yaml: {args.dvc_yaml} lists what the package says")
         return
     if problems:
         rewrite(args.dvc_yaml, root)
-    print(f"dvc_yaml: {args.dvc_yaml} " + (f"rewritten ({'; '.join(problems)})" if problems else "unchanged"))
+    say(f"dvc_yaml: {args.dvc_yaml} " + (f"rewritten ({'; '.join(problems)})" if problems else "unchanged"))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from betavae import errors
 from betavae.core.metrics import TEST_METRICS
-from betavae.errors import BetaVAEError
+from betavae.errors import ArgumentParser, BetaVAEError, one_line, say
 from betavae.pipeline import atomic, dotted
 from betavae.pipeline.modelfile import ModelFile
 from betavae.pipeline.params import PARAMS_FILE, Params, load_params
@@ -183,13 +183,16 @@ def main() -> None:
 
 
 def _main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reports", type=Path, default=Path("reports"))
     parser.add_argument("--model", type=Path, default=Path("models/model.pt"))
     parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE))
     parser.add_argument("--readme", type=Path, default=Path("README.md"))
     args = parser.parse_args()
-    readme = args.readme.read_text()
+    try:
+        readme = args.readme.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise BetaVAEError(f"{args.readme}: cannot be read ({one_line(error)})") from None
     found, skipped = blocks(args.reports, args.model, args.params)
     try:
         for name, text in found.items():
@@ -198,8 +201,8 @@ def _main() -> None:
         raise BetaVAEError(f"{args.readme}: {error}") from None
     atomic.write_text(args.readme, readme)
     if skipped:
-        print(f"readme: the results stay those of the reference run: {skipped}")
-    print(f"readme: {', '.join(found)} in {args.readme} filled from the committed files")
+        say(f"readme: the results stay those of the reference run: {skipped}")
+    say(f"readme: {', '.join(found)} in {args.readme} filled from the committed files")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ import subprocess
 from pathlib import Path
 
 from betavae import errors
-from betavae.errors import BetaVAEError
+from betavae.errors import ArgumentParser, BetaVAEError, integer_in, say
+from betavae.experiments import tools
 from betavae.experiments.studies import find_experiment
 from betavae.pipeline import atomic, dotted, yamlfile
 from betavae.pipeline.params import PARAMS_FILE, Params
@@ -45,13 +46,15 @@ def main() -> None:
 
 
 def _main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", help="the experiment's name (dvc exp run -n NAME)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--command", required=True, help="the command that ran it, recorded beside it")
-    parser.add_argument("--commits", type=int, default=20, help="commits back from HEAD to look in (default 20)")
+    parser.add_argument("--commits", type=integer_in(1, 10_000), default=20,
+                        help="commits back from HEAD to look in (default 20)")
     parser.add_argument("--repo", default=None)
     args = parser.parse_args()
+    tools.require_repository(args.repo)
     row = find_experiment(args.name, args.repo, args.commits)
     if row is None:
         raise BetaVAEError(f"no finished experiment named {args.name!r} on the last {args.commits} commits "
@@ -60,7 +63,7 @@ def _main() -> None:
     recorded = record(args.name, rev, _committed(rev, PARAMS_FILE, args.repo), _committed(rev, METRICS_FILE, args.repo),
                       args.command)
     atomic.write_json(args.out, recorded)
-    print(f"record_experiment: {args.name} -> {args.out}")
+    say(f"record_experiment: {args.name} -> {args.out}")
 
 
 if __name__ == "__main__":

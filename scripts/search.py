@@ -17,8 +17,11 @@ import io
 from pathlib import Path
 
 from betavae import errors
-from betavae.experiments import studies
+from betavae.errors import ArgumentParser, integer_in, say
+from betavae.experiments import studies, tools
 from betavae.pipeline import atomic, pictures
+
+MAX_TRIALS = 100_000
 
 
 def main() -> None:
@@ -26,21 +29,26 @@ def main() -> None:
 
 
 def _main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--space", type=Path, required=True, help="the search-space file (YAML)")
-    parser.add_argument("--trials", type=int, required=True, help="trials the study holds when this ends")
+    parser.add_argument("--trials", type=integer_in(1, MAX_TRIALS), required=True,
+                        help="trials the study holds when this ends")
     parser.add_argument("--storage", default="sqlite:///reports/search/study.db",
                         help="Optuna storage URL (default: %(default)s); one URL for several machines")
     parser.add_argument("--remote", default=None, help="git remote to `dvc exp push` each finished trial to")
     parser.add_argument("--reports", type=Path, default=Path("reports"))
     args = parser.parse_args()
-    if args.trials < 1:
-        raise studies.SearchError(f"--trials must be >= 1; got {args.trials}")
+    # Everything the search needs from outside, checked before the first trial (docs/trust.md).
     space = studies.load_space(args.space)
+    tools.require_tools("dvc", "git")
+    repo = tools.require_repository()
+    if args.remote is not None:
+        tools.require_git_remote(args.remote, repo)
+    tools.require_writable_directory(args.reports / "search")
     if args.storage.startswith("sqlite:///"):
-        Path(args.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        tools.require_writable_directory(Path(args.storage.removeprefix("sqlite:///")).parent)
     study = studies.open_study(space, args.storage)
-    studies.Runner(space, Path.cwd(), args.remote).run(study, args.trials)
+    studies.Runner(space, repo, args.remote).run(study, args.trials)
     write_reports(study, space, args.reports)
 
 
@@ -58,7 +66,7 @@ def write_reports(study, space: studies.Space, reports: Path) -> None:
     if len(metrics) == 2:
         path = reports / "search" / f"{space.study}_front.png"
         atomic.write_bytes(path, pictures.figure_bytes(front_figure(finished, best, metrics, space.study), path))
-    print(f"search: {len(finished)} of {len(rows)} trials finished; the front holds {len(best)}")
+    say(f"search: {len(finished)} of {len(rows)} trials finished; the front holds {len(best)}")
 
 
 def _row(trial, keys: list[str], metrics: list[str]) -> dict:

@@ -25,14 +25,17 @@ import argparse
 import itertools
 import os
 import re
-import subprocess
 import time
 from pathlib import Path
 
 from betavae import errors
-from betavae.errors import BetaVAEError
+from betavae.errors import ArgumentParser, BetaVAEError, integer_in, say
+from betavae.experiments import tools
+from betavae.pipeline import overrides
+from betavae.pipeline.params import ParamsError, load_params
 
 POLL_S = 2
+MAX_JOBS = 64
 STALLED_S = 60  # queued runs with no worker for this long: start the workers again
 
 
@@ -62,22 +65,33 @@ def main() -> None:
 
 
 def _main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2", type=_axis,
                         help="params to sweep and their values")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", type=_assignment, dest="fixed",
                         help="params set the same in every run (part of each name)")
     parser.add_argument("--shard", default="1/1", type=_shard, help="this machine's share, i/N (default 1/1)")
     parser.add_argument("--remote", default="origin", help="git remote the experiments are pushed to")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at once on this machine (dvc queue start -j)")
+    parser.add_argument("--jobs", type=integer_in(1, MAX_JOBS), default=1,
+                        help="runs at once on this machine (dvc queue start -j)")
     parser.add_argument("--dry-run", action="store_true", help="print this shard's runs and stop")
     args = parser.parse_args()
+    keys = [key for key, _ in args.grid] + [key for key, _ in args.fixed]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise SweepError(f"{repeated[0]} is given more than once in --grid and --set")
     runs = [{**dict(args.fixed), **run} for run in shard(grid(args.grid), *args.shard)]
+    _check_runs(runs)
     names = [run_name(run) for run in runs]
     for name, run in zip(names, runs):
-        print(f"sweep: {name}: " + " ".join(f"-S {key}={value}" for key, value in run.items()), flush=True)
-    if args.dry_run or not runs:
+        say(f"sweep: {name}: " + " ".join(f"-S {key}={value}" for key, value in run.items()))
+    if not runs:
+        say(f"sweep: shard {args.shard[0]}/{args.shard[1]} of {len(grid(args.grid))} runs holds none; nothing to run")
         return
+    if args.dry_run:
+        return
+    tools.require_tools("dvc", "git")
+    tools.require_repository()
     _require_clean_workspace()
     check_remotes(args.remote)
     env = {**os.environ, "DVC_EXP_AUTO_PUSH": "true", "DVC_EXP_GIT_REMOTE": args.remote}
@@ -87,27 +101,24 @@ def _main() -> None:
     problems = check_on_remote(names, args.remote)
     if problems:
         raise SweepError(f"not every run reached {args.remote}: " + "; ".join(problems))
-    print(f"sweep: all {len(names)} runs of shard {args.shard[0]}/{args.shard[1]} are on {args.remote}")
+    say(f"sweep: all {len(names)} runs of shard {args.shard[0]}/{args.shard[1]} are on {args.remote}")
 
 
 def check_remotes(remote: str) -> None:
     """Fail now, naming the remote, if either remote the runs will be pushed to cannot take them."""
     try:
-        _git(["ls-remote", "--heads", remote])
-        _git(["push", "--dry-run", "--quiet", remote, "HEAD:refs/betavae-sweep/probe"])
-    except SweepError as error:
-        raise SweepError(f"git remote {remote!r} cannot take the experiments ({error}); nothing was run") from None
-    try:
-        default = _dvc(["remote", "default"], os.environ).strip()
-    except SweepError:
-        default = ""
-    if not default:
-        raise SweepError("no default DVC remote: `dvc remote add -d NAME URL` (the runs' outputs go there); "
-                         "nothing was run")
-    try:
-        _dvc(["status", "--cloud"], os.environ)  # exits 0 with differences listed, non-zero if unreadable
-    except SweepError as error:
-        raise SweepError(f"DVC remote {default!r} cannot be read ({error}); nothing was run") from None
+        tools.require_git_remote(remote, Path.cwd())
+        tools.require_dvc_remote(Path.cwd())
+    except tools.ToolError as error:
+        raise SweepError(f"{error}; nothing was run") from None
+
+
+def _check_runs(runs: list[dict[str, str]]) -> None:
+    """Every run's params, params.yaml with its values set, must pass params.yaml's validation."""
+    base = load_params().to_dict()
+    for run in runs:
+        values = {key: overrides.scalar(value, key, "--grid/--set") for key, value in run.items()}
+        overrides.run_params(base, values, f"the run {run_name(run)}")
 
 
 def check_on_remote(names: list[str], remote: str) -> list[str]:
@@ -177,23 +188,24 @@ def _dvc(args: list[str], env: dict) -> str:
 
 
 def _call(command: list[str], env: dict) -> str:
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=Path.cwd())
-    if result.returncode != 0:
-        detail = (result.stderr or result.stdout).strip().splitlines()
-        raise SweepError(f"`{' '.join(command)}` failed: {detail[-1] if detail else result.returncode}")
-    return result.stdout
+    try:
+        return tools.checked(command, Path.cwd(), env)
+    except tools.ToolError as error:
+        raise SweepError(str(error)) from None
 
 
 def _axis(text: str) -> tuple[str, list[str]]:
-    key, values = _assignment(text)
-    return key, [value for value in values.split(",") if value]
+    try:
+        return overrides.value_list(text, "--grid")
+    except ParamsError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--grid: ")) from None
 
 
 def _assignment(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key or not value:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key, value
+    try:
+        return overrides.assignment(text, "--set")
+    except ParamsError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--set: ")) from None
 
 
 def _shard(text: str) -> tuple[int, int]:

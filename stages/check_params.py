@@ -6,11 +6,11 @@ other stage depends on its output, so whenever any stage would run (`dvc repro`,
 output's bytes never change, so a valid change to an unrelated param reruns only the stages that
 read it."""
 
-import argparse
 from pathlib import Path
 
 from betavae.compat import dvc_workspace
 from betavae.core import schedules
+from betavae.errors import ArgumentParser, say
 from betavae.pipeline import atomic
 from betavae.pipeline.params import PARAMS_FILE, load_params
 
@@ -18,15 +18,15 @@ CHECKED = f"{PARAMS_FILE} passed validation (betavae/pipeline/params.py)\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE))
     parser.add_argument("--out", type=Path, required=True, help="the file that records the check")
     args = parser.parse_args()
     params = load_params(args.params)
     for warning in schedules.warnings(params):
-        print(f"check_params: warning: {warning}")
+        say(f"check_params: warning: {warning}")
     atomic.write_text(args.out, CHECKED)
-    print(f"check_params: {args.params} is valid")
+    say(f"check_params: {args.params} is valid")
 
 
 if __name__ == "__main__":

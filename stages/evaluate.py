@@ -4,7 +4,6 @@ per digit (--per-digit, CSV), and the KL of each latent dimension, most first (-
 A model trained on binarized images (data.binarize: dynamic, as its file records) is scored on the
 binarized test set throughout."""
 
-import argparse
 import csv
 import io
 from pathlib import Path
@@ -15,6 +14,7 @@ from betavae.compat import dvc_workspace
 from betavae.core.data import load_test
 from betavae.core.idx import MNIST_TEST_IMAGES
 from betavae.core.metrics import binarized_summary, latent_rows, memory_bytes, per_digit, per_image, summarize
+from betavae.errors import ArgumentParser, say
 from betavae.pipeline import atomic
 from betavae.pipeline.modelfile import load_model
 from betavae.pipeline.params import PARAMS_FILE, load_params
@@ -24,7 +24,7 @@ DECIMALS = 4
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE))
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--model", type=Path, required=True)
@@ -57,8 +57,8 @@ def main() -> None:
         outputs.json(args.metrics, {"test": metrics, "binarized": protocol})
         outputs.text(args.per_digit, _csv(per_digit(results, test.labels)))
         outputs.text(args.latent_kl, _csv(latent_rows(results)))
-    print("evaluate: " + ", ".join(f"{key} {value}" for key, value in metrics.items()))
-    print(f"evaluate: binarized test set, {params.eval.binarized_samples} importance samples: "
+    say("evaluate: " + ", ".join(f"{key} {value}" for key, value in metrics.items()))
+    say(f"evaluate: binarized test set, {params.eval.binarized_samples} importance samples: "
           f"nll {protocol['nll']} nats, {protocol['bits_per_dim']} bits/dim")
 
 

@@ -2,13 +2,13 @@
 encoder.onnx, decoder.onnx, explorer.json), written only after onnxruntime has run both graphs on
 the test images and agreed with PyTorch within betavae.uses.onnx_graphs.TOLERANCE."""
 
-import argparse
 from pathlib import Path
 
 import torch
 
 from betavae.compat import dvc_workspace
 from betavae.core.data import load_test
+from betavae.errors import ArgumentParser, say
 from betavae.pipeline import atomic
 from betavae.pipeline.modelfile import load_model
 from betavae.pipeline.params import PARAMS_FILE, load_params
@@ -16,7 +16,7 @@ from betavae.uses import explorer, onnx_graphs
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE))
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--model", type=Path, required=True)
@@ -35,7 +35,7 @@ def main() -> None:
         for name, data in graphs.items():
             outputs.bytes(args.out / name, data)
         outputs.json(args.out / explorer.EXPLORER, page)
-    print(f"export: {explorer.ENCODER} and {explorer.DECODER} written to {args.out}; onnxruntime agrees with "
+    say(f"export: {explorer.ENCODER} and {explorer.DECODER} written to {args.out}; onnxruntime agrees with "
           f"PyTorch on {len(test)} test images within {max(differences.values()):.2g} "
           f"(tolerance {onnx_graphs.TOLERANCE:g})")
 

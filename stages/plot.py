@@ -1,7 +1,6 @@
 """Stage plot: training history, prior samples, reconstructions, latent interpolation, a 2-D
 projection of the test set's posterior means and latent traversals, as PNGs in --out."""
 
-import argparse
 from pathlib import Path
 
 import torch
@@ -9,6 +8,7 @@ import torch
 from betavae.compat import dvc_workspace
 from betavae.core import grids
 from betavae.core.data import INFERENCE_BATCH, load_test, ordered_batches, to_float
+from betavae.errors import ArgumentParser, say
 from betavae.pipeline import atomic, pictures
 from betavae.pipeline.params import PARAMS_FILE, load_params
 from betavae.uses import api, figures
@@ -22,7 +22,7 @@ TRAVERSAL_IMAGE = 0  # the test image whose posterior mean the traversals move a
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE))
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--model", type=Path, required=True)
@@ -55,7 +55,7 @@ def main() -> None:
     with atomic.Together() as outputs:
         for name in FIGURES:
             outputs.bytes(args.out / name, drawn[name])
-    print(f"plot: {len(FIGURES)} figures written to {args.out}")
+    say(f"plot: {len(FIGURES)} figures written to {args.out}")
 
 
 if __name__ == "__main__":

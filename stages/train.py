@@ -3,7 +3,6 @@ snapshots, keeping the training state beside --checkpoint until the run finishes
 run resumes (betavae/training/resume.py). With `launcher: torchrun ...` this process starts the run's
 processes (betavae/pipeline/launch.py), each of which runs this script."""
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 from betavae import errors
 from betavae.compat import dvc_workspace
 from betavae.core import schedules
+from betavae.errors import ArgumentParser
 from betavae.pipeline import launch
 from betavae.pipeline.params import PARAMS_FILE, load_params
 from betavae.speed import runtime
@@ -22,7 +22,7 @@ RESUME_VARIABLE = "BETAVAE_RESUME"  # `make retrain` sets it to "never"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE))
     parser.add_argument("--data", type=Path, required=True, help="directory of the MNIST IDX files")
     parser.add_argument("--model", type=Path, required=True, help="best model checkpoint to write")
@@ -64,6 +64,9 @@ def _launch(launcher: launch.Launcher, resume_hint: str) -> None:
         launch.exec_srun(launcher, "stages.train", arguments)
     torchrun_only = launch.Launcher(torchrun=launcher.torchrun, uses_torchrun=True)
     _log(f"starting {launch.describe(torchrun_only, dict(os.environ))} -m stages.train")
+    meeting = launcher.meeting(dict(os.environ))
+    if meeting is not None:
+        _log(meeting)
     try:
         launch.run_torchrun(launcher, "stages.train", arguments)
     except launch.ProcessStopped as error:

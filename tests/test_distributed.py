@@ -59,15 +59,18 @@ def test_a_batch_the_processes_cannot_share_equally_is_refused_naming_the_key():
     with pytest.raises(ParamsError, match="batch_size must be divisible by the 3 processes the launcher starts"):
         parse_params({"launcher": launcher, "batch_size": 256})
     assert parse_params({"launcher": launcher, "batch_size": 255}).world_size == 3
-    assert parse_params({"launcher": "torchrun --nnodes=2 --nproc-per-node 4", "batch_size": 256}).world_size == 8
+    two_nodes = "torchrun --nnodes=2 --nproc-per-node 4 --rdzv-endpoint head:29500"
+    assert parse_params({"launcher": two_nodes, "batch_size": 256}).world_size == 8
     assert parse_params({"launcher": "torchrun --nproc-per-node gpu"}).world_size is None
-    slurm = "srun --ntasks-per-node 1 torchrun --nnodes $SLURM_NNODES --nproc-per-node 4 --rdzv-backend c10d"
+    slurm = ("srun --ntasks-per-node 1 torchrun --nnodes $SLURM_NNODES --nproc-per-node 4 --rdzv-backend c10d "
+             "--rdzv-endpoint $HEAD:29500")
     assert parse_params({"launcher": slurm}).world_size is None
 
 
 @pytest.mark.parametrize("value, message", [
     ("python; touch PWNED", "must be `python`, or `[srun OPTIONS] torchrun OPTIONS`"),
-    ("torchrun --standalone --nproc-per-node 2; touch PWNED", "torchrun: 'touch' is not an option"),
+    ("torchrun --standalone --nproc-per-node 2; touch PWNED", "torchrun option --nproc-per-node '2;': must be"),
+    ("torchrun --standalone --nproc-per-node 2 ; touch PWNED", "torchrun: ';' is not an option"),
     ("torchrun --no-python --nproc-per-node 2", "torchrun option '--no-python' is not accepted"),
     ("torchrun --run-path x.py", "torchrun option '--run-path' is not accepted"),
     ("torchrun --standalone evil.py", "torchrun: 'evil.py' is not an option; the program to run is fixed"),
@@ -82,13 +85,41 @@ def test_a_launcher_that_could_run_anything_else_is_refused_before_anything_star
         launch.parse(value)
 
 
+@pytest.mark.parametrize("value, message", [
+    ("torchrun --standalone --nproc-per-node=-1", "--nproc-per-node '-1': must be a positive number of processes"),
+    ("torchrun --standalone --nproc-per-node -1", "--nproc-per-node '-1': must be a positive number of processes"),
+    ("torchrun --standalone --nproc-per-node 0", "--nproc-per-node '0': must be a positive number"),
+    ("torchrun --nnodes 0 --nproc-per-node 2", "--nnodes '0': must be a number of nodes"),
+    ("torchrun --nnodes 4:2 --rdzv-endpoint h:1", "--nnodes 4:2: MIN must not exceed MAX"),
+    ("torchrun --standalone --max-restarts=-3", "--max-restarts '-3': must be a number of restarts"),
+    ("torchrun --standalone --monitor-interval soon", "--monitor-interval 'soon': must be a number of seconds"),
+    ("torchrun --nnodes 2 --master-addr h --master-port 70000", "--master-port 70000: a port must be 1 to 65535"),
+    ("torchrun --nnodes 2 --rdzv-backend zookeeper --rdzv-endpoint h:1", "--rdzv-backend 'zookeeper': must be c10d"),
+    ("torchrun --nnodes 2 --nproc-per-node 4", "--nnodes 2 needs --rdzv-endpoint HOST:PORT (or --master-addr)"),
+    ("torchrun --nnodes 1:4 --nproc-per-node 4", "--nnodes 1:4 needs --rdzv-endpoint"),
+    ("torchrun --nnodes 2 --standalone", "--standalone runs on one machine, but --nnodes asks for several"),
+    ("torchrun --nnodes 2 --rdzv-endpoint h:29500 --node-rank 5", "--node-rank 5 must be below --nnodes 2"),
+    ("torchrun --nnodes 2 --rdzv-endpoint h:1 --rdzv-conf join_timeout=0", "join_timeout=0: the nodes may wait 1"),
+    ("torchrun --standalone --redirects 7", "--redirects '7': must be 0 to 3"),
+    ("srun --ntasks=-2 torchrun --standalone", "srun option --ntasks '-2': must be a positive number"),
+    ("srun --partition 'a b' torchrun --standalone", "srun option --partition 'a b': must be one word"),
+])
+def test_a_launcher_value_that_cannot_start_a_run_is_refused_where_params_are_checked(value, message):
+    with pytest.raises(ParamsError, match=f"launcher is not usable: .*{re.escape(message)}"):
+        parse_params({"launcher": value})
+
+
 def test_a_launcher_becomes_an_argument_list_with_variables_looked_up_not_evaluated():
     slurm = launch.parse("srun -N 2 --ntasks-per-node=1 torchrun --nnodes $NODES --nproc_per_node 4 "
-                         "--rdzv-endpoint ${HEAD}:29500 --standalone")
-    environ = {"NODES": "2", "HEAD": "node-a; touch PWNED"}
+                         "--rdzv-endpoint ${HEAD}:29500")
+    environ = {"NODES": "2", "HEAD": "node-a"}
     assert slurm.srun_arguments(environ) == ["-N", "2", "--ntasks-per-node=1"]
-    assert slurm.torchrun_arguments(environ) == ["--nnodes=2", "--nproc-per-node=4",
-                                                 "--rdzv-endpoint=node-a; touch PWNED:29500", "--standalone"]
+    assert slurm.torchrun_arguments(environ) == ["--nnodes=2", "--nproc-per-node=4", "--rdzv-endpoint=node-a:29500"]
+    assert "waiting for 2 nodes to meet at node-a:29500" in slurm.meeting(environ)
+    with pytest.raises(launch.LauncherError, match=r"--rdzv-endpoint 'node-a; touch PWNED:29500': must be HOST"):
+        slurm.torchrun_arguments({**environ, "HEAD": "node-a; touch PWNED"})  # a variable's value is checked too
+    with pytest.raises(launch.LauncherError, match=r"--nnodes '-1': must be"):
+        slurm.torchrun_arguments({**environ, "NODES": "-1"})
     assert launch.srun_command(slurm, "stages.train", ["--data", "d"], environ) == [
         "srun", "-N", "2", "--ntasks-per-node=1", sys.executable, "-m", "stages.train", "--data", "d"]
     with pytest.raises(launch.LauncherError, match=r"launcher names \$NODES, which is not set"):

@@ -1,4 +1,5 @@
-"""betavae.experiments.table: DVC's experiments table read without pygit2's endless waits.
+"""betavae/compat/pygit2_blobs.py: DVC's experiments table read without pygit2's endless waits; and
+betavae/experiments/table.py, the one reader of the table.
 
 Each read runs in a thread joined with a deadline, so a reader that waits forever fails the test
 instead of hanging it. The failed writer is real (a blob whose git object is gone, as when another
@@ -17,6 +18,7 @@ import pygit2
 import pytest
 from pygit2 import blob
 
+from betavae.compat import pygit2_blobs
 from betavae.experiments import table
 
 DEADLINE_S = 60
@@ -46,7 +48,7 @@ def _repository_with_blob(directory: Path, data: bytes):
 
 
 def test_a_blob_read_through_the_guarded_reader_is_whole(tmp_path):
-    table.guard_blob_reader()
+    pygit2_blobs.guard_blob_reader()
     data = os.urandom(3 * 1024 * 1024 + 17)  # many of the writer's chunks, the last one short
     repo, oid = _repository_with_blob(tmp_path, data)
 
@@ -59,7 +61,7 @@ def test_a_blob_read_through_the_guarded_reader_is_whole(tmp_path):
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the writer's, expected
 def test_a_blob_whose_git_object_is_gone_fails_its_read_instead_of_waiting_forever(tmp_path):
-    table.guard_blob_reader()
+    pygit2_blobs.guard_blob_reader()
     repo, oid = _repository_with_blob(tmp_path, b"{\"test\": {\"kl\": 25.0}}\n" * 1000)
     found = repo[oid]
     (tmp_path / "objects" / str(oid)[:2] / str(oid)[2:]).unlink()
@@ -68,7 +70,7 @@ def test_a_blob_whose_git_object_is_gone_fails_its_read_instead_of_waiting_forev
         with pygit2.BlobIO(found) as stream:
             return stream.read()
 
-    with pytest.raises(table.BlobWriterFailed, match="writer failed before the end of the blob"):
+    with pytest.raises(pygit2_blobs.BlobWriterFailed, match="writer failed before the end of the blob"):
         _read_with_deadline(read)
 
 
@@ -112,7 +114,7 @@ def _closes(reader) -> None:
 @pytest.mark.parametrize("writer_action, expected", [(_puts_a_chunk, b"metrics"), (_closes, b"")],
                          ids=["a chunk", "the end"])
 def test_a_signal_sent_between_the_readers_look_and_its_clear_is_not_lost(writer_action, expected):
-    table.guard_blob_reader()
+    pygit2_blobs.guard_blob_reader()
     writer_done = threading.Event()
     writer = threading.Thread(target=writer_done.wait, daemon=True)  # a writer still running
     writer.start()
@@ -124,3 +126,8 @@ def test_a_signal_sent_between_the_readers_look_and_its_clear_is_not_lost(writer
         writer_done.set()
         writer.join()
     assert bytes(buffer[:size]) == expected
+
+
+def test_a_directory_that_is_not_a_dvc_repository_is_one_line(tmp_path):
+    with pytest.raises(table.TableError, match=f"cannot list the experiments of {tmp_path}"):
+        table.exp_show(tmp_path)

@@ -119,7 +119,8 @@ def test_int_accepted_for_float_because_dvc_exp_run_writes_beta_4_as_int():
     ({"beta": 10**400}, "beta must be a finite number"),
     ({"launcher": "mpirun -n 2"}, "launcher is not usable: must be `python`, or `[srun OPTIONS] torchrun OPTIONS`"),
     ({"launcher": "python; touch PWNED"}, "launcher is not usable: must be `python`"),
-    ({"launcher": "torchrun --nproc-per-node 0"}, "launcher is not usable: torchrun's --nproc-per-node must be"),
+    ({"launcher": "torchrun --nproc-per-node 0"},
+     "launcher is not usable: torchrun option --nproc-per-node '0': must be"),
     ({"launcher": "torchrun --nproc-per-node 3"}, "batch_size must be divisible by the 3 processes"),
 ])
 def test_bad_values_are_rejected_naming_the_key(raw, message):

@@ -25,7 +25,14 @@ def test_the_committed_search_space_is_valid(repo_root):
 @pytest.mark.parametrize("change, message", [
     (lambda s: s.update(sampler_seed=1), "unknown key sampler_seed"),
     (lambda s: s.update(study="no spaces"), "study must be a name"),
-    (lambda s: s["params"].update(bta={"low": 0, "high": 1}), "params.bta: not a param of params.yaml"),
+    (lambda s: s["params"].update(bta={"low": 0, "high": 1}), "params: 'bta' is not a param of params.yaml (did you"),
+    (lambda s: s["params"].update(augment={"low": 0, "high": 1}), "params: augment is a group of params"),
+    (lambda s: s["fixed"].update(beta={"low": 0.5, "high": 2.0}), "fixed: beta must be one value (float)"),
+    (lambda s: s["fixed"].update(z_dim=[8, 16]), "fixed: z_dim must be one value (int); got [8, 16]"),
+    (lambda s: s["fixed"].update(augment=5), "fixed: augment is a group of params"),
+    (lambda s: s["fixed"].update(epoch=3), "fixed: 'epoch' is not a param of params.yaml (did you mean epochs?)"),
+    (lambda s: s["fixed"].update(data={"limt": 3}), "fixed: 'data.limt' is not a param"),
+    (lambda s: s.update(fixed=[1, 2]), "fixed must be a mapping of params to values"),
     (lambda s: s["params"].update(beta={"low": "x", "high": 1}), "params.beta.low must be a number; got 'x'"),
     (lambda s: s["params"].update(beta={"low": -1, "high": 1}), "params.beta.low: beta must be >= 0 (got -1.0)"),
     (lambda s: s["params"].update(beta={"low": 0, "high": 1, "log": True}), "a log scale needs low > 0"),
@@ -169,3 +176,44 @@ def test_a_trial_dvc_finished_but_the_study_did_not_record_is_recovered_not_run_
     row = studies.find_experiment("search-tiny-0", repo)
     assert recorded[0].values == [row["test.kl"], row["test.recon"]]
     assert _experiments(repo, env, run) == ["search-tiny-0"]
+
+
+def test_a_space_with_fixed_values_nested_by_group_or_dotted_reads_as_dotted_keys(tmp_path, yaml_text):
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml_text({**SPACE, "fixed": {"epochs": 1, "augment": {"rotation": 0.0}, "data.limit": 6000}}))
+    assert studies.load_space(path).fixed == {"epochs": 1, "augment.rotation": 0.0, "data.limit": 6000}
+
+
+def test_a_study_keeps_the_space_it_was_made_from(tmp_path, yaml_text):
+    """Reopened with another space, a study is refused before any trial; with its own, it opens."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml_text(SPACE))
+    first = studies.open_study(studies.load_space(path), storage)
+    first.ask(studies.distributions(studies.load_space(path)))
+    studies.open_study(studies.load_space(path), storage)  # the same space: fine
+    path.write_text(yaml_text({**SPACE, "params": {"beta": {"low": 0.1, "high": 8.0, "log": True}}}))
+    with pytest.raises(studies.SearchError, match=r"study 'tiny' was made from another search space \(dimensions"):
+        studies.open_study(studies.load_space(path), storage)
+
+
+def test_a_trial_that_cannot_run_is_marked_failed_not_left_running(tmp_path, yaml_text):
+    import optuna
+
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml_text(SPACE))
+    space = studies.load_space(path)
+    study = studies.open_study(space, f"sqlite:///{tmp_path / 'study.db'}")
+    runner = studies.Runner(space, tmp_path, log=lambda _: None, environ={"PATH": str(tmp_path)})  # no dvc here
+    with pytest.raises(studies.tools.ToolError, match="`dvc` is not installed or not on PATH"):
+        runner.run(study, 1)
+    (trial,) = study.get_trials(deepcopy=False)
+    assert trial.state == optuna.trial.TrialState.FAIL and "dvc" in trial.user_attrs["error"]
+
+
+def test_the_storage_password_is_never_printed(tmp_path, yaml_text):
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml_text(SPACE))
+    with pytest.raises(studies.SearchError) as error:
+        studies.open_study(studies.load_space(path), "postgresql://user:hunter2secret@127.0.0.1:9/db")
+    assert "hunter2secret" not in str(error.value) and "postgresql://***@127.0.0.1:9/db" in str(error.value)

@@ -1,18 +1,45 @@
-"""The package's shape: no import circle, and importing any module changes nothing in the process."""
+"""The package's shape: its folders are layers, each importing only from those below it (the order
+betavae/__init__.py gives), no module imports itself through others, no module shares a name with a
+stage or a script, and importing any module changes nothing in the process."""
 
 import subprocess
 import sys
 
-from betavae.compat import code_dependencies
+import pytest
+
+from betavae.compat import code_dependencies as dependencies
+
+LAYERS = ("errors.py", "speed", "core", "pipeline", "compat", "training", "uses", "experiments")  # bottom first
 
 
 def _modules(repo_root) -> list[str]:
-    return sorted(path.relative_to(repo_root).as_posix() for path in (repo_root / "betavae").glob("*.py"))
+    return sorted(path.relative_to(repo_root).as_posix() for path in (repo_root / "betavae").rglob("*.py")
+                  if path.name != "__init__.py")
+
+
+def _layer(module: str) -> int:
+    return LAYERS.index(module.split("/")[1])
+
+
+def test_the_layers_are_the_packages_folders_and_the_docstring_names_them(repo_root):
+    found = {path.name for path in (repo_root / "betavae").iterdir() if path.is_dir() and path.name != "__pycache__"}
+    assert found == set(LAYERS) - {"errors.py"}
+    described = (repo_root / "betavae" / "__init__.py").read_text()
+    assert [described.index(f"\n    {layer}") for layer in LAYERS] == sorted(
+        described.index(f"\n    {layer}") for layer in LAYERS)
+
+
+def test_every_module_imports_only_from_its_own_layer_or_those_below(repo_root):
+    """Type annotations included: an import up a layer means the code belongs lower, or the fact higher."""
+    upward = [f"{module} -> {imported}" for module in _modules(repo_root)
+              for imported in dependencies.imports(module, annotations=True)
+              if _layer(imported) > _layer(module)]
+    assert upward == []
 
 
 def test_no_module_of_the_package_imports_itself_through_others(repo_root):
     """Not even for type annotations: a circle means two modules share something that belongs in a third."""
-    graph = {module: code_dependencies.imports(module, annotations=True) for module in _modules(repo_root)}
+    graph = {module: dependencies.imports(module, annotations=True) for module in _modules(repo_root)}
 
     def circle_from(start: str, path: list[str]) -> list[str] | None:
         for module in sorted(graph.get(path[-1], ())):
@@ -27,6 +54,19 @@ def test_no_module_of_the_package_imports_itself_through_others(repo_root):
     for module in graph:
         circle = circle_from(module, [module])
         assert circle is None, " -> ".join(circle)
+
+
+def test_no_module_shares_a_name_with_a_stage_or_a_script(repo_root):
+    names = {path.stem for path in (repo_root / "betavae").rglob("*.py")}
+    entry_points = {path.stem for folder in ("stages", "scripts") for path in (repo_root / folder).glob("[a-z]*.py")}
+    assert names & entry_points == set()
+
+
+@pytest.mark.parametrize("stage", ["check_params", "download", "train", "evaluate", "plot", "export"])
+def test_a_stage_script_stays_thin(stage, repo_root):
+    """Read params, call the package, write outputs: a stage's logic lives in the package."""
+    lines = (repo_root / "stages" / f"{stage}.py").read_text().splitlines()
+    assert len(lines) <= 100, f"stages/{stage}.py has {len(lines)} lines"
 
 
 IMPORT_EVERYTHING = """

@@ -68,7 +68,7 @@ def refuse_other_values() -> None:
         return
     try:
         now = yamlfile.read(root / PARAMS_FILE)
-    except ParamsError:
+    except yamlfile.YamlError:
         return  # load_params reports a bad params.yaml
     if not isinstance(now, dict):
         return
@@ -225,7 +225,7 @@ def _scalar(text: str) -> object:
     """A -S value as YAML 1.2 reads it; MISSING for anything but a plain scalar (a sweep, a list)."""
     try:
         value = yamlfile.parse(text, "-S")
-    except ParamsError:
+    except yamlfile.YamlError:
         return dotted.MISSING
     return value if isinstance(value, (str, int, float, bool)) or value is None else dotted.MISSING
 

@@ -76,3 +76,5 @@ def _read(path: Path) -> bytes:
         raise IdxError(f"{path}: no such file") from None
     except OSError as error:
         raise IdxError(f"{path}: cannot be read ({error.strerror or type(error).__name__})") from None
+    except ValueError as error:  # a name the file system cannot hold (a NUL byte)
+        raise IdxError(f"{path}: not a usable file name ({error})") from None

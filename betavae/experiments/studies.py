@@ -25,27 +25,26 @@ the same command on several machines (each with `--remote`, which pushes every f
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
 import socket
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 from betavae.core.metrics import BINARIZED_METRICS, METRICS
-from betavae.errors import BetaVAEError, one_line
-from betavae.experiments import table
-from betavae.pipeline import dotted, yamlfile
-from betavae.pipeline.params import Params, ParamsError, parse_params
+from betavae.errors import BetaVAEError, one_line, say
+from betavae.experiments import table, tools
+from betavae.pipeline import overrides, typed, yamlfile
+from betavae.pipeline.params import Params, ParamsError
 
 SPACE_KEYS = ("study", "objectives", "params", "fixed", "sampler")
 SAMPLERS = ("tpe", "nsga2", "random")
 DIRECTIONS = ("minimize", "maximize")
 OBJECTIVE_METRICS = tuple(f"test.{name}" for name in METRICS) + tuple(
-    f"binarized.{name}" for name in BINARIZED_METRICS[:2])
+    f"binarized.{metric.name}" for metric in BINARIZED_METRICS)
 EXPERIMENT_PREFIX = "search"
-ERROR_LINE = re.compile(r"^\w+: error: .*$", re.MULTILINE)
 
 
 class SearchError(BetaVAEError):
@@ -69,7 +68,7 @@ class Space:
     study: str
     objectives: tuple[tuple[str, str], ...]  # (metric, direction)
     dimensions: tuple[Dimension, ...]
-    fixed: dict
+    fixed: dict  # dotted param key -> the value every trial runs with
     sampler: str = "tpe"
     seed: int = 0
 
@@ -79,7 +78,7 @@ def load_space(path: str | Path) -> Space:
     path = Path(path)
     try:
         raw = yamlfile.read(path)
-    except ParamsError as error:
+    except yamlfile.YamlError as error:
         raise SearchError(str(error)) from None
     return parse_space(raw, str(path))
 
@@ -92,16 +91,17 @@ def parse_space(raw: object, source: str = "search space") -> Space:
             raise SearchError(f"{source}: unknown key {key} (valid keys: {', '.join(SPACE_KEYS)})")
     study = raw.get("study")
     if not isinstance(study, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,60}", study):
-        raise SearchError(f"{source}: study must be a name of letters, digits, - and _; got {study!r}")
+        raise SearchError(f"{source}: study must be a name of letters, digits, - and _; got {typed.short(study)}")
     objectives = _objectives(raw.get("objectives"), source)
-    fixed = raw.get("fixed") or {}
-    if not isinstance(fixed, dict):
-        raise SearchError(f"{source}: fixed must be a mapping of params to values; got {fixed!r}")
+    try:
+        fixed = overrides.fixed_values(raw.get("fixed") or {}, f"{source}: fixed")
+    except ParamsError as error:
+        raise SearchError(str(error)) from None
     _check_values(fixed, {}, f"{source}: fixed")
     searched = raw.get("params")
     if not isinstance(searched, dict) or not searched:
         raise SearchError(f"{source}: params must map at least one param to its range or choices")
-    overlap = sorted(set(map(str, searched)) & set(dotted.flatten(fixed)))
+    overlap = sorted(set(map(str, searched)) & set(fixed))
     if overlap:
         raise SearchError(f"{source}: {overlap[0]} is both searched and fixed")
     dimensions = tuple(_dimension(key, spec, fixed, source) for key, spec in searched.items())
@@ -110,9 +110,9 @@ def parse_space(raw: object, source: str = "search space") -> Space:
         raise SearchError(f"{source}: sampler must be a mapping of name ({', '.join(SAMPLERS)}) and seed")
     name, seed = sampler.get("name", "tpe"), sampler.get("seed", 0)
     if name not in SAMPLERS:
-        raise SearchError(f"{source}: sampler.name must be one of {', '.join(SAMPLERS)}; got {name!r}")
+        raise SearchError(f"{source}: sampler.name must be one of {', '.join(SAMPLERS)}; got {typed.short(name)}")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise SearchError(f"{source}: sampler.seed must be an integer >= 0; got {seed!r}")
+        raise SearchError(f"{source}: sampler.seed must be an integer >= 0; got {typed.short(seed)}")
     return Space(study, objectives, dimensions, fixed, name, seed)
 
 
@@ -123,23 +123,26 @@ def _objectives(raw: object, source: str) -> tuple[tuple[str, str], ...]:
     for i, objective in enumerate(raw):
         where = f"{source}: objectives[{i}]"
         if not isinstance(objective, dict) or set(objective) != {"metric", "direction"}:
-            raise SearchError(f"{where} must be a mapping of metric and direction; got {objective!r}")
+            raise SearchError(f"{where} must be a mapping of metric and direction; got {typed.short(objective)}")
         if objective["metric"] not in OBJECTIVE_METRICS:
             raise SearchError(f"{where}.metric must be one of {', '.join(OBJECTIVE_METRICS)}; "
-                              f"got {objective['metric']!r}")
+                              f"got {typed.short(objective['metric'])}")
         if objective["direction"] not in DIRECTIONS:
-            raise SearchError(f"{where}.direction must be minimize or maximize; got {objective['direction']!r}")
+            raise SearchError(f"{where}.direction must be minimize or maximize; "
+                              f"got {typed.short(objective['direction'])}")
         found.append((objective["metric"], objective["direction"]))
     return tuple(found)
 
 
-def _dimension(key: str, spec: object, fixed: dict, source: str) -> Dimension:
-    where = f"{source}: params.{key}"
-    default = dotted.get(Params().to_dict(), str(key))
-    if default is dotted.MISSING or isinstance(default, dict):
-        raise SearchError(f"{where}: not a param of params.yaml")
+def _dimension(key: object, spec: object, fixed: dict, source: str) -> Dimension:
+    where = f"{source}: params.{typed.short(key, quote=False)}"
+    try:
+        key = overrides.check_key(key, f"{source}: params")
+    except ParamsError as error:
+        raise SearchError(str(error)) from None
+    kind = overrides.leaves()[key]
     if not isinstance(spec, dict):
-        raise SearchError(f"{where} must be a mapping: low and high (and log), or choices; got {spec!r}")
+        raise SearchError(f"{where} must be a mapping: low and high (and log), or choices; got {typed.short(spec)}")
     if "choices" in spec:
         if set(spec) != {"choices"} or not isinstance(spec["choices"], list) or not spec["choices"]:
             raise SearchError(f"{where}.choices must be a non-empty list, on its own")
@@ -149,29 +152,28 @@ def _dimension(key: str, spec: object, fixed: dict, source: str) -> Dimension:
     unknown = set(spec) - {"low", "high", "log"}
     if unknown or not {"low", "high"} <= set(spec):
         raise SearchError(f"{where} must have low and high (and optionally log), or choices; got {sorted(spec)}")
-    if isinstance(default, bool) or not isinstance(default, (int, float)):
-        raise SearchError(f"{where}: a range needs a numeric param ({key} is {type(default).__name__}); use choices")
+    if kind not in (int, float):
+        raise SearchError(f"{where}: a range needs a numeric param ({key} is {kind.__name__}); use choices")
     low, high, log = spec["low"], spec["high"], spec.get("log", False)
     for name, value in (("low", low), ("high", high)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise SearchError(f"{where}.{name} must be a number; got {value!r}")
-        if isinstance(default, int) and not float(value).is_integer():
-            raise SearchError(f"{where}.{name} must be an integer, as {key} is; got {value!r}")
-        _check_values(fixed, {key: int(value) if isinstance(default, int) else float(value)}, f"{where}.{name}")
+            raise SearchError(f"{where}.{name} must be a number; got {typed.short(value)}")
+        if kind is int and not float(value).is_integer():
+            raise SearchError(f"{where}.{name} must be an integer, as {key} is; got {typed.short(value)}")
+        _check_values(fixed, {key: int(value) if kind is int else float(value)}, f"{where}.{name}")
     if not low < high:
         raise SearchError(f"{where}: low must be < high; got {low} and {high}")
     if not isinstance(log, bool):
-        raise SearchError(f"{where}.log must be true or false; got {log!r}")
+        raise SearchError(f"{where}.log must be true or false; got {typed.short(log)}")
     if log and low <= 0:
         raise SearchError(f"{where}: a log scale needs low > 0; got {low}")
-    return Dimension(key, float(low), float(high), log, integer=isinstance(default, int))
+    return Dimension(key, float(low), float(high), log, integer=kind is int)
 
 
 def _check_values(fixed: dict, trial: dict, where: str) -> None:
     """The params a trial would run with must pass params.yaml's own validation."""
-    merged = dotted.nest({**dotted.flatten(Params().to_dict()), **dotted.flatten(fixed), **trial})
     try:
-        parse_params(merged, source="params")
+        overrides.run_params(Params().to_dict(), {**fixed, **trial}, source="params")
     except ParamsError as error:
         raise SearchError(f"{where}: {str(error).removeprefix('params: ')}") from None
 
@@ -209,11 +211,35 @@ def open_study(space: Space, storage: str):
                                     directions=directions)
     except Exception as error:  # a bad URL, an unreachable server, a study of other directions
         raise SearchError(f"cannot open study {space.study!r} in {storage}: {one_line(error)[:300]}") from None
+    _check_same_space(study, space)
     # A sampler seeded alike in every process draws the same params again after a restart, and in a
     # second process at once: each process's stream starts from the seed, the trials already in the
     # study and the process id.
     study.sampler = samplers[space.sampler](seed=_process_seed(space.seed, len(study.get_trials(deepcopy=False))))
     return study
+
+
+def space_description(space: Space) -> str:
+    """What a study's trials depend on in its space, as text that compares equal for equal spaces."""
+    return json.dumps({"objectives": space.objectives, "dimensions": [dataclasses.asdict(d) for d in space.dimensions],
+                       "fixed": space.fixed}, sort_keys=True, default=str)
+
+
+def _check_same_space(study, space: Space) -> None:
+    """A study keeps the space it was made from: its trials' params, objectives and fixed values only
+    mean something together. A new study records it; an old one made from another is refused."""
+    recorded = study.user_attrs.get("space")
+    described = space_description(space)
+    if recorded is None:
+        if study.get_trials(deepcopy=False):
+            raise SearchError(f"study {space.study!r} has trials but no record of its search space (made by an "
+                              "older version); give this space a new study name")
+        study.set_user_attr("space", described)
+    elif recorded != described:
+        before, now = json.loads(recorded), json.loads(described)
+        changed = ", ".join(key for key in now if before.get(key) != now[key])
+        raise SearchError(f"study {space.study!r} was made from another search space ({changed} differ); its "
+                          "trials would not compare: restore the space file, or give it a new study name")
 
 
 def _process_seed(seed: int, taken: int) -> int:
@@ -227,7 +253,7 @@ class Runner:
     space: Space
     repo: Path
     remote: str | None = None
-    log: Callable[[str], None] = print
+    log: Callable[[str], None] = say
     environ: dict = dataclasses.field(default_factory=lambda: dict(os.environ))
 
     def run(self, study, trials: int) -> None:
@@ -236,7 +262,24 @@ class Runner:
             trial = study.ask(distributions(self.space))
             trial.set_user_attr("experiment", experiment_name(self.space, trial.number))
             trial.set_user_attr("host", socket.gethostname())
+            self._run_or_fail(study, trial)
+
+    def _run_or_fail(self, study, trial) -> None:
+        """Run the trial; whatever stops it other than an interruption (which leaves it running for the
+        next search on this machine to finish, finish_abandoned) marks it failed with the reason, so
+        no trial stays marked running with no process to run it."""
+        import optuna
+
+        try:
             self._run(study, trial)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as error:
+            state = next(t.state for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+            if state == optuna.trial.TrialState.RUNNING:
+                trial.set_user_attr("error", one_line(error)[:500])
+                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            raise
 
     def finish_abandoned(self, study) -> None:
         """Trials this machine's processes left running when they died: finish each under its own number."""
@@ -253,7 +296,7 @@ class Runner:
                 study.tell(trial.number, values)
             else:
                 self.log(f"search: trial {trial.number} ({name}) was interrupted: running it again")
-                self._run(study, optuna.trial.Trial(study, trial._trial_id))
+                self._run_or_fail(study, optuna.trial.Trial(study, trial._trial_id))
 
     def _run(self, study, trial) -> None:
         """Run trial's experiment and tell the study its objectives, or that it failed, and why."""
@@ -262,14 +305,14 @@ class Runner:
         trial.set_user_attr("pid", os.getpid())  # who runs it now: finish_abandoned's test of liveness
         number, params = trial.number, trial.params
         name = experiment_name(self.space, number)
-        assignments = {**dotted.flatten(self.space.fixed), **params}
+        assignments = {**self.space.fixed, **params}
         command = ["dvc", "exp", "run", "--temp", "-n", name,
                    *(f"-S{key}={_yaml_scalar(value)}" for key, value in assignments.items())]
         self.log(f"search: trial {number} ({name}): " + ", ".join(f"{k}={v}" for k, v in params.items()))
-        result = subprocess.run(command, cwd=self.repo, env=self.environ, capture_output=True, text=True)
+        result = tools.run(command, self.repo, self.environ)
         values = self._objectives(name) if result.returncode == 0 else None
         if values is None:
-            error = _error_line(result)
+            error = tools.error_line(result) if result.returncode != 0 else "the experiment has no test metrics"
             trial.set_user_attr("error", error)
             study.tell(number, state=optuna.trial.TrialState.FAIL)
             self.log(f"search: trial {number} failed: {error}")
@@ -291,10 +334,9 @@ class Runner:
         return [float(v) for v in values]
 
     def _push(self, name: str) -> None:
-        result = subprocess.run(["dvc", "exp", "push", self.remote, name], cwd=self.repo, env=self.environ,
-                                capture_output=True, text=True)
+        result = tools.run(["dvc", "exp", "push", self.remote, name], self.repo, self.environ)
         if result.returncode != 0:
-            raise SearchError(f"`dvc exp push {self.remote} {name}` failed: {_error_line(result)}; the study "
+            raise SearchError(f"`dvc exp push {self.remote} {name}` failed: {tools.error_line(result)}; the study "
                               "has the trial, rerun the push by hand")
 
 
@@ -345,14 +387,6 @@ def _alive(pid) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _error_line(result: subprocess.CompletedProcess) -> str:
-    lines = ERROR_LINE.findall(result.stderr) or ERROR_LINE.findall(result.stdout)
-    if lines:
-        return lines[-1]
-    tail = (result.stderr or result.stdout).strip().splitlines()
-    return one_line(tail[-1]) if tail else f"exited with {result.returncode}"
 
 
 def _yaml_scalar(value) -> str:

@@ -83,8 +83,9 @@ def download(out_dir: Path, log: Callable[[str], None] = print) -> str:
             log(f"{source.name}: {error}")
             failures.append(f"{source.name}: {error}")
             continue
-        for name, data in files.items():
-            atomic.write_bytes(Path(out_dir) / name, data)
+        with atomic.Together() as outputs:  # the four files of one source, or none
+            for name, data in files.items():
+                outputs.bytes(Path(out_dir) / name, data)
         return source.name
     raise DownloadError("no source could provide MNIST: " + "; ".join(failures))
 

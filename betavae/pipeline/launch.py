@@ -24,24 +24,51 @@ import sys
 
 from betavae.errors import BetaVAEError
 
-# torchrun options that only say how many processes and how they meet; value-less ones map to None.
+# Accepted options and the values each takes (a full-match pattern, and what it is in words); a
+# value-less option maps to None. A value may name an environment variable, checked once it is
+# looked up, when the processes start.
+_COUNT = r"[1-9][0-9]{0,5}"
+_HOST = r"[A-Za-z0-9_.\-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]"
+_PORT = r"[1-9][0-9]{0,4}"
+_NAME = (r"[A-Za-z0-9_.\-]{1,128}", "a name of letters, digits, '.', '_' and '-'")
+_STREAMS = (r"[0-3]|[0-9]{1,6}:[0-3](,[0-9]{1,6}:[0-3])*", "0 to 3, or RANK:0-3,... per process")
+_TEXT = (r"[^\x00-\x1f\s]{1,256}", "one word of at most 256 characters")
+# torchrun options that only say how many processes and how they meet.
 TORCHRUN_OPTIONS = {
-    "nnodes": "value", "nproc-per-node": "value", "standalone": None, "rdzv-backend": "value",
-    "rdzv-endpoint": "value", "rdzv-id": "value", "rdzv-conf": "value", "max-restarts": "value",
-    "monitor-interval": "value", "node-rank": "value", "master-addr": "value", "master-port": "value",
-    "local-addr": "value", "role": "value", "redirects": "value", "tee": "value", "log-dir": "value",
+    "nnodes": (f"{_COUNT}(:{_COUNT})?", "a number of nodes, or MIN:MAX"),
+    "nproc-per-node": (f"{_COUNT}|auto|cpu|gpu", "a positive number of processes, or auto, cpu or gpu"),
+    "standalone": None,
+    "rdzv-backend": ("c10d|static|etcd|etcd-v2", "c10d, static, etcd or etcd-v2"),
+    "rdzv-endpoint": (f"({_HOST})(:{_PORT})?", "HOST or HOST:PORT"),
+    "rdzv-id": _NAME,
+    "rdzv-conf": (r"\w{1,64}=[\w.:\-]{1,128}(,\w{1,64}=[\w.:\-]{1,128})*", "KEY=VALUE,..."),
+    "max-restarts": (r"[0-9]{1,4}", "a number of restarts, 0 or more"),
+    "monitor-interval": (r"[0-9]{1,5}(\.[0-9]{1,6})?", "a number of seconds"),
+    "node-rank": (r"[0-9]{1,6}", "a node's number, 0 or more"),
+    "master-addr": (_HOST, "a host name or address"),
+    "master-port": (_PORT, "a port, 1 to 65535"),
+    "local-addr": (_HOST, "a host name or address"),
+    "role": _NAME,
+    "redirects": _STREAMS,
+    "tee": _STREAMS,
+    "log-dir": (r"[^\x00-\x1f]{1,4096}", "a directory"),
 }
 # srun options that place and size the job; none of them names a program to run.
+_SRUN_COUNT = (_COUNT, "a positive number")
 SRUN_OPTIONS = {
-    "nodes": "value", "N": "value", "ntasks": "value", "n": "value", "ntasks-per-node": "value",
-    "cpus-per-task": "value", "c": "value", "gpus": "value", "gpus-per-node": "value", "gpus-per-task": "value",
-    "gres": "value", "partition": "value", "p": "value", "account": "value", "A": "value", "time": "value",
-    "t": "value", "job-name": "value", "J": "value", "mem": "value", "mem-per-cpu": "value", "qos": "value",
-    "q": "value", "constraint": "value", "C": "value", "nodelist": "value", "w": "value", "exclude": "value",
-    "x": "value", "cpu-bind": "value", "exclusive": None, "kill-on-bad-exit": None, "K": None,
+    "nodes": (f"{_COUNT}(-{_COUNT})?", "a number of nodes, or MIN-MAX"), "N": (f"{_COUNT}(-{_COUNT})?", "a number"),
+    "ntasks": _SRUN_COUNT, "n": _SRUN_COUNT, "ntasks-per-node": _SRUN_COUNT, "cpus-per-task": _SRUN_COUNT,
+    "c": _SRUN_COUNT, "gpus": _TEXT, "gpus-per-node": _TEXT, "gpus-per-task": _TEXT, "gres": _TEXT,
+    "partition": _TEXT, "p": _TEXT, "account": _TEXT, "A": _TEXT, "time": _TEXT, "t": _TEXT, "job-name": _NAME,
+    "J": _NAME, "mem": _TEXT, "mem-per-cpu": _TEXT, "qos": _TEXT, "q": _TEXT, "constraint": _TEXT, "C": _TEXT,
+    "nodelist": _TEXT, "w": _TEXT, "exclude": _TEXT, "x": _TEXT, "cpu-bind": _TEXT,
+    "exclusive": None, "kill-on-bad-exit": None, "K": None,
 }
+DEFAULT_JOIN_TIMEOUT_S = 600  # torchrun's, for c10d's rendezvous
+MAX_JOIN_TIMEOUT_S = 3600  # the longest a multi-node run may wait for its nodes (torchrun's own default: 600 s)
 SRUN_STEP_VARIABLE = "BETAVAE_SRUN_STEP"  # set for the copies srun starts, so they start torchrun, not srun
 _VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)\}")
+_NEGATIVE = re.compile(r"-[0-9.]+")  # a value such as -1, read as a value (and refused as one), not as an option
 
 
 class LauncherError(BetaVAEError, ValueError):
@@ -73,6 +100,19 @@ class Launcher:
         """torchrun's options as an argument list, variables looked up in environ."""
         return _arguments(self.torchrun, environ, long_only=True)
 
+    def meeting(self, environ: dict[str, str]) -> str | None:
+        """For a run of several nodes, where they meet and how long they wait for each other there,
+        for the log; None for one node."""
+        options = dict(self.torchrun)
+        nodes = expand(options.get("nnodes") or "1", environ)
+        if not self.uses_torchrun or nodes == "1":
+            return None
+        place = options.get("rdzv-endpoint") or f"{options.get('master-addr')}:{options.get('master-port') or 29500}"
+        conf = dict(pair.split("=", 1) for pair in (options.get("rdzv-conf") or "").split(",") if "=" in pair)
+        wait = conf.get("join_timeout", str(DEFAULT_JOIN_TIMEOUT_S))
+        return (f"waiting for {nodes} nodes to meet at {expand(place, environ)}: torchrun gives up after {wait} s "
+                "without them (--rdzv-conf join_timeout=SECONDS)")
+
     def srun_arguments(self, environ: dict[str, str]) -> list[str]:
         return _arguments(self.srun, environ, long_only=False)
 
@@ -94,12 +134,39 @@ def parse(value: str) -> Launcher:
     srun = _options(before[1:], SRUN_OPTIONS, "srun")
     torchrun = _options(after, TORCHRUN_OPTIONS, "torchrun")
     launcher = Launcher(srun, torchrun, uses_srun=bool(before), uses_torchrun=True)
-    counts = dict(torchrun)
-    for name in ("nnodes", "nproc-per-node"):
-        count = counts.get(name)
-        if count is not None and count.isdigit() and int(count) < 1:
-            raise LauncherError(f"torchrun's --{name} must be positive")
+    _check_torchrun(dict(torchrun))
     return launcher
+
+
+def _check_torchrun(options: dict[str, str | None]) -> None:
+    """What the options mean together: a run of several nodes needs a place where they meet, and
+    waits there a bounded time."""
+    nodes = options.get("nnodes") or "1"
+    for name, value in options.items():
+        if name in ("master-port", "rdzv-endpoint") and value and not _VARIABLE.search(value):
+            port = value.rsplit(":", 1)[-1] if name == "rdzv-endpoint" and ":" in value.lstrip("[") else None
+            port = value if name == "master-port" else port
+            if port is not None and not 1 <= int(port) <= 65535:
+                raise LauncherError(f"torchrun's --{name} {value}: a port must be 1 to 65535")
+    if ":" in nodes and not _VARIABLE.search(nodes):
+        low, high = (int(part) for part in nodes.split(":"))
+        if low > high:
+            raise LauncherError(f"torchrun's --nnodes {nodes}: MIN must not exceed MAX")
+    if nodes == "1":
+        return
+    if "standalone" in options:
+        raise LauncherError("torchrun's --standalone runs on one machine, but --nnodes asks for several")
+    if not options.get("rdzv-endpoint") and not options.get("master-addr"):
+        raise LauncherError(f"torchrun with --nnodes {nodes} needs --rdzv-endpoint HOST:PORT (or --master-addr) "
+                            "so that its nodes can meet")
+    rank = options.get("node-rank")
+    if rank and nodes.isdigit() and not _VARIABLE.search(rank) and int(rank) >= int(nodes):
+        raise LauncherError(f"torchrun's --node-rank {rank} must be below --nnodes {nodes}")
+    conf = dict(pair.split("=", 1) for pair in (options.get("rdzv-conf") or "").split(",") if "=" in pair)
+    timeout = conf.get("join_timeout")
+    if timeout is not None and not (timeout.isdigit() and 1 <= int(timeout) <= MAX_JOIN_TIMEOUT_S):
+        raise LauncherError(f"torchrun's --rdzv-conf join_timeout={timeout}: the nodes may wait 1 to "
+                            f"{MAX_JOIN_TIMEOUT_S} seconds for each other")
 
 
 def _options(words: list[str], allowed: dict[str, str | None], program: str) -> tuple[tuple[str, str | None], ...]:
@@ -118,25 +185,51 @@ def _options(words: list[str], allowed: dict[str, str | None], program: str) -> 
             if has_value:
                 raise LauncherError(f"{program} option --{name} takes no value")
             options.append((name, None))
-        elif has_value:
-            options.append((name, value))
-        elif i + 1 < len(words) and not words[i + 1].startswith("-"):
             i += 1
-            options.append((name, words[i]))
-        else:
-            raise LauncherError(f"{program} option {word!r} needs a value")
+            continue
+        if not has_value:
+            if i + 1 >= len(words) or (words[i + 1].startswith("-") and not _NEGATIVE.fullmatch(words[i + 1])):
+                raise LauncherError(f"{program} option {word!r} needs a value")
+            i += 1
+            value = words[i]
+        check_value(program, name, value, allowed)
+        options.append((name, value))
         i += 1
     return tuple(options)
 
 
+def check_value(program: str, name: str, value: str, allowed: dict) -> None:
+    """value fits what option `name` takes (a value naming a variable is checked once it is looked up)."""
+    if _VARIABLE.search(value):
+        return
+    pattern, what = allowed[name]
+    if not re.fullmatch(pattern, value):
+        flag = f"--{name}" if len(name) > 1 else f"-{name}"
+        raise LauncherError(f"{program} option {flag} {_shown(value)}: must be {what}")
+
+
+def _shown(value: str) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
 def _arguments(options, environ: dict[str, str], long_only: bool) -> list[str]:
-    """--name=value for long options (and for every torchrun option), -n value for short ones."""
+    """--name=value for long options (and for every torchrun option), -n value for short ones; values
+    that name variables are looked up and then checked as a value written out would be."""
     arguments = []
+    program, allowed = ("torchrun", TORCHRUN_OPTIONS) if long_only else ("srun", SRUN_OPTIONS)
+    expanded = {}
     for name, value in options:
+        if value is not None:
+            value = expand(value, environ)
+            check_value(program, name, value, allowed)
+            expanded[name] = value
         if long_only or len(name) > 1:
-            arguments.append(f"--{name}" if value is None else f"--{name}={expand(value, environ)}")
+            arguments.append(f"--{name}" if value is None else f"--{name}={value}")
         else:
-            arguments += [f"-{name}"] if value is None else [f"-{name}", expand(value, environ)]
+            arguments += [f"-{name}"] if value is None else [f"-{name}", value]
+    if long_only:
+        _check_torchrun({**{name: None for name, value in options if value is None}, **expanded})
     return arguments
 
 

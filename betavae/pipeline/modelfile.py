@@ -81,8 +81,9 @@ class ModelFile:
         record = read_torch_file(path, (MODEL_FORMAT, *OLDER_FORMATS))
         try:
             found = cls._from_record(record)
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise CheckpointError(f"{path}: not a complete model file ({one_line(error)[:200]})") from None
+        except Exception as error:  # whatever a record of the wrong shape raises while it is read field by field
+            raise CheckpointError(f"{path}: not a complete model file ({type(error).__name__}: "
+                                  f"{one_line(error)[:200]})") from None
         found.network(path)  # refuses weights that do not fit or hold NaN
         return found
 
@@ -137,8 +138,12 @@ def read_torch_file(path: str | Path, formats: tuple[str, ...]) -> dict:
     """A torch file read safely (plain data and tensors only; a file that names code is refused, not
     run), checked to be one of these formats written for this code's architecture."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    try:
+        is_file, exists = path.is_file(), path.exists()
+    except (OSError, ValueError) as error:  # a name the file system cannot hold (a NUL byte, too long)
+        raise CheckpointError(f"{path}: not a usable file name ({one_line(error)})") from None
+    if not is_file:
+        raise CheckpointError(f"{path}: no such file" if not exists else f"{path}: not a file")
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:  # what the safe loader raises for anything but data

@@ -42,6 +42,8 @@ def read(path: str | Path) -> object:
         raise YamlError(f"{path}: is a directory, not a file") from None
     except OSError as error:
         raise YamlError(f"{path}: cannot be read ({error.strerror or type(error).__name__})") from None
+    except ValueError as error:  # a name the file system cannot hold (a NUL byte)
+        raise YamlError(f"{path}: not a usable file name ({error})") from None
     if len(data) > MAX_BYTES:
         raise YamlError(f"{path}: larger than {MAX_BYTES // 1024} KiB, too large for a settings file")
     try:

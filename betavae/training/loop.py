@@ -242,7 +242,7 @@ def _snapshots(trainer: Trainer, epoch: int) -> dict[str, torch.Tensor]:
     """DVCLive image name -> uint8 mosaic; `<series>/<epoch>.png` names make one series per kind,
     which DVC's VS Code extension shows with an epoch slider."""
     model = trainer.model.eval()
-    latents = grids.prior_latents(trainer.params.seed, trainer.params.z_dim).to(trainer.compute.device)
+    latents = grids.prior_latents(trainer.params.seed, model.config.latent_dim).to(trainer.compute.device)
     x = trainer.compute.to_layout(to_float(trainer.val.images[:SNAPSHOT_RECONSTRUCTIONS]))
     return {f"samples/{epoch}.png": grids.mosaic(model.pixel_probabilities(latents)),
             f"reconstructions/{epoch}.png": grids.mosaic(grids.reconstructions(model, x))}

@@ -140,8 +140,8 @@ def _check_state(state: dict, trainer: Trainer) -> Progress:
     if best["weights"] is not None:
         copy.deepcopy(trainer.model).load_state_dict(best["weights"])
     epochs_done = int(state["epoch"])
-    history = [dict(record) for record in state["history"]]
-    epochs_in_history = [record["epoch"] for record in history]
+    history = [dict(logged) for logged in state["history"]]
+    epochs_in_history = [logged["epoch"] for logged in history]
     if not 0 <= epochs_done <= trainer.params.epochs or epochs_in_history != list(range(1, epochs_done + 1)):
         raise ValueError(f"checkpoint holds {epochs_done} epochs but history for epochs {epochs_in_history}")
     snapshots = {str(name): pixels for name, pixels in state["snapshots"].items()}

@@ -59,6 +59,6 @@ class Progress:
     """What a run has produced so far: saved in the checkpoint after every epoch, returned at the end."""
 
     epochs_done: int = 0
-    history: list[dict] = dataclasses.field(default_factory=list)  # one record of metrics per epoch
+    history: list[dict] = dataclasses.field(default_factory=list)  # each epoch's logged metrics
     best: BestEpoch = dataclasses.field(default_factory=BestEpoch)
     snapshots: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # DVCLive image name -> uint8 mosaic

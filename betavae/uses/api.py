@@ -16,6 +16,7 @@ shell.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from betavae.core import grids, idx
 from betavae.core.data import INFERENCE_BATCH
 from betavae.errors import BetaVAEError, one_line
 from betavae.pipeline.modelfile import ModelFile, load_model
+from betavae.pipeline.params import DEVICES, MAX_SEED
 from betavae.speed import runtime
 
 SIDE = idx.IMAGE_SIDE
@@ -39,6 +41,24 @@ class ImageError(BetaVAEError, ValueError):
 
 class LatentError(BetaVAEError, ValueError):
     """A latent code, dimension or count that does not fit the model."""
+
+
+class ArgumentError(BetaVAEError, ValueError):
+    """Any other argument of the API that is of the wrong kind or out of range (a path, a device, a seed)."""
+
+
+def _integer(value: object, name: str, low: int, high: int | None = None, error: type = ArgumentError) -> int:
+    """value as an int in [low, high] (bool is not an int here), else `error` naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low or (
+            high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise error(f"{name} must be an integer {bounds}; got {_shown(value)}")
+    return int(value)
+
+
+def _shown(value: object) -> str:
+    text = repr(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 class TrainedModel:
@@ -64,7 +84,9 @@ class TrainedModel:
     @torch.no_grad()
     def encode(self, images) -> tuple[torch.Tensor, torch.Tensor]:
         """images -> posterior mean and log-variance, each (N, Z), on the CPU."""
-        parts = [self.model.encode(x.to(self.device)) for x in as_batch(images).split(INFERENCE_BATCH)]
+        batch = as_batch(images)
+        check_images_fit(len(batch), "encoding")
+        parts = [self.model.encode(x.to(self.device)) for x in batch.split(INFERENCE_BATCH)]
         return (torch.cat([mean for mean, _ in parts]).cpu(), torch.cat([logvar for _, logvar in parts]).cpu())
 
     @torch.no_grad()
@@ -77,8 +99,8 @@ class TrainedModel:
 
     def sample(self, count: int, seed: int = 0) -> torch.Tensor:
         """count images decoded from prior draws that depend on the seed alone."""
-        if not isinstance(count, int) or count < 1:
-            raise LatentError(f"the number of samples must be an integer >= 1; got {count!r}")
+        count = _integer(count, "the number of samples", 1, error=LatentError)
+        seed = _integer(seed, "seed", 0, MAX_SEED)
         check_images_fit(count, f"{count} samples")
         return self.decode(grids.prior_latents(seed, self.latent_dim, count))
 
@@ -92,8 +114,10 @@ class TrainedModel:
         """Rows of decodings, one per dimension (default: the TRAVERSAL_ROWS with most KL), moving it
         through `values` with the other dimensions at `base` (default: the prior mean, 0)."""
         base = torch.zeros(self.latent_dim) if base is None else self._latents(base, "base", (self.latent_dim,))
+        if dimensions is not None and not isinstance(dimensions, (list, tuple)):
+            raise LatentError(f"dimensions must be a list of integers; got {_shown(dimensions)}")
         dimensions = self.dimensions_by_kl()[:TRAVERSAL_ROWS] if dimensions is None else list(dimensions)
-        bad = [d for d in dimensions if not isinstance(d, int) or not 0 <= d < self.latent_dim]
+        bad = [d for d in dimensions if isinstance(d, bool) or not isinstance(d, int) or not 0 <= d < self.latent_dim]
         if bad or not dimensions:
             raise LatentError(f"dimensions must be a non-empty list of integers in [0, {self.latent_dim}); got "
                               f"{dimensions!r}")
@@ -103,10 +127,12 @@ class TrainedModel:
 
     def _latents(self, given, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         """given as a float tensor of `shape` (-1: any length >= 1) with finite values, else LatentError."""
+        if isinstance(given, (str, bytes, Path)) or given is None:
+            raise LatentError(f"{name} must be numbers (a tensor, an array or a list); got {_shown(given)}")
         try:
             latents = torch.as_tensor(given, dtype=torch.float32)
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise LatentError(f"{name} must be numbers; got {type(given).__name__} ({error})") from None
+        except (TypeError, ValueError, RuntimeError, OverflowError) as error:
+            raise LatentError(f"{name} must be numbers; got {type(given).__name__} ({one_line(error)[:120]})") from None
         fits = latents.ndim == len(shape) and all(want in (-1, got) for want, got in zip(shape, latents.shape))
         if not fits or latents.numel() == 0:
             wanted = ", ".join("N" if size == -1 else str(size) for size in shape)
@@ -122,9 +148,10 @@ class TrainedModel:
         (default: TRAVERSAL_ROWS, or every dimension of a smaller code)."""
         from betavae.uses.figures import traversal_figure  # matplotlib: only drawing a figure needs it
 
+        if not isinstance(what, str):
+            raise ArgumentError(f"what must be text describing the base; got {_shown(what)}")
         rows = min(TRAVERSAL_ROWS, self.latent_dim) if rows is None else rows
-        if not isinstance(rows, int) or not 1 <= rows <= self.latent_dim:
-            raise LatentError(f"rows must be in [1, {self.latent_dim}] (the latent dimensions); got {rows!r}")
+        rows = _integer(rows, f"rows (of the {self.latent_dim} latent dimensions)", 1, self.latent_dim, LatentError)
         order, kl = self.dimensions_by_kl(), self.latent_kl
         shown = order[:rows]
         labels = [f"z{dim}  KL {kl[dim].item():.2f}" for dim in shown]
@@ -138,6 +165,10 @@ class TrainedModel:
 
 def load(path: str | Path, device: str = "auto") -> TrainedModel:
     """The model saved at path (models/model.pt), on `device`: auto (CUDA if present), cpu or cuda."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ArgumentError(f"path must be the model file's path; got {_shown(path)}")
+    if device not in DEVICES:
+        raise ArgumentError(f"device must be one of {', '.join(DEVICES)}; got {_shown(device)}")
     model, model_file = load_model(path, runtime.resolve_device(device))
     return TrainedModel(model, model_file)
 
@@ -150,14 +181,21 @@ def check_images_fit(count: int, what: str) -> None:
 
 def as_batch(images) -> torch.Tensor:
     """uint8 or float images, (N, 28, 28) or (N, 1, 28, 28) -> float (N, 1, 28, 28) in [0, 1]."""
-    given = torch.as_tensor(images)
+    if isinstance(images, (str, bytes, os.PathLike)):
+        raise ImageError(f"images must be pixels (a tensor or an array); got {_shown(images)}: to read image files, "
+                         "use api.read_images([...]) first")
+    try:
+        given = torch.as_tensor(images)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as error:
+        raise ImageError(f"images must be pixels (a tensor or an array); got {_shown(images)} "
+                         f"({one_line(error)[:120]})") from None
     images = given.unsqueeze(1) if given.ndim == 3 else given
     if images.ndim != 4 or tuple(images.shape[1:]) != (1, SIDE, SIDE) or len(images) == 0:
         raise ImageError(f"images must have shape (N, {SIDE}, {SIDE}) or (N, 1, {SIDE}, {SIDE}) with N >= 1; "
                          f"got {tuple(given.shape)}")
     if images.dtype == torch.uint8:
         return images.float() / 255
-    if not images.is_floating_point():
+    if not images.is_floating_point() or images.is_complex():
         raise ImageError(f"images must be uint8 (0-255) or float (0-1); got {images.dtype}")
     low, high = images.min().item(), images.max().item()
     if not (low >= 0 and high <= 1):
@@ -166,8 +204,15 @@ def as_batch(images) -> torch.Tensor:
     return images.float()
 
 
-def read_images(paths: list[str | Path]) -> torch.Tensor:
-    """One IDX image file, or any number of 28x28 greyscale PNG files -> uint8 (N, 28, 28)."""
+def read_images(paths: list[str | Path] | str | Path) -> torch.Tensor:
+    """One IDX image file, or any number of 28x28 greyscale PNG files (a path, or a list of them) ->
+    uint8 (N, 28, 28)."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if (not isinstance(paths, (list, tuple)) or not paths
+            or not all(isinstance(path, (str, os.PathLike)) for path in paths)):
+        raise ImageError(f"paths must be a file's path or a non-empty list of them; got {_shown(paths)}")
+    check_images_fit(len(paths), "reading the images")
     paths = [Path(path) for path in paths]
     if len(paths) == 1 and paths[0].suffix.lower() != ".png":
         return torch.from_numpy(idx.read_images(paths[0]).copy())

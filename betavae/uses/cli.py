@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 from betavae import errors
-from betavae.errors import BetaVAEError
-from betavae.pipeline.params import MAX_SEED, PARAMS_FILE
+from betavae.errors import ArgumentParser, BetaVAEError, integer_in, say
+from betavae.pipeline.params import DEVICES, MAX_SEED, PARAMS_FILE
 
 PROGRAM = "betavae"
 DEFAULT_MODEL = Path("models/model.pt")
@@ -42,21 +42,14 @@ def main(argv: list[str] | None = None) -> None:
     errors.run(lambda: args.command(args), PROGRAM)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, with a usage error on one line (`--help` shows the usage)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{errors.line(PROGRAM, message)} (see `{self.prog} --help`)\n")
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROGRAM, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(required=True, metavar="COMMAND", parser_class=_Parser)
+    parser = ArgumentParser(prog=PROGRAM, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND", parser_class=ArgumentParser)
 
     sample = _model_command(commands, "sample", _sample, "decode prior samples into a grid PNG")
-    sample.add_argument("-n", "--count", type=_bounded(1, MAX_GRID_IMAGES),
+    sample.add_argument("-n", "--count", type=integer_in(1, MAX_GRID_IMAGES),
                         help=f"images, 1 to {MAX_GRID_IMAGES} (default: as many as reports/figures/samples.png)")
-    sample.add_argument("--seed", type=_bounded(0, MAX_SEED), default=0,
+    sample.add_argument("--seed", type=integer_in(0, MAX_SEED), default=0,
                         help="seed of the prior draws (default: %(default)s)")
 
     reconstruct = _model_command(commands, "reconstruct", _reconstruct,
@@ -70,9 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     traverse = _model_command(commands, "traverse", _traverse, "decodings as each of the most informative "
                               "latent dimensions moves from -3 to +3, the others fixed")
     _images_argument(traverse, required=False)
-    traverse.add_argument("--index", type=_bounded(0, None), default=0,
+    traverse.add_argument("--index", type=integer_in(0, None), default=0,
                           help="which of --images to traverse around (default: 0; without --images, the prior mean)")
-    traverse.add_argument("--rows", type=_bounded(1, None),
+    traverse.add_argument("--rows", type=integer_in(1, None),
                           help="dimensions to show, most KL first, at most the latent size (default: as in "
                                "reports/figures/traversal.png)")
 
@@ -80,8 +73,9 @@ def _parser() -> argparse.ArgumentParser:
                                  description="Write the first images of an IDX file (the test set by default) "
                                              "as 28x28 greyscale PNG files, to use with --images.")
     digits.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="IDX image file (default: %(default)s)")
-    digits.add_argument("--first", type=_bounded(1, MAX_DIGITS), default=8, help="how many (default: %(default)s)")
-    digits.add_argument("--out-dir", type=Path, required=True, help="directory for digit-<index>.png; must exist")
+    digits.add_argument("--first", type=integer_in(1, MAX_DIGITS), default=8, help="how many (default: %(default)s)")
+    digits.add_argument("--out-dir", type=Path, required=True,
+                        help="directory for digit-<index>.png (created if missing)")
     digits.set_defaults(command=_digits)
 
     check = commands.add_parser("check-params", help="validate a params file without running anything",
@@ -93,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
                                   description="Serve the in-browser latent explorer (reports/explorer) on "
                                               "127.0.0.1 until Ctrl-C.")
     explore.add_argument("--dir", type=Path, default=DEFAULT_PAGE, help="the page's directory (default: %(default)s)")
-    explore.add_argument("--port", type=_bounded(0, 65535), default=DEFAULT_PORT,
+    explore.add_argument("--port", type=integer_in(0, 65535), default=DEFAULT_PORT,
                          help="port, 0 for any free one (default: %(default)s)")
     explore.add_argument("--open", action="store_true", help="open the page in the default browser")
     explore.set_defaults(command=_explore)
@@ -103,8 +97,9 @@ def _parser() -> argparse.ArgumentParser:
 def _model_command(commands, name: str, function, summary: str) -> argparse.ArgumentParser:
     parser = commands.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="trained model file (default: %(default)s)")
-    parser.add_argument("--out", type=Path, required=True, help="output file; its directory must exist")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output file, in the format its suffix names (.png, .jpg, ...; .csv or .npy for encode)")
+    parser.add_argument("--device", default="auto", choices=DEVICES,
                         help="auto (CUDA if present), cpu or cuda")
     parser.set_defaults(command=function)
     return parser
@@ -115,25 +110,11 @@ def _images_argument(parser: argparse.ArgumentParser, required: bool) -> None:
                         help="one IDX image file (e.g. data/mnist/t10k-images-idx3-ubyte) or 28x28 grey PNG files")
 
 
-def _bounded(low: int, high: int | None):
-    """An argparse type: an integer in [low, high] (no upper bound where high is None)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            upper = "" if high is None else f" and <= {high}"
-            raise argparse.ArgumentTypeError(f"must be >= {low}{upper}, got {value}")
-        return value
-    return parse
-
-
 def _sample(args) -> None:
     from betavae.core import grids
     from betavae.uses import api
 
-    _check_out(args.out)
+    _check_out(args.out, "pixels")
     _write_grid(args.out, api.load(args.model, args.device).sample(args.count or grids.SAMPLES, args.seed))
 
 
@@ -141,7 +122,7 @@ def _reconstruct(args) -> None:
     from betavae.core import grids
     from betavae.uses import api
 
-    _check_out(args.out)
+    _check_out(args.out, "pixels")
     images = _read_images(args.images)
     outputs = api.load(args.model, args.device).reconstruct(images)
     columns = min(grids.COLUMNS, len(images))
@@ -157,25 +138,24 @@ def _encode(args) -> None:
     from betavae.pipeline import atomic
     from betavae.uses import api
 
-    if args.out.suffix not in (".csv", ".npy"):
-        raise UsageError(f"--out {args.out}: must end in .csv or .npy")
-    _check_out(args.out)
+    if args.out.suffix.lower() not in (".csv", ".npy"):
+        raise UsageError(f"--out {args.out}: latents are written as .csv or .npy")
     images = api.read_images(args.images)
     mean, logvar = api.load(args.model, args.device).encode(images)
-    if args.out.suffix == ".npy":
+    if args.out.suffix.lower() == ".npy":
         buffer = io.BytesIO()
         np.save(buffer, torch.stack([mean, logvar], 1).numpy().astype(np.float32))
         atomic.write_bytes(args.out, buffer.getvalue())
     else:
         atomic.write_text(args.out, _latents_csv(_names(args.images, len(mean)), mean, logvar))
-    print(f"{PROGRAM}: {len(mean)} images encoded to {args.out}")
+    say(f"{PROGRAM}: {len(mean)} images encoded to {args.out}")
 
 
 def _traverse(args) -> None:
     from betavae.pipeline import atomic, pictures
     from betavae.uses import api
 
-    _check_out(args.out)
+    _check_out(args.out, "figures")
     vae = api.load(args.model, args.device)
     if args.rows is not None and args.rows > vae.latent_dim:
         raise UsageError(f"--rows {args.rows}: the model has {vae.latent_dim} latent dimensions")
@@ -187,19 +167,19 @@ def _traverse(args) -> None:
         base = vae.encode(images[args.index:args.index + 1])[0][0]
         around = f"the posterior mean of {_names(args.images, len(images))[args.index]}"
     atomic.write_bytes(args.out, pictures.figure_bytes(vae.traversal_figure(base, around, args.rows), args.out))
-    print(f"{PROGRAM}: traversal written to {args.out}")
+    say(f"{PROGRAM}: traversal written to {args.out}")
 
 
 def _digits(args) -> None:
     from betavae.pipeline import atomic, pictures
     from betavae.uses import api
 
-    if not args.out_dir.is_dir():
+    if args.out_dir.exists() and not args.out_dir.is_dir():
         raise UsageError(f"--out-dir {args.out_dir}: not a directory")
     images = api.read_images([args.images])[:args.first]
     for index, image in enumerate(images):
         atomic.write_bytes(args.out_dir / f"digit-{index:04d}.png", pictures.pixels_bytes(image))
-    print(f"{PROGRAM}: {len(images)} digits written to {args.out_dir} (digit-0000.png ...)")
+    say(f"{PROGRAM}: {len(images)} digits written to {args.out_dir} (digit-0000.png ...)")
 
 
 def _check_params(args) -> None:
@@ -207,8 +187,8 @@ def _check_params(args) -> None:
     from betavae.pipeline.params import load_params
 
     for warning in schedules.warnings(load_params(args.params)):
-        print(f"{PROGRAM}: warning: {warning}")
-    print(f"{PROGRAM}: {args.params} is valid")
+        say(f"{PROGRAM}: warning: {warning}")
+    say(f"{PROGRAM}: {args.params} is valid")
 
 
 def _explore(args) -> None:
@@ -217,13 +197,13 @@ def _explore(args) -> None:
     from betavae.uses import explorer
 
     running = explorer.server(args.dir, args.port)
-    print(f"{PROGRAM}: the explorer is at {explorer.url(running)} (Ctrl-C stops it)", flush=True)
+    say(f"{PROGRAM}: the explorer is at {explorer.url(running)} (Ctrl-C stops it)")
     if args.open:
         webbrowser.open(explorer.url(running))
     try:
         running.serve_forever()
     except KeyboardInterrupt:
-        print(f"{PROGRAM}: explorer stopped")
+        say(f"{PROGRAM}: explorer stopped")
     finally:
         running.server_close()
 
@@ -237,9 +217,15 @@ def _read_images(paths: list[Path]):
     return images
 
 
-def _check_out(path: Path) -> None:
-    if not path.parent.is_dir():
-        raise UsageError(f"--out {path}: directory {path.parent} does not exist")
+def _check_out(path: Path, kind: str) -> None:
+    """Refuse, before any work, an output name whose format cannot be written (pictures.check_name),
+    or whose directory is a file; a missing directory is created when the file is written."""
+    from betavae.pipeline import pictures
+
+    pictures.check_name(path, kind)
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise UsageError(f"--out {path}: {parent} is not a directory")
 
 
 def _write_grid(path: Path, images, columns: int | None = None) -> None:
@@ -247,7 +233,7 @@ def _write_grid(path: Path, images, columns: int | None = None) -> None:
     from betavae.pipeline import atomic, pictures
 
     atomic.write_bytes(path, pictures.pixels_bytes(grids.mosaic(images, columns or grids.COLUMNS), path))
-    print(f"{PROGRAM}: {len(images)} images written to {path}")
+    say(f"{PROGRAM}: {len(images)} images written to {path}")
 
 
 def _names(paths: list[Path], count: int) -> list[str]:

@@ -1,0 +1,241 @@
+"""Untrusted input at every door (docs/trust.md), tested by class, several members each: secrets are
+never printed, a command checks what it needs before any work and quotes a failing tool's own
+error, command-line lists are read strictly, output names are honoured, and the Python API answers
+anything with its own one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from betavae import errors
+from betavae.experiments import tools
+from betavae.pipeline import pictures
+from betavae.uses import api, cli
+from scripts import compare, record_experiment, search, sweep
+
+# --- secrets ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, secret", [
+    ("cannot open study 's' in postgresql://user:hunter2@db.example/study: refused", "hunter2"),
+    ("cannot open postgresql://user:p@ss@db.example/study", "p@ss"),
+    ("fatal: unable to access 'https://ghp_abcdef123456@github.com/o/r.git/': 403", "ghp_abcdef123456"),
+    ("mysql+pymysql://root:toor123@127.0.0.1:3306/optuna", "toor123"),
+    ("GET https://bucket.s3.amazonaws.com/x?X-Amz-Signature=deadbeef99&X-Amz-Date=1", "deadbeef99"),
+    ("redis://:s3cretpass@cache:6379/0 is down", "s3cretpass"),
+    ("https://host/api?token=abc123xyz&page=2", "abc123xyz"),
+])
+def test_credentials_in_any_message_are_hidden(text, secret):
+    for shown in (errors.one_line(text), errors.line("search", text), str(errors.BetaVAEError(text))):
+        assert secret not in shown and errors.HIDDEN in shown
+
+
+def test_the_values_of_secret_environment_variables_are_hidden(monkeypatch, capsys):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG")
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "tok-998877")
+    monkeypatch.setenv("SHELL_LEVEL", "123456")  # not a secret's name: left alone
+    errors.tell("remote refused wJalrXUtnFEMI/K7MDENG and tok-998877 at level 123456")
+    assert capsys.readouterr().err.strip() == "remote refused *** and *** at level 123456"
+
+
+def test_ordinary_text_is_left_alone():
+    text = "train: error: data/mnist/t10k-labels-idx1-ubyte: no such file (git@github.com:o/r.git)"
+    assert errors.one_line(text) == text
+
+
+# --- a failing tool's own error ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stderr, expected", [
+    ("ERROR: failed to reproduce 'train': failed to run: python -m stages.train, exited with 1\n"
+     "train: error: params.yaml: beta must be >= 0 (got -1.0)\nHaving any troubles? Hit us up at "
+     "https://dvc.org/support, we are always happy to help!\n", "train: error: params.yaml: beta must be >= 0"),
+    ("ERROR: 'orgin' is not a valid remote name\nHaving any troubles? Hit us up at https://dvc.org/support\n",
+     "ERROR: 'orgin' is not a valid remote name"),
+    ("fatal: 'orgin' does not appear to be a git repository\nfatal: Could not read from remote repository.\n\n"
+     "Please make sure you have the correct access rights\nand the repository exists.\n",
+     "fatal: 'orgin' does not appear to be a git repository"),
+    ("error: src refspec main does not match any\n", "error: src refspec main does not match any"),
+    ("Traceback (most recent call last):\n  ...\nRuntimeError: boom\n", "RuntimeError: boom"),
+])
+def test_a_failing_tool_is_quoted_by_the_line_that_says_what_failed(stderr, expected):
+    line = tools.error_line(subprocess.CompletedProcess(["x"], 1, "", stderr))
+    assert line.startswith(expected) and "Having any troubles" not in line and "repository exists" not in line
+
+
+def test_a_tool_that_is_not_installed_is_one_line(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(tools.ToolError, match="`dvc` and `git` not installed or not on PATH"):
+        tools.require_tools("dvc", "git")
+    with pytest.raises(tools.ToolError, match="`dvc` is not installed or not on PATH"):
+        tools.run(["dvc", "status"])
+
+
+# --- commands check what they need before any work ------------------------------------------------
+
+
+def _main(module, argv, monkeypatch, capsys, directory) -> tuple[int, str]:
+    monkeypatch.chdir(directory)
+    monkeypatch.setattr(sys, "argv", [module.__name__, *argv])
+    with pytest.raises(SystemExit) as ended:
+        module.main()
+    return ended.value.code, capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize("module, argv, name", [
+    (compare, [], "compare"),
+    (record_experiment, ["an-experiment", "--out", "x.json", "--command", "dvc exp run"], "record_experiment"),
+    (search, ["--space", "space.yaml", "--trials", "1"], "search"),
+])
+def test_a_command_run_outside_a_repository_says_so_in_one_line(module, argv, name, tmp_path, monkeypatch, capsys,
+                                                               repo_root):
+    (tmp_path / "space.yaml").write_text((repo_root / "search.yaml").read_text())
+    status, err = _main(module, argv, monkeypatch, capsys, tmp_path)
+    assert status == 1 and err == f"{name}: error: {tmp_path} is not inside a git repository; run this in a clone " \
+                                  "of the project"
+
+
+def test_a_git_repository_that_is_not_a_dvc_one_is_named(tmp_path, run):
+    run(["git", "init", "-q"], tmp_path)
+    with pytest.raises(tools.ToolError, match="is a git repository but not a DVC one"):
+        tools.require_repository(tmp_path)
+
+
+def test_a_remote_that_does_not_exist_is_refused_before_any_trial(tmp_path, run):
+    run(["git", "init", "-q"], tmp_path)
+    with pytest.raises(tools.ToolError, match=r"git remote 'orgin' does not exist in .* \(remotes: none\)"):
+        tools.require_git_remote("orgin", tmp_path)
+
+
+def test_an_output_directory_that_cannot_be_made_is_named(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(tools.ToolError, match=r"cannot create .*file/reports"):
+        tools.require_writable_directory(tmp_path / "file" / "reports")
+
+
+# --- lists on the command line ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--grid", "beta=,"], "'beta=,' has an empty value"),
+    (["--grid", "beta="], "'beta=' has an empty value"),
+    (["--grid", "beta=0.5,,1"], "has an empty value"),
+    (["--grid", "beta=1,1"], "beta lists 1 twice"),
+    (["--grid", "bta=1,2"], "'bta' is not a param of params.yaml (did you mean beta?)"),
+    (["--grid", "augment=1,2"], "augment is a group of params; name one of them"),
+    (["--grid", "beta={a: 1}"], "is not a single value"),
+    (["--grid", "beta=[1,2]"], "not valid YAML"),
+    (["--grid", "beta=1", "--set", "seed"], "expected KEY=VALUE, got 'seed'"),
+    (["--grid", "beta=1", "--set", "beta=2"], "beta is given more than once in --grid and --set"),
+    (["--grid", "beta=1", "seed=1", "seed=2"], "seed is given more than once"),
+    (["--grid", "beta=-1,1"], "the run beta--1: beta must be >= 0"),
+    (["--grid", "beta=1", "--jobs", "0"], "--jobs: must be >= 1"),
+    (["--grid", "beta=1", "--shard", "3/2"], "expected i/N with 1 <= i <= N"),
+])
+def test_a_loosely_written_sweep_is_refused_before_anything_runs(argv, message, monkeypatch, capsys, repo_root):
+    status, err = _main(sweep, [*argv, "--dry-run"], monkeypatch, capsys, repo_root)
+    assert status in (1, 2) and message in err and len(err.splitlines()) == 1
+
+
+def test_a_shard_without_runs_says_so(monkeypatch, capsys, repo_root):
+    monkeypatch.chdir(repo_root)
+    monkeypatch.setattr(sys, "argv", ["sweep", "--grid", "beta=1", "--shard", "2/2"])
+    sweep.main()
+    assert "shard 2/2 of 1 runs holds none; nothing to run" in capsys.readouterr().out
+
+
+# --- output names ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    from betavae.core.model import ConvVAE, ModelConfig
+    from betavae.pipeline import modelfile
+    from betavae.pipeline.params import Params
+
+    model = ConvVAE(ModelConfig(latent_dim=3, dropout=0.0))
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    modelfile.ModelFile(model.config, Params(), 1, modelfile.Selection("loss", 1.0), (1.0, 0.5, 0.1), None,
+                        model.state_dict()).write(path)
+    return path
+
+
+@pytest.mark.parametrize("name, kind", [("s.jpg", "JPEG"), ("s.png", "PNG"), ("s.webp", "WEBP"), ("s.tiff", "TIFF")])
+def test_sample_writes_the_format_its_name_asks_for(model_path, tmp_path, name, kind):
+    cli.main(["sample", "--model", str(model_path), "-n", "8", "--out", str(tmp_path / "new" / name),
+              "--device", "cpu"])
+    with Image.open(tmp_path / "new" / name) as image:  # the missing directory was made
+        assert image.format == kind
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sample", "--out", "s.txt"], "s.txt: ends in '.txt'; a picture is written as one of"),
+    (["sample", "--out", "samples"], "samples: has no suffix"),
+    (["reconstruct", "--images", "d.png", "--out", "r.pdf"], "r.pdf: ends in '.pdf'; a picture is written as"),
+    (["traverse", "--out", "t.docx"], "t.docx: ends in '.docx'; a figure is written as one of"),
+    (["encode", "--images", "d.png", "--out", "l.json"], "--out l.json: latents are written as .csv or .npy"),
+])
+def test_an_output_name_that_cannot_be_honoured_is_refused_before_any_work(model_path, tmp_path, capsys,
+                                                                          monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as ended:
+        cli.main([*argv, "--model", str(model_path), "--device", "cpu"])
+    assert ended.value.code == 1 and message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_traverse_writes_a_pdf_when_asked(model_path, tmp_path):
+    cli.main(["traverse", "--model", str(model_path), "--out", str(tmp_path / "t.pdf"), "--device", "cpu"])
+    assert (tmp_path / "t.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_digits_creates_its_output_directory(tmp_path, make_mnist):
+    make_mnist(tmp_path / "mnist")
+    cli.main(["digits", "--images", str(tmp_path / "mnist" / "t10k-images-idx3-ubyte"), "--first", "2",
+              "--out-dir", str(tmp_path / "new" / "dir")])
+    assert sorted(path.name for path in (tmp_path / "new" / "dir").iterdir()) == ["digit-0000.png", "digit-0001.png"]
+
+
+def test_a_picture_name_is_checked_by_the_one_writer_every_command_uses():
+    with pytest.raises(pictures.PictureNameError):
+        pictures.pixels_bytes(torch.zeros(4, 4, dtype=torch.uint8), "x.svg")
+
+
+# --- the Python API --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda vae: vae.encode("digit.png"), api.ImageError, "got 'digit.png': to read image files, use api.read_images"),
+    (lambda vae: vae.encode(None), api.ImageError, "images must be pixels"),
+    (lambda vae: vae.encode({"a": 1}), api.ImageError, "images must be pixels"),
+    (lambda vae: vae.encode(np.array(["a", "b"])), api.ImageError, "images must be pixels"),
+    (lambda vae: vae.encode(torch.zeros(2, 28, 28, dtype=torch.bool)), api.ImageError, "uint8 (0-255) or float"),
+    (lambda vae: vae.encode(torch.full((1, 28, 28), float("nan"))), api.ImageError, "must lie in [0, 1]"),
+    (lambda vae: vae.decode("0.5"), api.LatentError, "latents must be numbers"),
+    (lambda vae: vae.decode(torch.zeros(2, 5)), api.LatentError, "latents must have shape (N, 3)"),
+    (lambda vae: vae.sample(True), api.LatentError, "the number of samples must be an integer >= 1"),
+    (lambda vae: vae.sample(2.0), api.LatentError, "the number of samples must be an integer >= 1"),
+    (lambda vae: vae.sample(2, seed=-1), api.ArgumentError, "seed must be an integer in [0, "),
+    (lambda vae: vae.sample(2, seed="0"), api.ArgumentError, "seed must be an integer"),
+    (lambda vae: vae.traversal(dimensions=[True]), api.LatentError, "dimensions must be a non-empty list"),
+    (lambda vae: vae.traversal(dimensions=1), api.LatentError, "dimensions must be a list of integers"),
+    (lambda vae: vae.traversal_figure(rows=99), api.LatentError, "rows (of the 3 latent dimensions) must be"),
+    (lambda vae: vae.traversal_figure(what=3), api.ArgumentError, "what must be text"),
+    (lambda vae: api.load(3), api.ArgumentError, "path must be the model file's path; got 3"),
+    (lambda vae: api.load("m.pt", device="gpu"), api.ArgumentError, "device must be one of auto, cpu, cuda"),
+    (lambda vae: api.load("no\x00file.pt"), errors.BetaVAEError, "no such file"),
+    (lambda vae: api.read_images(7), api.ImageError, "paths must be a file's path or a non-empty list"),
+    (lambda vae: api.read_images([]), api.ImageError, "paths must be a file's path or a non-empty list"),
+    (lambda vae: api.read_images(["missing.png"]), api.ImageError, "missing.png: No such file"),
+])
+def test_every_public_function_of_the_api_says_what_is_wrong_in_one_sentence(model_path, call, error, message):
+    vae = api.load(model_path, device="cpu")
+    with pytest.raises(error) as raised:
+        call(vae)
+    assert message in str(raised.value) and "\n" not in str(raised.value)

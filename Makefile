@@ -9,6 +9,7 @@
 # make lint      ruff on the code, actionlint on the GitHub workflow
 # make bench     setup, then the training-speed benchmark (benchmarks/train_speed.py)
 # make dvc-yaml  rewrite dvc.yaml's code and params lists from the package (scripts/dvc_yaml.py)
+# make gpu-check on a machine with a CUDA GPU: train → export timed, the benchmark, the cuda tests (scripts/gpu_check.py)
 
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -16,7 +17,7 @@ STAMP := $(VENV)/installed
 # Stages call `python`, `dvc` and `torchrun`; the venv's must come first.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup repro retrain test test-all lint bench dvc-yaml
+.PHONY: setup repro retrain test test-all lint bench dvc-yaml gpu-check
 
 setup: $(STAMP)
 
@@ -52,3 +53,6 @@ bench: setup
 
 dvc-yaml: setup
 	python scripts/dvc_yaml.py
+
+gpu-check: setup
+	python scripts/gpu_check.py

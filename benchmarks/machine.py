@@ -63,6 +63,39 @@ class Ceiling:
         return steps * 2 * MATMUL_SIDE**3 / (time.perf_counter() - started) / 1e9
 
 
+class GpuCeiling:
+    """TFLOP/s of a large square matrix product on the GPU, measured as a GPU is measured: warmed up,
+    timed between synchronisations. "bf16" in bfloat16; "tf32" in fp32 with TF32 tensor cores allowed
+    (what cuBLAS does for fp32 by default under autocast's neighbours); "fp32" with them forbidden."""
+
+    unit = "TFLOP/s"
+    SIDE = 8192
+
+    def __init__(self, kind: str, device: torch.device):
+        if kind not in ("bf16", "tf32", "fp32"):
+            raise ValueError(f"kind must be bf16, tf32 or fp32, not {kind!r}")
+        self.kind, self.device = kind, device
+        dtype = torch.bfloat16 if kind == "bf16" else torch.float32
+        generator = torch.Generator(device).manual_seed(0)
+        self.a, self.b = (torch.randn(self.SIDE, self.SIDE, generator=generator, device=device, dtype=dtype)
+                          for _ in range(2))
+
+    def rate(self, steps: int) -> float:
+        allowed = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = self.kind == "tf32"
+        try:
+            for _ in range(3):
+                torch.mm(self.a, self.b)
+            torch.cuda.synchronize(self.device)
+            started = time.perf_counter()
+            for _ in range(max(steps, 10)):
+                torch.mm(self.a, self.b)
+            torch.cuda.synchronize(self.device)
+            return max(steps, 10) * 2 * self.SIDE**3 / (time.perf_counter() - started) / 1e12
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = allowed
+
+
 def has_bf16(device: torch.device) -> bool:
     """Whether bf16 arithmetic is native here: CUDA, or a CPU with AVX-512 BF16 or AMX."""
     return device.type == "cuda" or bool({"avx512_bf16", "amx_bf16"} & cpu_flags(cpuinfo()))

@@ -4,8 +4,12 @@ the machine's own ceiling.
     python benchmarks/train_speed.py            # a few minutes
     python benchmarks/train_speed.py --quick    # about a minute
 
+    python benchmarks/train_speed.py --out reports/bench/train_speed-h200.json   # on a GPU: measured as a GPU is
+
 In one process, with the same model, batch size, optimiser, loss and augmentation settings:
-  project       the train stage's own step (betavae.training.loop.train_step) on device-resident uint8 data
+  project       the train stage's own step (betavae/training/step.py) on device-resident uint8 data: on a
+                CUDA device the whole step captured as a CUDA graph and replayed, elsewhere eager
+  project_eager on a CUDA device, the same step run eagerly (what the graph saves)
   conventional  how the spec's kind of script is written: a Dataset that augments one image at a time
                 with torchvision.transforms.v2.RandomAffine, a shuffling DataLoader with num_workers =
                 CPU count, default memory format and (non-deterministic) settings
@@ -13,9 +17,11 @@ In one process, with the same model, batch size, optimiser, loss and augmentatio
   bf16 floor    the same in bf16 autocast, where the CPU has bf16 instructions (or on CUDA)
   stock floor   the floor with torch's own nn.ConvTranspose2d as the decoder's output layer instead
                 of betavae.core.model.OutputTransposedConv (same weights): what that layer's rewrite gains here
-  ceiling       a plain 2048 x 2048 fp32 matrix product (torch.mm): what this machine's cores can do at best;
-                beside it the same product through oneDNN (a 1x1 convolution, the library the model's
-                convolutions run in) and, where the CPU has bf16 instructions, in bf16
+  ceiling       on the CPU, a plain 2048 x 2048 fp32 matrix product (torch.mm): what this machine's cores can
+                do at best; beside it the same product through oneDNN (a 1x1 convolution, the library the
+                model's convolutions run in) and, where the CPU has bf16 instructions, in bf16. On a GPU, an
+                8192 x 8192 product in bf16, in fp32 with TF32 and in plain fp32, warmed up and synchronised
+plus, on a GPU, a profile of the project's step (torch.profiler: CUDA time per kernel, kernels a step),
 plus the evaluate stage's importance-weighted NLL throughput at the default eval.iw_samples, and the
 page faults of one training step with and without the stages' allocator setting
 (betavae.speed.runtime.retain_freed_memory), each in a fresh process.
@@ -46,7 +52,7 @@ from torchvision.transforms import InterpolationMode, v2
 
 from betavae.core import idx, metrics, schedules
 from betavae.core.augment import random_affine
-from betavae.core.data import load_test, shuffled_batches, to_float
+from betavae.core.data import load_test, to_float
 from betavae.core.idx import MNIST_TEST_IMAGES
 from betavae.core.model import ConvVAE, ModelConfig
 from betavae.core.objective import beta_vae_loss
@@ -55,6 +61,7 @@ from betavae.pipeline.params import Params, load_params
 from betavae.speed import runtime
 from betavae.training import distributed, loop
 from betavae.training.state import Trainer
+from betavae.training.step import Step
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,12 +85,21 @@ def main() -> None:
         real = (args.data / idx.TRAIN_IMAGES).exists()
         data_dir = args.data if real else _synthetic_mnist(Path(scratch))
         trainer = loop.prepare(params, data_dir, distributed.World())
-        timed = {"project": Project(trainer), "conventional": Conventional(trainer), "floor": Floor(trainer, None),
-                 "floor_stock_output_layer": Floor(trainer, None, stock_output_layer=True),
-                 "ceiling": machine.Ceiling("mm"), "ceiling_onednn": machine.Ceiling("onednn")}
+        gpu = trainer.compute.device.type == "cuda"
+        project = Project(trainer, loop.make_step(trainer, print))
+        timed = {"project": project, "conventional": Conventional(trainer), "floor": Floor(trainer, None),
+                 "floor_stock_output_layer": Floor(trainer, None, stock_output_layer=True)}
+        if gpu:
+            eager = loop.prepare(params, data_dir, distributed.World())
+            timed["project_eager"] = Project(eager, Step(eager, capture=False))
+            timed.update({f"ceiling_{kind}": machine.GpuCeiling(kind, trainer.compute.device)
+                          for kind in ("bf16", "tf32", "fp32")})
+        else:
+            timed.update({"ceiling": machine.Ceiling("mm"), "ceiling_onednn": machine.Ceiling("onednn")})
         if machine.has_bf16(trainer.compute.device):
             timed["floor_bf16"] = Floor(trainer, torch.bfloat16)
-            timed["ceiling_bf16"] = machine.Ceiling("mm", torch.bfloat16)
+            if not gpu:
+                timed["ceiling_bf16"] = machine.Ceiling("mm", torch.bfloat16)
         samples = {name: [] for name in timed}
         for trial in range(trials):
             for name, timed_loop in timed.items():
@@ -92,31 +108,55 @@ def main() -> None:
                   flush=True)
         timed["conventional"].close()
         nll = _nll_throughput(trainer, params, data_dir, images=256 if args.quick else 1024)
+        profile = {"graphed": cuda_profile(project, steps), "eager": cuda_profile(timed["project_eager"], steps)} \
+            if gpu else None
     report = _report(samples, timed["floor"].gflop_per_image, nll, params, real, args.quick, retained, faults)
+    if gpu:
+        report.update(_gpu_report(samples, timed["floor"].gflop_per_image, profile, project.step.captured))
     atomic.write_json(args.out, report)
     _print(report)
     print(f"written to {args.out}")
 
 
 class Project:
-    """The train stage's step, as the stage runs it: batches from the seeded per-epoch permutation."""
+    """The train stage's step, as the stage runs it: batches from the seeded per-epoch order."""
 
     unit = "images/s"
 
-    def __init__(self, trainer: Trainer):
-        self.trainer, self.batches = trainer, []
+    def __init__(self, trainer: Trainer, step: Step):
+        self.trainer, self.step, self.left = trainer, step, 0
 
     def rate(self, steps: int) -> float:
-        trainer = self.trainer
-        trainer.model.train()
+        self.trainer.model.train()
 
-        def step(i: int) -> None:
-            if not self.batches:
-                self.batches = shuffled_batches(len(trainer.train), trainer.params.batch_size, trainer.generator)
-            loop.train_step(trainer, self.batches.pop(), t=1.0 + i / 1000)
+        def one(_: int) -> None:
+            if not self.left:
+                self.step.start_epoch(2)
+                self.left = self.step.steps
+            self.step()
+            self.left -= 1
 
         with _deterministic(True):
-            return _images_per_second(step, steps, trainer.params.batch_size, trainer.compute.device)
+            return _images_per_second(one, steps, self.trainer.params.batch_size, self.trainer.compute.device)
+
+
+def cuda_profile(project: Project, steps: int) -> dict:
+    """torch.profiler over `steps` steps of the project's loop on CUDA: kernels launched a step, and
+    the CUDA time of each kernel (the 15 largest), in ms a step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    project.rate(3)  # warm
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as profiled:
+        project.rate(steps)
+    kernels = [event for event in profiled.events() if event.device_type == torch.autograd.DeviceType.CUDA]
+    per_kernel: dict[str, float] = {}
+    for event in kernels:
+        per_kernel[event.name] = per_kernel.get(event.name, 0.0) + event.device_time_total / 1e3
+    timed_steps = steps + 3  # rate() runs three warm-up steps before its timed ones
+    largest = sorted(per_kernel.items(), key=lambda item: -item[1])[:15]
+    return {"steps": timed_steps, "kernels_per_step": len(kernels) / timed_steps,
+            "cuda_ms_per_step": sum(per_kernel.values()) / timed_steps,
+            "largest_kernels_ms_per_step": {name[:120]: round(ms / timed_steps, 4) for name, ms in largest}}
 
 
 class AugmentingDataset(Dataset):
@@ -319,14 +359,8 @@ def _report(samples: dict, gflop_per_image: float, nll: dict, params: Params, re
                          "num_workers": os.cpu_count()},
         "floor": {"images_per_s": median["floor"], "trials": samples["floor"],
                   "gflop_per_image": gflop_per_image, "gflops": floor_gflops},
-        "ceiling": {"gflops": median["ceiling"], "trials": samples["ceiling"],
-                    "what": f"{machine.MATMUL_SIDE}x{machine.MATMUL_SIDE} fp32 matrix product (torch.mm)",
-                    "onednn_gflops": median["ceiling_onednn"], "onednn_trials": samples["ceiling_onednn"],
-                    "bf16_gflops": median.get("ceiling_bf16"), "bf16_trials": samples.get("ceiling_bf16")},
         "project_vs_conventional": median["project"] / median["conventional"],
         "floor_vs_project": median["floor"] / median["project"],
-        "floor_vs_ceiling": floor_gflops / median["ceiling"],
-        "floor_vs_best_fp32_product": floor_gflops / max(median["ceiling"], median["ceiling_onednn"]),
         "floor_stock_output_layer": {"images_per_s": median["floor_stock_output_layer"],
                                      "trials": samples["floor_stock_output_layer"],
                                      "floor_vs_stock": median["floor"] / median["floor_stock_output_layer"]},
@@ -338,12 +372,38 @@ def _report(samples: dict, gflop_per_image: float, nll: dict, params: Params, re
                      "data": "MNIST" if real_data else "synthetic images of MNIST's size"},
         "machine": machine.describe(),
     }
+    if "ceiling" in median:  # the CPU's
+        report["ceiling"] = {
+            "gflops": median["ceiling"], "trials": samples["ceiling"],
+            "what": f"{machine.MATMUL_SIDE}x{machine.MATMUL_SIDE} fp32 matrix product (torch.mm)",
+            "onednn_gflops": median["ceiling_onednn"], "onednn_trials": samples["ceiling_onednn"],
+            "bf16_gflops": median.get("ceiling_bf16"), "bf16_trials": samples.get("ceiling_bf16")}
+        report["floor_vs_ceiling"] = floor_gflops / median["ceiling"]
+        report["floor_vs_best_fp32_product"] = floor_gflops / max(median["ceiling"], median["ceiling_onednn"])
     if "floor_bf16" in median:
         report["floor_bf16"] = {"images_per_s": median["floor_bf16"], "trials": samples["floor_bf16"],
                                 "vs_fp32_floor": median["floor_bf16"] / median["floor"]}
     else:
         report["floor_bf16"] = "not measured: this CPU has no bf16 instructions (AVX-512 BF16 or AMX)"
     return report
+
+
+def _gpu_report(samples: dict, gflop_per_image: float, profile: dict, captured: bool) -> dict:
+    """What a GPU adds: its ceilings, the graphed step against the eager one, and their kernel profiles."""
+    median = {name: statistics.median(values) for name, values in samples.items()}
+    side = machine.GpuCeiling.SIDE
+    ceilings = {kind: {"tflops": median[f"ceiling_{kind}"], "trials": samples[f"ceiling_{kind}"]}
+                for kind in ("bf16", "tf32", "fp32")}
+    project_tflops = median["project"] * gflop_per_image / 1e3
+    return {
+        "gpu_ceiling": {**ceilings, "what": f"{side}x{side} matrix product (torch.mm), warmed up, synchronised"},
+        "project_eager": {"images_per_s": median["project_eager"], "trials": samples["project_eager"]},
+        "project_step": "cuda-graph" if captured else "eager (the capture failed; see the log)",
+        "graph_vs_eager": median["project"] / median["project_eager"],
+        "project_tflops": project_tflops,
+        "project_vs_bf16_ceiling": project_tflops / median["ceiling_bf16"],
+        "cuda_profile": profile,
+    }
 
 
 def _synthetic_mnist(directory: Path) -> Path:
@@ -367,14 +427,27 @@ def _print(report: dict) -> None:
     if isinstance(report["floor_bf16"], dict):
         rows.append(("floor in bf16 autocast", report["floor_bf16"]["images_per_s"],
                      f"{report['floor_bf16']['vs_fp32_floor']:.2f}x the fp32 floor"))
+    if "project_eager" in report:
+        rows.insert(1, ("project, the same step eagerly", report["project_eager"]["images_per_s"],
+                        f"graph / eager {report['graph_vs_eager']:.2f}x"))
     print(f"\n{'loop':40s} {'images/s':>10s}")
     for name, rate, extra in rows:
         print(f"{name:40s} {rate:10.0f}  {extra}")
-    ceiling = report["ceiling"]
-    print(f"ceiling: {ceiling['gflops']:.1f} GFLOP/s ({ceiling['what']}), {ceiling['onednn_gflops']:.1f} through "
-          f"oneDNN" + (f", {ceiling['bf16_gflops']:.1f} in bf16" if ceiling["bf16_gflops"] else ""))
-    print(f"project / conventional {report['project_vs_conventional']:.2f}x, floor / project "
-          f"{report['floor_vs_project']:.2f}x, floor / ceiling {report['floor_vs_ceiling']:.2f}")
+    if "ceiling" in report:
+        ceiling = report["ceiling"]
+        print(f"ceiling: {ceiling['gflops']:.1f} GFLOP/s ({ceiling['what']}), {ceiling['onednn_gflops']:.1f} "
+              "through oneDNN" + (f", {ceiling['bf16_gflops']:.1f} in bf16" if ceiling["bf16_gflops"] else ""))
+        print(f"project / conventional {report['project_vs_conventional']:.2f}x, floor / project "
+              f"{report['floor_vs_project']:.2f}x, floor / ceiling {report['floor_vs_ceiling']:.2f}")
+    else:
+        ceiling = report["gpu_ceiling"]
+        print("GPU ceiling: " + ", ".join(f"{kind} {ceiling[kind]['tflops']:.0f} TFLOP/s" for kind in ("bf16", "tf32",
+                                                                                                      "fp32")))
+        print(f"project / conventional {report['project_vs_conventional']:.2f}x; the project's step runs at "
+              f"{report['project_tflops']:.2f} TFLOP/s, {report['project_vs_bf16_ceiling']:.3f} of the bf16 ceiling")
+        for name, profile in report["cuda_profile"].items():
+            print(f"{name}: {profile['kernels_per_step']:.0f} kernels a step, {profile['cuda_ms_per_step']:.3f} ms "
+                  "of CUDA time a step")
     print(f"epoch {report['project']['epoch_seconds']:.1f} s, all epochs "
           f"{report['project']['epochs_minutes']:.1f} min (projected)")
     nll = report["evaluate_nll"]

@@ -5,6 +5,7 @@
     seed-spread reports/seeds.csv            how much runs that differ only in the seed differ
     sweep      reports/rate_distortion.csv   the β sweep (scripts/compare.py)
     tests      reports/test_times.json       the two test tiers' measured times
+    gpu        reports/bench/gpu_check.json  the default training on a GPU (scripts/gpu_check.py)
     literature reports/binarized_mnist.json  the binarized-MNIST reference run beside published numbers
 
 Each block sits between `<!-- NAME:begin -->` and `<!-- NAME:end -->`; everything else in the README
@@ -112,6 +113,19 @@ def literature_table(record: dict | None, reference: dict) -> str:
     return "\n".join(lines)
 
 
+def gpu_text(check: dict | None) -> str:
+    """The GPU check's numbers, or how to make them."""
+    if check is None:
+        return ("On a GPU: not measured in this repository yet; `make gpu-check` on a machine with one writes "
+                "`reports/bench/gpu_check.json` and this line.")
+    test = check["test"]
+    return (f"On a GPU ({check['gpu']}, torch {check['torch']}), `make gpu-check` trained {check['epochs']} epochs "
+            f"in {check['train_stage_seconds']:.0f} s through the train stage and ran train → evaluate → plot → "
+            f"export in {check['repro_seconds']:.0f} s; its step ran {check['project_vs_conventional']:.1f}× the "
+            f"conventional loop's; test NLL {test['nll']:.2f}, recon {test['recon']:.2f}, KL {test['kl']:.2f} "
+            "([docs/performance.md](docs/performance.md)).")
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} minutes"
 
@@ -167,6 +181,8 @@ def blocks(reports: Path, model: Path, params: Path) -> tuple[dict[str, str], st
         found["sweep"] = sweep_table(_rows(reports / "rate_distortion.csv"))
     if (reports / "test_times.json").exists():
         found["tests"] = tests_text(json.loads((reports / "test_times.json").read_text()))
+    check = reports / "bench" / "gpu_check.json"
+    found["gpu"] = gpu_text(json.loads(check.read_text()) if check.exists() else None)
     literature = reports / "binarized_mnist.json"
     found["literature"] = literature_table(json.loads(literature.read_text()) if literature.exists() else None,
                                            json.loads((reports / "metrics.json").read_text()))

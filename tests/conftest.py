@@ -231,6 +231,16 @@ def pytest_configure(config) -> None:
         torch.set_num_threads(threads)
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked cuda skip, saying why, where there is no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA device here (`make gpu-check` runs these on a GPU)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 # Helpers reach the tests as fixtures (pytest's factory-as-fixture pattern), never by importing
 # this file as a module.
 

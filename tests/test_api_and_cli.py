@@ -157,13 +157,15 @@ def test_encode_writes_the_posterior_of_each_image(model_path, tmp_path, png_dig
     out = tmp_path / f"latents{suffix}"
     assert betavae("encode", "--model", model_path, "--images", *png_digits, "--out", out).returncode == 0
     mean, logvar = vae.encode(api.read_images(png_digits))
+    # The same kernels on the CPU; on a GPU, two processes may get different cuDNN algorithms (and TF32)
+    tolerance = 1e-5 if vae.device.type == "cpu" else 1e-3
     if suffix == ".npy":
         saved = np.load(out)
-        assert saved.shape == (3, 2, LATENT_DIM) and np.allclose(saved[:, 0], mean.numpy(), atol=1e-5)
+        assert saved.shape == (3, 2, LATENT_DIM) and np.allclose(saved[:, 0], mean.numpy(), atol=tolerance)
     else:
         rows = list(csv.DictReader(out.open()))
         assert [row["image"] for row in rows] == ["digit0.png", "digit1.png", "digit2.png"]
-        assert float(rows[1]["logvar_3"]) == pytest.approx(logvar[1, 3].item(), abs=1e-5)
+        assert float(rows[1]["logvar_3"]) == pytest.approx(logvar[1, 3].item(), abs=tolerance)
 
 
 def test_traverse_draws_around_the_prior_or_an_image(model_path, tmp_path, png_digits, betavae):

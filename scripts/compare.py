@@ -31,7 +31,8 @@ from betavae.pipeline import atomic, pictures
 
 MAX_COMMITS = 10_000
 PARAMS = ("beta", "z_dim", "epochs", "seed")
-INTEGER_PARAMS = ("z_dim", "epochs", "seed", "active_units", "kl_dims_90")  # the API gives every number as a float
+REQUIRED = ("recon", "kl")  # the rate-distortion plane itself; any other metric an older run lacks stays empty
+INTEGERS = ("z_dim", "epochs", "seed", "active_units", "kl_dims_90")  # the API gives every number as a float
 UNFINISHED = ("Failed", "Queued", "Running")
 
 
@@ -45,9 +46,9 @@ def collect(repo: str | None = None, num: int = 1, epochs: int | None = None) ->
             continue
         run = {key: _number(row.get(key)) for key in PARAMS}
         run.update({key: _number(row.get(f"test.{key}")) for key in METRICS})
-        if any(value is None for value in run.values()):  # a commit from before these existed
+        if any(run[key] is None for key in (*PARAMS, *REQUIRED)):  # a commit from before these existed
             continue
-        run.update({key: int(run[key]) for key in INTEGER_PARAMS})
+        run.update({key: int(run[key]) for key in INTEGERS if run[key] is not None})
         run = {"name": row.get("Experiment") or row.get("rev"), **run}
         # The same params and metrics at several commits (--num) are one run: keep the newest.
         if (epochs is None or run["epochs"] == epochs) and not any(_same(run, kept) for kept in runs):
@@ -132,9 +133,9 @@ def _main() -> None:
         atomic.write_bytes(Path(args.figure), pictures.figure_bytes(figure(runs, args.title), args.figure))
         written.append(args.figure)
     for run in runs:
-        say(f"compare: {run['name']}: β={run['beta']:g} recon {run['recon']:.2f} kl {run['kl']:.2f} "
-              f"neg_elbo {run['neg_elbo']:.2f} nll {run['nll']:.2f} active {run['active_units']} "
-              f"kl_dims_90 {run['kl_dims_90']}")
+        shown = " ".join(f"{key} {'—' if run[key] is None else format(run[key], '.2f' if key not in INTEGERS else 'd')}"
+                         for key in METRICS)
+        say(f"compare: {run['name']}: β={run['beta']:g} {shown}")
     say(f"compare: {len(runs)} runs -> {', '.join(map(str, written))}")
 
 

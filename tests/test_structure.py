@@ -86,3 +86,8 @@ def test_importing_any_module_has_no_side_effect_on_torch(repo_root):
     result = subprocess.run([sys.executable, "-c", IMPORT_EVERYTHING, *names, *stages], cwd=repo_root,
                             capture_output=True, text=True)
     assert result.stdout.strip() == "unchanged", result.stderr[-2000:]
+
+
+def test_the_params_schema_stays_one_job_in_a_page_or_so(repo_root):
+    """Reading YAML, building typed objects and parsing command-line assignments live beside it."""
+    assert len((repo_root / "betavae" / "pipeline" / "params.py").read_text().splitlines()) <= 220

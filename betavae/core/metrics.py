@@ -40,7 +40,7 @@ from betavae.speed import runtime
 PIXELS = idx.IMAGE_SIDE * idx.IMAGE_SIDE
 ACTIVE_UNIT_THRESHOLD = 0.01
 KL_SHARE = 0.9  # kl_dims_90 counts the dimensions that hold this share of the KL
-IMAGES_PER_BATCH = 128
+IMAGES_PER_BATCH = {"cpu": 128, "cuda": 1024}  # images whose samples are drawn at once; a GPU takes large batches
 # Latent samples per decoder call. On a CPU, small calls keep the (N, 32, 14, 14) activations in
 # cache (docs/performance.md), with identical results; other devices get large calls.
 LATENTS_PER_DECODE = {"cpu": 256, "cuda": 8192}
@@ -101,7 +101,7 @@ class PerImage:
 def memory_bytes(latent_dim: int, samples: int, images: int, device: torch.device) -> int:
     """An estimate of what per_image holds at once: one batch's noise and log-weights for all
     samples, every image's posterior mean, and one decoder call."""
-    noise = samples * IMAGES_PER_BATCH * (latent_dim * 4 + 8)
+    noise = samples * _images_per_batch(device) * (latent_dim * 4 + 8)
     means = images * latent_dim * 8 * 2
     decode = training_memory_bytes(ModelConfig(latent_dim, dropout=0.0), _latents_per_decode(device)) // 2
     return noise + means + decode
@@ -112,7 +112,7 @@ def per_image(model: ConvVAE, split: Split, samples: int, compute: runtime.Compu
               generator: torch.Generator) -> PerImage:
     model.eval()
     parts = [_batch(model, compute.to_layout(x), samples, compute, generator)
-             for x, _ in ordered_batches(split, IMAGES_PER_BATCH)]
+             for x, _ in ordered_batches(split, _images_per_batch(compute.device))]
     recon, kl_dims, log_likelihood, mean = (torch.cat(column).cpu().double() for column in zip(*parts))
     return PerImage(recon, kl_dims.sum(1), log_likelihood, mean, kl_dims.mean(0))
 
@@ -139,6 +139,10 @@ def _batch(model: ConvVAE, x: torch.Tensor, samples: int, compute: runtime.Compu
     log_weights = torch.cat(log_weights)  # (K, B)
     log_likelihood = torch.logsumexp(log_weights.double(), 0) - math.log(samples)
     return torch.cat(recons).mean(0), kl_per_dimension(mu, logvar), log_likelihood, mu
+
+
+def _images_per_batch(device: torch.device) -> int:
+    return IMAGES_PER_BATCH.get(device.type, IMAGES_PER_BATCH["cuda"])
 
 
 def _latents_per_decode(device: torch.device) -> int:

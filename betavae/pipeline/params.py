@@ -1,12 +1,10 @@
 """The schema of params.yaml: every param's type, default, bounds and the stages whose outputs it
 changes; read and validated once into a typed, frozen `Params`.
 
-Every stage calls `load_params`; a bad file fails before any work starts, with one line that names
-the offending key. The file is read as DVC reads it (betavae/pipeline/yamlfile.py: YAML 1.2), so what
-`dvc exp run -S weight_decay=1e-6` writes and what the model trains with are the same value. Floats
-accept YAML ints because `dvc exp run -S beta=4` writes an int. Every number is bounded by what the
-code can do with it; where memory is the limit, the stages also estimate what a run needs before
-allocating it (betavae/core/footprint.py).
+Every stage calls `load_params`; a bad file fails before any work starts, with one line naming the
+key. The file is read as DVC reads it (betavae/pipeline/yamlfile.py: YAML 1.2), so what `dvc exp run
+-S weight_decay=1e-6` writes is what trains; floats accept ints (`-S beta=4` writes one). Every number
+is bounded by what the code can do with it (memory: betavae/core/footprint.py).
 
 Each leaf names the stages whose outputs it changes (`_param(default, TRAIN, ...)`): dvc.yaml's
 `params:` lists are derived from them (`stage_params`, written by scripts/dvc_yaml.py and checked by

@@ -80,7 +80,7 @@ def make_step(trainer: Trainer, log: Callable[[str], None] = print) -> Step:
         return Step(trainer, capture=False)
     try:
         return Step(trainer, capture=True)
-    except RuntimeError as error:
+    except Exception as error:  # a driver or library that refuses to capture: the same step, eagerly
         log(f"warning: the training step could not be captured as a CUDA graph ({str(error).splitlines()[0][:200]});"
             " it runs eagerly")
         torch.cuda.synchronize(compute.device)

@@ -16,8 +16,6 @@ Only neg_elbo and nll compare across β; `loss` is each run's own β-weighted ob
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 from pathlib import Path
 
 import matplotlib.ticker
@@ -66,11 +64,7 @@ def _number(value) -> float | None:
 
 
 def to_csv(runs: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["name", *PARAMS, *METRICS], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(runs)
-    return buffer.getvalue()
+    return atomic.csv_text(runs, ["name", *PARAMS, *METRICS])
 
 
 def figure(runs: list[dict], title: str) -> Figure:

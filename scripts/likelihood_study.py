@@ -15,8 +15,6 @@ pipeline: `dvc exp run` with the chosen variant's `-S` values (the study prints 
 
 from __future__ import annotations
 
-import csv
-import io
 import time
 from pathlib import Path
 
@@ -94,14 +92,6 @@ def curves_figure(results: dict[str, dict]):
     return figure
 
 
-def _csv(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def main() -> None:
     run(_main, "likelihood_study")
 
@@ -131,8 +121,8 @@ def _main() -> None:
     curves = [{"epoch": epoch + 1, **{name: (result["curve"][epoch] if epoch < len(result["curve"]) else "")
                                        for name, result in results.items()}} for epoch in range(longest)]
     with atomic.Together() as outputs:
-        outputs.text(args.out / "study.csv", _csv(rows))
-        outputs.text(args.out / "curves.csv", _csv(curves))
+        outputs.text(args.out / "study.csv", atomic.csv_text(rows))
+        outputs.text(args.out / "curves.csv", atomic.csv_text(curves))
         outputs.bytes(args.out / "curves.png", pictures.figure_bytes(curves_figure(results)))
     best = min(rows, key=lambda row: row["val_nll"])
     values = {**study["recipe"], **study["variants"][best["variant"]]}

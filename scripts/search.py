@@ -12,8 +12,6 @@ trials as search-<study>-<n>.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 from pathlib import Path
 
 from betavae import errors
@@ -56,13 +54,13 @@ def write_reports(study, space: studies.Space, reports: Path) -> None:
     keys = [d.key for d in space.dimensions]
     metrics = [metric for metric, _ in space.objectives]
     rows = [_row(trial, keys, metrics) for trial in study.get_trials(deepcopy=False)]
-    atomic.write_text(reports / "search" / f"{space.study}_trials.csv", _csv(rows))
+    atomic.write_text(reports / "search" / f"{space.study}_trials.csv", atomic.csv_text(rows))
     finished = [trial for trial in study.get_trials(deepcopy=False) if trial.values is not None]
     if not finished:
         raise studies.SearchError("no trial finished; their errors are in the trials CSV")
     best = studies.front(study)
     atomic.write_text(reports / "search" / f"{space.study}_front.csv",
-                      _csv([_row(trial, keys, metrics) for trial in sorted(best, key=lambda t: t.values)]))
+                      atomic.csv_text([_row(trial, keys, metrics) for trial in sorted(best, key=lambda t: t.values)]))
     if len(metrics) == 2:
         path = reports / "search" / f"{space.study}_front.png"
         atomic.write_bytes(path, pictures.figure_bytes(front_figure(finished, best, metrics, space.study), path))
@@ -74,14 +72,6 @@ def _row(trial, keys: list[str], metrics: list[str]) -> dict:
     return {"number": trial.number, "state": trial.state.name, **{key: trial.params.get(key) for key in keys},
             **dict(zip(metrics, values)), "experiment": trial.user_attrs.get("experiment", ""),
             "error": trial.user_attrs.get("error", "")}
-
-
-def _csv(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def front_figure(finished: list, best: list, metrics: list[str], title: str):

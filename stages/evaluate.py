@@ -4,8 +4,6 @@ per digit (--per-digit, CSV), and the KL of each latent dimension, most first (-
 A model trained on binarized images (data.binarize: dynamic, as its file records) is scored on the
 binarized test set throughout."""
 
-import csv
-import io
 from pathlib import Path
 
 import torch
@@ -67,11 +65,7 @@ def _round(value):
 
 
 def _csv(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({key: _round(value) for key, value in row.items()} for row in rows)
-    return buffer.getvalue()
+    return atomic.csv_text([{key: _round(value) for key, value in row.items()} for row in rows])
 
 
 if __name__ == "__main__":

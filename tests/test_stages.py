@@ -4,6 +4,7 @@ import json
 
 from betavae.core.metrics import METRICS
 from stages.check_params import CHECKED
+from stages.plot import FIGURES
 
 
 def test_check_params_writes_the_same_bytes_for_any_valid_file(stage_dir, stage, yaml_text, tiny):
@@ -23,6 +24,5 @@ def test_train_evaluate_and_plot_write_every_output(stage_dir, stage, yaml_text,
     assert set(json.loads((stage_dir.root / "metrics.json").read_text())["test"]) == set(METRICS)
     ended = stage("plot", stage_dir.plot())
     assert ended.status == 0, ended.stderr
-    assert sorted(path.name for path in (stage_dir.root / "figures").iterdir()) == [
-        "interpolation.png", "latent_projection.png", "reconstructions.png", "samples.png", "training_history.png",
-        "traversal.png"]
+    assert sorted(path.name for path in (stage_dir.root / "figures").iterdir()) == sorted(FIGURES)
+    assert len(FIGURES) == 6 and all(name.endswith(".png") for name in FIGURES)

@@ -93,14 +93,6 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.unsqueeze(1).float().div_(255)
 
 
-def shuffled_batches(count: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """One epoch of index batches; the last partial batch is dropped so every step sees batch_size
-    images (steady batch-norm statistics); a fresh permutation each epoch covers it next time."""
-    order = torch.randperm(count, generator=generator, device=generator.device)
-    full = count // batch_size * batch_size
-    return list(order[:full].view(-1, batch_size))
-
-
 def ordered_batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The split in order, as (float images (b, 1, 28, 28), labels (b,)) batches of at most batch_size."""
     for start in range(0, len(split), batch_size):

@@ -62,6 +62,17 @@ def write_text(path: str | Path, text: str) -> None:
     write_bytes(path, text.encode())
 
 
+def csv_text(rows: list[dict], fields: list[str] | None = None) -> str:
+    """A table as CSV: a header of `fields` (default: the first row's keys), then a line per row."""
+    import csv  # only the writers of tables need it
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields or list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
 def write_json(path: str | Path, data: object) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 

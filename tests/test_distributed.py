@@ -205,14 +205,14 @@ def _start(command, repo_root) -> subprocess.Popen:
 # Stage train under torchrun, with the loss of process 1 poisoned at one step of epoch 2.
 POISONED_TRAIN = """
 import os, runpy, sys, torch
-import betavae.training.loop as training
-real, calls, poisoned_call = training.beta_vae_loss, {"n": 0}, int(os.environ["POISONED_CALL"])
+from betavae.training import step
+real, calls, poisoned_call = step.training_loss, {"n": 0}, int(os.environ["POISONED_CALL"])
 def poisoned(*args, **kwargs):
     calls["n"] += 1
     terms = real(*args, **kwargs)
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     return terms._replace(loss=terms.loss * float("nan")) if rank == 1 and calls["n"] == poisoned_call else terms
-training.beta_vae_loss = poisoned
+step.training_loss = poisoned
 sys.argv = ["stages.train", *sys.argv[1:]]
 runpy.run_module("stages.train", run_name="__main__")
 """

@@ -179,7 +179,7 @@ def test_ctrl_c_exits_cleanly_keeps_the_committed_logs_and_says_how_to_resume(
     assert process.returncode == 130, stderr
     assert "again to resume" in stdout and "python -m stages.train --params" in stdout
     assert stderr.strip().splitlines()[-1] == "train: interrupted" and "Traceback" not in stderr
-    assert modelfile.read(stage_dir.root / "checkpoint.pt", resume.FORMAT)["epoch"] >= 1
+    assert modelfile.read_torch_file(stage_dir.root / "checkpoint.pt", (resume.FORMAT,))["epoch"] >= 1
     now = {path: path.read_bytes() for path in (stage_dir.root / "live").rglob("*") if path.is_file()}
     assert now == committed and (stage_dir.root / "model.pt").read_bytes() == model
 

@@ -191,3 +191,13 @@ def test_each_precision_gives_the_same_model_bytes_on_a_rerun(tmp_path, mnist_di
     _train(params, mnist_dir, tmp_path / "first")
     _train(params, mnist_dir, tmp_path / "second")
     assert (tmp_path / "first" / "model.pt").read_bytes() == (tmp_path / "second" / "model.pt").read_bytes()
+
+
+def test_the_logged_names_are_the_objectives_terms_and_the_schedules(tmp_path, mnist_dir, tiny_parsed):
+    """One home for the names the history figure and DVCLive's folders show (core/objective.py, core/schedules.py)."""
+    from betavae.core.objective import LOGGED_TERMS
+    from betavae.core.schedules import LOGGED
+
+    results = _train(tiny_parsed(epochs=1), mnist_dir, tmp_path)
+    expected = {f"{split}/{name}" for split in ("train", "val") for name in LOGGED_TERMS} | set(LOGGED)
+    assert set(results.history[0]) == expected | {"epoch", "epoch_seconds"}

@@ -1,6 +1,7 @@
 """Untrusted input at every door (docs/trust.md), tested by class, several members each: secrets are
 never printed, a command checks what it needs before any work and quotes a failing tool's own
-error, command-line lists are read strictly, output names are honoured, and the Python API answers
+error, command-line lists are read strictly, output names are honoured, outputs that belong together
+are replaced together, and the Python API answers
 anything with its own one-line errors."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from PIL import Image
 
 from betavae import errors
 from betavae.experiments import tools
-from betavae.pipeline import pictures
+from betavae.pipeline import atomic, pictures
 from betavae.uses import api, cli
 from scripts import compare, record_experiment, search, sweep
 
@@ -239,3 +240,83 @@ def test_every_public_function_of_the_api_says_what_is_wrong_in_one_sentence(mod
     with pytest.raises(error) as raised:
         call(vae)
     assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+# --- outputs that belong together ------------------------------------------------------------------
+
+def _old_outputs(tmp_path):
+    paths = [tmp_path / "encoder.onnx", tmp_path / "decoder.onnx", tmp_path / "explorer.json"]
+    for path in paths:
+        path.write_text(f"old {path.name}")
+    return paths
+
+
+def _contents(paths):
+    return [path.read_text() if path.is_file() else None for path in paths]
+
+
+def test_an_output_that_cannot_be_written_leaves_every_output_of_the_set_as_it_was(tmp_path):
+    paths = _old_outputs(tmp_path)
+    (tmp_path / "blocker").write_text("a file where a directory is needed")
+    with pytest.raises(atomic.OutputError, match="blocker is not a directory"), atomic.Together() as outputs:
+        outputs.text(paths[0], "new")
+        outputs.text(paths[1], "new")
+        outputs.text(tmp_path / "blocker" / "explorer.json", "new")
+    assert _contents(paths) == [f"old {path.name}" for path in paths]
+    names = sorted(path.name for path in tmp_path.iterdir())
+    assert names == ["blocker", "decoder.onnx", "encoder.onnx", "explorer.json"]
+
+
+def test_a_rename_that_fails_part_way_puts_back_the_outputs_renamed_before_it(tmp_path, monkeypatch):
+    paths = _old_outputs(tmp_path)
+    real_replace, renames = atomic.os.replace, []
+
+    def replace_failing_third(source, destination):
+        renames.append(destination)
+        if len(renames) == 3:
+            raise OSError(28, "No space left on device")
+        real_replace(source, destination)
+
+    monkeypatch.setattr(atomic.os, "replace", replace_failing_third)
+    message = "No space left on device; every output was left as it was"
+    with pytest.raises(atomic.OutputError, match=message), atomic.Together() as outputs:
+        for path in paths:
+            outputs.text(path, f"new {path.name}")
+    monkeypatch.undo()
+    assert _contents(paths) == [f"old {path.name}" for path in paths]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["decoder.onnx", "encoder.onnx", "explorer.json"]
+
+
+def test_a_directory_and_files_are_replaced_together_or_not_at_all(tmp_path, monkeypatch):
+    paths = _old_outputs(tmp_path)
+    logs = tmp_path / "dvclive"
+    (logs / "plots").mkdir(parents=True)
+    (logs / "plots" / "loss.tsv").write_text("old log")
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    (finished / "loss.tsv").write_text("new log")
+
+    def move_failing(source, destination):
+        raise OSError(13, "Permission denied")
+
+    monkeypatch.setattr(atomic.shutil, "move", move_failing)
+    with pytest.raises(atomic.OutputError, match="Permission denied"), atomic.Together() as outputs:
+        outputs.text(paths[0], "new")
+        outputs.directory(logs, finished)
+    monkeypatch.undo()
+    assert _contents(paths) == [f"old {path.name}" for path in paths]
+    assert (logs / "plots" / "loss.tsv").read_text() == "old log"
+
+    with atomic.Together() as outputs:
+        outputs.text(paths[0], "new")
+        outputs.directory(logs, finished)
+    assert paths[0].read_text() == "new" and (logs / "loss.tsv").read_text() == "new log"
+    assert not (logs / "plots").exists() and not finished.exists()
+
+
+def test_an_exception_inside_the_set_replaces_nothing(tmp_path):
+    paths = _old_outputs(tmp_path)
+    with pytest.raises(KeyboardInterrupt), atomic.Together() as outputs:
+        outputs.text(paths[0], "new")
+        raise KeyboardInterrupt
+    assert _contents(paths) == [f"old {path.name}" for path in paths]

@@ -212,12 +212,21 @@ def _put_back(destination: Path, aside: Path | None, is_directory: bool) -> None
     try:
         if is_directory and destination.exists():
             shutil.rmtree(destination, ignore_errors=True)
-        if aside is not None:
+        if aside is not None and _same_file(aside, destination):
+            aside.unlink()  # the old file was never replaced (renaming one hard link onto the other does nothing)
+        elif aside is not None:
             os.replace(aside, destination)
         elif not is_directory:
             destination.unlink(missing_ok=True)
     except OSError:
         pass  # best effort: the error being raised says what failed
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return False
 
 
 def replace_directory(destination: str | Path, source: str | Path) -> None:

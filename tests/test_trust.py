@@ -1,8 +1,7 @@
 """Untrusted input at every door (docs/trust.md), tested by class, several members each: secrets are
 never printed, a command checks what it needs before any work and quotes a failing tool's own
 error, command-line lists are read strictly, output names are honoured, outputs that belong together
-are replaced together, and the Python API answers
-anything with its own one-line errors."""
+are replaced together, and the Python API answers anything with its own one-line errors."""
 
 from __future__ import annotations
 

@@ -191,3 +191,20 @@ def test_a_run_that_cannot_fit_in_memory_is_refused_before_it_allocates():
                                                   r"than the [0-9.]+ GiB free on cpu"):
         runtime.check_memory(10**15, "training with z_dim 9", torch.device("cpu"))
     runtime.check_memory(1, "a tiny run", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("latent_dim, batch_size, samples", [(32, 256, 1), (4, 32, 3), (1, 2, 1), (200, 96, 5)])
+def test_the_memory_estimate_counts_every_layers_output_for_the_whole_batch(latent_dim, batch_size, samples):
+    """The estimate scales one image's count; the reference here runs the whole batch on the meta device."""
+    config = ModelConfig(latent_dim=latent_dim, dropout=0.1)
+    with torch.device("meta"):
+        model, outputs = ConvVAE(config), []
+        for module in model.modules():
+            if not list(module.children()):
+                module.register_forward_hook(lambda _module, _inputs, output: outputs.append(output))
+        model(torch.empty(batch_size, 1, 28, 28), samples)
+    parameters = sum(p.numel() for p in model.parameters())
+    activations = sum(t.numel() for output in outputs for t in (output if isinstance(output, tuple) else (output,)))
+    state = torch.get_rng_state()
+    assert training_memory_bytes(config, batch_size, samples) == 4 * (4 * parameters + 2 * activations)
+    assert torch.equal(torch.get_rng_state(), state)  # counting draws no random numbers of the run's

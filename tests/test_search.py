@@ -88,17 +88,17 @@ def _experiments(repo, env, run) -> list[str]:
 @pytest.mark.slow
 def test_a_study_runs_its_trials_as_experiments_and_a_rerun_adds_only_the_difference(searched, run):
     repo, env, storage = searched
-    first = _search(repo, env, storage, 3)
+    first = _search(repo, env, storage, 2)
     assert first.returncode == 0, first.stderr[-2000:]
-    assert _experiments(repo, env, run) == ["search-tiny-0", "search-tiny-1", "search-tiny-2"]
+    assert _experiments(repo, env, run) == ["search-tiny-0", "search-tiny-1"]
     shown = run(["dvc", "exp", "show", "--csv", "--only-changed"], repo, env).stdout
-    assert shown.count("search-tiny-") == 3
-    again = _search(repo, env, storage, 5)
+    assert shown.count("search-tiny-") == 2
+    again = _search(repo, env, storage, 3)
     assert again.returncode == 0, again.stderr[-2000:]
     study = _study(storage)
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5
-    assert _experiments(repo, env, run) == [f"search-tiny-{n}" for n in range(5)]
-    assert len({t.params["beta"] for t in study.trials}) == 5  # no process drew another's params again
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert _experiments(repo, env, run) == [f"search-tiny-{n}" for n in range(3)]
+    assert len({t.params["beta"] for t in study.trials}) == 3  # no process drew another's params again
     front = (repo / "reports" / "search" / "tiny_front.csv").read_text().splitlines()
     assert front[0] == "number,state,beta,test.kl,test.recon,experiment,error" and len(front) >= 2
     assert (repo / "reports" / "search" / "tiny_front.png").stat().st_size > 5_000

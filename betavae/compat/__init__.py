@@ -14,6 +14,12 @@ one the new version no longer needs), never an accident.
                           closure of each stage's script, found from the source, is written into
                           dvc.yaml (scripts/dvc_yaml.py) and hashed into training checkpoints.
                           tests/test_dvc_yaml.py
+    ../speed/runtime.py   torch 2.14.1: torch.use_deterministic_algorithms imports TorchInductor and
+                          TorchDynamo (2.5 s a process) to set one compiler flag; the kernels' switch is
+                          called directly, the compiler's flag set where torch.compile is used. It sits in
+                          the speed layer, below this one, because the stages' arithmetic needs it there.
+                          tests/test_runtime.py
 """
 
-WRITTEN_FOR = {"dvc": "3.67.1", "pygit2": "1.21.0"}  # what requirements.txt pins, for these workarounds
+# What requirements.txt pins, for these workarounds:
+WRITTEN_FOR = {"dvc": "3.67.1", "pygit2": "1.21.0", "torch": "2.14.1"}

@@ -11,12 +11,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 if TYPE_CHECKING:
     from betavae.core.model import ConvVAE
 
 SAMPLES = 64  # prior samples in a grid: the training snapshots, the plot stage, `betavae sample`
 COLUMNS = 8  # images per row of a grid
+GAP = 2  # white pixels between images in a grid, and around it
 SCALE = 2  # pixels per image pixel in a saved grid, so digits stay crisp when shown larger
 
 
@@ -27,12 +29,19 @@ def prior_latents(seed: int, latent_dim: int, count: int = SAMPLES) -> torch.Ten
 
 
 def mosaic(images: torch.Tensor, columns: int = COLUMNS) -> torch.Tensor:
-    """images (N, 1, H, W) in [0, 1] -> uint8 (rows * (H + 2) + 2, columns * (W + 2) + 2) * SCALE:
-    `columns` images to a row, white gaps (torchvision's make_grid)."""
-    import torchvision  # a second or more to import: only what draws mosaics pays for it
-
-    grid = torchvision.utils.make_grid(images.detach().float().cpu().clamp(0, 1), nrow=columns, padding=2,
-                                       pad_value=1.0)[0]
+    """images (N, 1, H, W) in [0, 1] -> uint8 (rows * (H + 2) + 2, min(N, columns) * (W + 2) + 2) * SCALE:
+    `columns` images to a row (fewer if there are fewer images), white gaps of 2 pixels, the last
+    row completed with white cells. The same pixels as torchvision's make_grid(padding=2,
+    pad_value=1), which is not used because importing torchvision costs a process 2.5 s of a
+    2-core CPU's start-up (tests/test_grids.py holds the two equal)."""
+    count, _, height, width = images.shape
+    columns = min(columns, count)
+    rows = -(-count // columns)
+    x = images.detach().float().cpu().clamp(0, 1)[:, 0]  # (N, H, W)
+    x = torch.cat([x, x.new_ones(rows * columns - count, height, width)])  # (rows * columns, H, W)
+    x = nn.functional.pad(x, (GAP, 0, GAP, 0), value=1.0)  # each cell with the gap above and left of it
+    x = x.reshape(rows, columns, height + GAP, width + GAP).permute(0, 2, 1, 3)  # (rows, H + 2, columns, W + 2)
+    grid = nn.functional.pad(x.reshape(rows * (height + GAP), columns * (width + GAP)), (0, GAP, 0, GAP), value=1.0)
     pixels = grid.mul(255).round().to(torch.uint8)
     return pixels.repeat_interleave(SCALE, 0).repeat_interleave(SCALE, 1)
 

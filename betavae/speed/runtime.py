@@ -78,13 +78,36 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 def make_deterministic(seed: int, device: torch.device) -> None:
     """Seed every global RNG and ask for deterministic kernels, so reruns give the same bytes."""
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+    _use_deterministic_algorithms(warn_only=device.type == "cuda")
     # Deterministic mode also NaN-fills every new empty tensor to expose reads of uninitialised
     # memory: a debugging aid that costs a measurable share of the CPU step (docs/performance.md)
     # and changes no result here.
     torch.utils.deterministic.fill_uninitialized_memory = False
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False
+
+
+def _use_deterministic_algorithms(warn_only: bool) -> None:
+    """torch.use_deterministic_algorithms(True), without its cost. torch 2.14.1's public call imports
+    TorchInductor, TorchDynamo and sympy to set one flag of the compiler's (2.5 s of a 2-core CPU's
+    start-up, in every train and evaluate stage); the kernels' switch itself is one call into
+    torch's core. The compiler's flag is set where the compiler is used (`compiled`). A torch
+    without that call gets the public one. Listed in betavae/compat/__init__.py; tested in
+    tests/test_runtime.py."""
+    switch = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if switch is None:
+        torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    else:
+        switch(True, warn_only=warn_only)
+
+
+def compiled(function):
+    """torch.compile(function), with TorchInductor's deterministic mode (no choice of kernels by
+    timing them) when deterministic algorithms are on, as torch.use_deterministic_algorithms sets it."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.deterministic = torch.are_deterministic_algorithms_enabled()
+    return torch.compile(function)
 
 
 def check_memory(needed_bytes: int, what: str, device: torch.device) -> None:

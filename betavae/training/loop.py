@@ -113,7 +113,7 @@ def prepare(params: Params, data_dir: Path, world: distributed.World) -> Trainer
     generator = torch.Generator(compute.device).manual_seed(params.seed)
     step_forward = distributed.wrap(model, world, compute.device)
     if compute.compile:
-        step_forward = torch.compile(step_forward)
+        step_forward = runtime.compiled(step_forward)
     return Trainer(params, compute, world, model, step_forward, optimizer, generator,
                    train_split.to(compute.device), val_split.to(compute.device))
 

@@ -54,8 +54,12 @@ def line(name: str, error: BaseException | str) -> str:
 
 def one_line(error: BaseException | str) -> str:
     """Any message, folded onto one line, secrets hidden, and any control character (a NUL, a terminal's
-    escape sequence in a file name) written as its escape, so that what is printed is what it says."""
+    escape sequence in a file name) written as its escape, so that what is printed is what it says.
+    An exception that carries no message (a bare EOFError from a truncated file) is named by its type,
+    so that no error ever reads "()"."""
     text = " ".join(str(error).split())
+    if not text and isinstance(error, BaseException):
+        text = type(error).__name__
     return redact("".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
                           for char in text))
 

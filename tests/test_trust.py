@@ -49,6 +49,20 @@ def test_ordinary_text_is_left_alone():
     assert errors.one_line(text) == text
 
 
+@pytest.mark.parametrize("error", [EOFError(), StopIteration(), OSError(), RuntimeError("  \n ")])
+def test_an_error_without_a_message_is_named_by_its_kind(error):
+    assert errors.one_line(error) == type(error).__name__
+
+
+def test_a_model_file_with_nothing_in_it_says_what_failed(tmp_path, capsys):
+    empty = tmp_path / "model.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(SystemExit) as ended:
+        cli.main(["sample", "--model", str(empty), "--out", str(tmp_path / "s.png")])
+    message = capsys.readouterr().err.strip()
+    assert ended.value.code == 1 and message.startswith(f"betavae: error: {empty}: unreadable") and "()" not in message
+
+
 # --- a failing tool's own error ------------------------------------------------------------------
 
 

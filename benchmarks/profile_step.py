@@ -28,6 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from betavae.core.model import ConvVAE, ModelConfig
 from betavae.core.objective import beta_vae_loss
+from betavae.errors import ArgumentParser, integer_in, output_file, run
 from betavae.pipeline import atomic
 from betavae.speed import runtime
 
@@ -35,13 +36,14 @@ REPO = Path(__file__).resolve().parents[1]
 BATCH = 256
 VERBOSE_STEPS = 3
 CHILD = "--child-verbose"
+MAX_STEPS = 100_000  # a bound on the command line, far above any use
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=REPO / "reports" / "bench" / "profile_step.json")
+    parser.add_argument("--steps", type=integer_in(1, MAX_STEPS), default=20, help="timed steps (default: %(default)s)")
+    parser.add_argument("--out", type=output_file(".json"), default=REPO / "reports" / "bench" / "profile_step.json")
     parser.add_argument(CHILD, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_verbose:
@@ -169,4 +171,4 @@ def _print(report: dict) -> None:
 
 if __name__ == "__main__":
     runtime.retain_freed_memory()
-    main()
+    run(main, "profile_step")

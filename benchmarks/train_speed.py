@@ -56,6 +56,7 @@ from betavae.core.data import load_test, to_float
 from betavae.core.idx import MNIST_TEST_IMAGES
 from betavae.core.model import ConvVAE, ModelConfig
 from betavae.core.objective import beta_vae_loss
+from betavae.errors import ArgumentParser, integer_in, output_file, run
 from betavae.pipeline import atomic
 from betavae.pipeline.params import Params, load_params
 from betavae.speed import runtime
@@ -64,23 +65,25 @@ from betavae.training.state import Trainer
 from betavae.training.step import Step
 
 REPO = Path(__file__).resolve().parents[1]
+MAX_TRIALS, MAX_STEPS = 100, 100_000  # bounds on the command line, far above any use
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer, shorter trials (about a minute)")
-    parser.add_argument("--trials", type=int, help="interleaved trials of every loop (default: 5, --quick 3)")
-    parser.add_argument("--steps", type=int, help="timed steps a trial (default: 30, --quick 8)")
+    parser.add_argument("--trials", type=integer_in(1, MAX_TRIALS),
+                        help="interleaved trials of every loop (default: 5, --quick 3)")
+    parser.add_argument("--steps", type=integer_in(1, MAX_STEPS), help="timed steps a trial (default: 30, --quick 8)")
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--data", type=Path, default=REPO / "data" / "mnist",
                         help="MNIST IDX directory; synthetic images of the same size if absent")
-    parser.add_argument("--out", type=Path, default=REPO / "reports" / "bench" / "train_speed.json")
+    parser.add_argument("--out", type=output_file(".json"), default=REPO / "reports" / "bench" / "train_speed.json")
     args = parser.parse_args()
+    params = load_params(args.params)  # checked before any work
     faults = {mode: _step_page_faults(mode) for mode in ("default", "retain")}
     retained = runtime.retain_freed_memory()
     trials, steps = (3, 8) if args.quick else (5, 30)
     trials, steps = args.trials or trials, args.steps or steps
-    params = load_params(args.params)
     with tempfile.TemporaryDirectory() as scratch:
         real = (args.data / idx.TRAIN_IMAGES).exists()
         data_dir = args.data if real else _synthetic_mnist(Path(scratch))
@@ -463,4 +466,4 @@ def _print(report: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "train_speed")

@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import stat
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 # torchrun gives each process its rank here; only rank 0 speaks, so a message is printed once.
 RANK_VARIABLE = "RANK"
@@ -125,4 +127,39 @@ def integer_in(low: int, high: int | None = None):
             raise argparse.ArgumentTypeError(f"must be >= {low}{upper}, got {value}")
         return value
     return parse
+
+
+def output_file(*suffixes: str):
+    """An argparse type: a file a command will write, checked when the command line is read, before any
+    work: not a directory, ending in one of suffixes (when given), and in a directory this process can
+    write in or create. Nothing is created here; the writer (betavae/pipeline/atomic.py) makes the
+    missing directories when it writes."""
+    def parse(text: str) -> Path:
+        try:
+            problem = _unwritable(Path(text), suffixes) if text else "is empty; name the file to write"
+        except (OSError, ValueError) as error:  # a name the file system cannot hold (too long, a NUL byte)
+            problem = f"is not a usable file name ({one_line(error)})"
+        if problem:
+            raise argparse.ArgumentTypeError(f"{text!r} {problem}")
+        return Path(text)
+    return parse
+
+
+def _unwritable(path: Path, suffixes: tuple[str, ...]) -> str | None:
+    """Why a file cannot be written at path, or None; OSError or ValueError for a name that cannot be one."""
+    try:
+        if stat.S_ISDIR(os.stat(path).st_mode):
+            return "is a directory; name the file to write"
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    if suffixes and path.suffix.lower() not in suffixes:
+        return f"must end in {' or '.join(suffixes)}"
+    existing = path.absolute().parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot be written: {existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot be written: {existing} is not writable"
+    return None
 

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 
 from betavae import errors
 from betavae.core.metrics import METRICS
-from betavae.errors import ArgumentParser, BetaVAEError, integer_in, say
+from betavae.errors import ArgumentParser, BetaVAEError, integer_in, output_file, say
 from betavae.experiments import table, tools
 from betavae.pipeline import atomic, pictures
 
@@ -104,14 +104,19 @@ def main() -> None:
     errors.run(_main, "compare")
 
 
+def _figure_file(text: str) -> str:
+    """--figure: '' for none, else a file that can be written (pictures.check_name checks its format)."""
+    return str(output_file()(text)) if text else text
+
+
 def _main() -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", default=None, help="DVC repository (default: the current one)")
     parser.add_argument("--num", type=integer_in(1, MAX_COMMITS), default=1, help="commits back from HEAD to include")
     parser.add_argument("--epochs", type=integer_in(1), default=None,
                         help="only runs of this many epochs (keep one training budget per figure)")
-    parser.add_argument("--csv", type=Path, default=Path("reports/rate_distortion.csv"))
-    parser.add_argument("--figure", default="reports/rate_distortion.png",
+    parser.add_argument("--csv", type=output_file(".csv"), default=Path("reports/rate_distortion.csv"))
+    parser.add_argument("--figure", type=_figure_file, default="reports/rate_distortion.png",
                         help="the figure to write; '' for none (e.g. a table of seeds)")
     parser.add_argument("--title", default="β sweep", help="figure title, e.g. the training budget")
     args = parser.parse_args()

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from betavae.errors import ArgumentParser, BetaVAEError, integer_in, run, say
+from betavae.errors import ArgumentParser, BetaVAEError, integer_in, output_file, run, say
 from betavae.pipeline import atomic, yamlfile
 from betavae.pipeline.params import MAX_EPOCHS, PARAMS_FILE
 
@@ -45,8 +45,8 @@ def _main() -> None:
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--epochs", type=integer_in(1, MAX_EPOCHS), default=None,
                         help="train this many epochs instead of params.yaml's (a quick look)")
-    parser.add_argument("--out", type=Path, default=REPORT)
-    parser.add_argument("--bench-out", type=Path, default=Path("reports/bench/train_speed-gpu.json"))
+    parser.add_argument("--out", type=output_file(".json"), default=REPORT)
+    parser.add_argument("--bench-out", type=output_file(".json"), default=Path("reports/bench/train_speed-gpu.json"))
     parser.add_argument("--skip-bench", action="store_true")
     parser.add_argument("--skip-tests", action="store_true")
     args = parser.parse_args()

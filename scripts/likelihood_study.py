@@ -23,6 +23,7 @@ import torch
 from betavae.core import metrics
 from betavae.core.data import load_test
 from betavae.errors import ArgumentParser, BetaVAEError, integer_in, run, say
+from betavae.experiments import tools
 from betavae.pipeline import atomic, overrides, pictures, yamlfile
 from betavae.pipeline.modelfile import load_model
 from betavae.pipeline.params import MAX_EPOCHS, PARAMS_FILE, Params, ParamsError, load_params
@@ -113,6 +114,7 @@ def _main() -> None:
                            f"({', '.join(study['variants'])})")
     base = load_params(args.params)
     planned = {name: study_params(study, base, name, args.epochs) for name in names}  # all checked first
+    tools.require_writable_directory(args.out)
     results = {name: run_variant(params, args.data, args.out / name, study["test_samples"])
                for name, params in planned.items()}
     rows = [{"variant": name, **{key: value for key, value in result.items() if key != "curve"}}

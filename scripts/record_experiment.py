@@ -12,10 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-from pathlib import Path
 
 from betavae import errors
-from betavae.errors import ArgumentParser, BetaVAEError, integer_in, say
+from betavae.errors import ArgumentParser, BetaVAEError, integer_in, output_file, say
 from betavae.experiments import tools
 from betavae.experiments.studies import find_experiment
 from betavae.pipeline import atomic, dotted, yamlfile
@@ -48,7 +47,7 @@ def main() -> None:
 def _main() -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", help="the experiment's name (dvc exp run -n NAME)")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=output_file(".json"), required=True)
     parser.add_argument("--command", required=True, help="the command that ran it, recorded beside it")
     parser.add_argument("--commits", type=integer_in(1, 10_000), default=20,
                         help="commits back from HEAD to look in (default 20)")

@@ -17,13 +17,14 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from betavae.errors import BetaVAEError, run
+from betavae.errors import ArgumentParser, BetaVAEError, integer_in, output_file, run
 from betavae.pipeline import atomic
 from betavae.uses import explorer
 
 PAGE = Path(__file__).resolve().parents[1] / "reports" / "explorer"
 WINDOW = (1240, 860)
 PAGE_TIMEOUT_S = 120
+MAX_FRAMES = 100_000
 BROWSERS = ("chromium", "google-chrome")  # Debian's package, or Google's build (GitHub's runners have it)
 
 
@@ -95,9 +96,10 @@ def decode_times_ms(driver, frames: int) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="screenshot PNG")
-    parser.add_argument("--frames", type=int, default=200, help="frames to time (default: %(default)s)")
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=output_file(".png"), required=True, help="screenshot PNG")
+    parser.add_argument("--frames", type=integer_in(2, MAX_FRAMES), default=200,
+                        help="frames to time, at least 2 for the percentiles (default: %(default)s)")
     args = parser.parse_args()
     missing = browser_missing()
     if missing:

@@ -18,7 +18,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from betavae.errors import BetaVAEError, run
+from betavae.errors import ArgumentParser, BetaVAEError, run
 from betavae.pipeline import atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ FILES = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--update", action="store_true", help="print the hashes of VERSION's files, write nothing")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:

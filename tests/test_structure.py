@@ -2,6 +2,7 @@
 betavae/__init__.py gives), no module imports itself through others, no module shares a name with a
 stage or a script, and importing any module changes nothing in the process."""
 
+import ast
 import subprocess
 import sys
 
@@ -67,6 +68,33 @@ def test_a_stage_script_stays_thin(stage, repo_root):
     """Read params, call the package, write outputs: a stage's logic lives in the package."""
     lines = (repo_root / "stages" / f"{stage}.py").read_text().splitlines()
     assert len(lines) <= 100, f"stages/{stage}.py has {len(lines)} lines"
+
+
+def _loose_arguments(source: str) -> list[str]:
+    """Command-line parsing that bypasses betavae.errors: argparse's own parser (a multi-line usage error)
+    or an unbounded number type (`type=int`, `type=float`), each named with its line."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call):
+            continue
+        if ast.unparse(node.func) == "argparse.ArgumentParser":
+            found.append(f"line {node.lineno}: argparse.ArgumentParser")
+        found += [f"line {node.lineno}: type={ast.unparse(keyword.value)}" for keyword in node.keywords
+                  if keyword.arg == "type" and ast.unparse(keyword.value) in ("int", "float")]
+    return found
+
+
+def test_every_command_line_is_read_by_the_projects_parser_with_bounded_numbers(repo_root):
+    """One reader of command lines (betavae.errors: ArgumentParser, integer_in, output_file) for every entry
+    point, so that a bad argument is one line naming it, and a number or an output is checked before work."""
+    folders = ("stages", "scripts", "benchmarks", "betavae")
+    files = [path for folder in folders for path in (repo_root / folder).rglob("*.py")
+             if path != repo_root / "betavae" / "errors.py"]
+    loose = {path.relative_to(repo_root).as_posix(): found for path in files
+             if (found := _loose_arguments(path.read_text()))}
+    assert loose == {}
+    assert _loose_arguments("import argparse\np = argparse.ArgumentParser()\np.add_argument('-n', type=int)") == [
+        "line 2: argparse.ArgumentParser", "line 3: type=int"]  # the rule sees what it forbids
 
 
 IMPORT_EVERYTHING = """

@@ -5,6 +5,9 @@ are replaced together, and the Python API answers anything with its own one-line
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import importlib.util
 import subprocess
 import sys
 
@@ -131,6 +134,68 @@ def test_an_output_directory_that_cannot_be_made_is_named(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(tools.ToolError, match=r"cannot create .*file/reports"):
         tools.require_writable_directory(tmp_path / "file" / "reports")
+    with pytest.raises(tools.ToolError, match=r".*/file is not a directory$"):
+        tools.require_writable_directory(tmp_path / "file")
+
+
+# --- files named on the command line ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, message", [
+    ("out", "'{name}' is a directory; name the file to write"),
+    ("report.txt", "'report.txt' must end in .json"),
+    ("plain/report.json", "cannot be written: {tmp}/plain is not a directory"),
+    ("plain/deeper/report.json", "cannot be written: {tmp}/plain is not a directory"),
+    ("re\0port.json", "is not a usable file name"),
+    ("x" * 300 + ".json", "is not a usable file name"),
+    ("", "is empty; name the file to write"),
+])
+def test_an_output_file_is_refused_when_the_command_line_is_read(tmp_path, monkeypatch, name, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "plain").write_text("a file, not a directory")
+    with pytest.raises(argparse.ArgumentTypeError) as refused:
+        errors.output_file(".json")(name)
+    assert message.format(name=name, tmp=tmp_path) in str(refused.value)
+
+
+def test_an_output_file_in_directories_yet_to_be_made_is_accepted_and_nothing_is_made(tmp_path):
+    assert errors.output_file(".json", ".JSON")(str(tmp_path / "new" / "r.JSON")) == tmp_path / "new" / "r.JSON"
+    assert list(tmp_path.iterdir()) == []
+
+
+def _benchmark(repo_root, name, monkeypatch):
+    monkeypatch.syspath_prepend(str(repo_root / "benchmarks"))  # they import machine.py beside them
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", repo_root / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("command, argv, option", [
+    ("compare", ["--csv", "{out}"], "--csv"),
+    ("compare", ["--figure", "{out}"], "--figure"),
+    ("record_experiment", ["run", "--command", "x", "--out", "{out}"], "--out"),
+    ("gpu_check", ["--out", "{out}"], "--out"),
+    ("gpu_check", ["--bench-out", "{out}"], "--bench-out"),
+    ("screenshot_explorer", ["--out", "{out}"], "--out"),
+    ("train_speed", ["--out", "{out}"], "--out"),
+    ("profile_step", ["--out", "{out}"], "--out"),
+    ("train_speed", ["--steps", "-5"], "--steps"),
+    ("profile_step", ["--steps", "0"], "--steps"),
+    ("screenshot_explorer", ["--out", "s.png", "--frames", "1"], "--frames"),
+])
+def test_every_command_refuses_an_unusable_argument_before_any_work(command, argv, option, tmp_path, monkeypatch,
+                                                                   capsys, repo_root):
+    import scripts
+
+    module = _benchmark(repo_root, command, monkeypatch) if command in ("train_speed", "profile_step") \
+        else importlib.import_module(f"{scripts.__name__}.{command}")
+    (tmp_path / "out.json").mkdir()
+    before = sorted(tmp_path.rglob("*"))
+    status, err = _main(module, [item.format(out="out.json") for item in argv], monkeypatch, capsys, tmp_path)
+    assert status == 2 and f"argument {option}" in err and len(err.splitlines()) == 1
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 # --- lists on the command line ---------------------------------------------------------------------

@@ -114,12 +114,12 @@ def require_dvc_remote(repo: Path | str) -> str:
 def require_writable_directory(path: Path | str) -> Path:
     """path, created if missing, that this process can write in."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ToolError(f"{path} is not a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ToolError(f"cannot create {path}: {error.strerror or error}") from None
-    if not path.is_dir():
-        raise ToolError(f"{path} is not a directory")
     if not os.access(path, os.W_OK | os.X_OK):
         raise ToolError(f"{path} is not writable")
     return path

@@ -140,6 +140,26 @@ def test_missing_and_malformed_files(tmp_path):
         load_params(bad)
 
 
+@pytest.mark.parametrize("text, where, what", [
+    ("beta: 1\nseed: 2\nbeta: 3\n", "line 3, column 1", 'found duplicate key "beta"'),
+    ("beta: [1, 2\n", "line 2, column 1", "expected ',' or ']'"),
+    ("beta: *nowhere\n", "line 1, column 7", "found undefined alias 'nowhere'"),
+    ("beta: 1\n seed: 2\n", "line 2, column 6", "mapping values are not allowed here"),
+    ("beta: !code 1\n", "line 1, column 7", "could not determine a constructor for the tag '!code'"),
+    ("beta: 1\n---\nbeta: 2\n", "line 2, column 1", "expected a single document in the stream but found another"),
+    ('beta: "1\n', "line 2, column 1", "found unexpected end of stream"),
+])
+def test_malformed_yaml_is_named_by_line_and_column_in_the_parsers_words(tmp_path, text, where, what):
+    """The parser's quotation of the text around the fault (several lines, a caret) is left out."""
+    bad = tmp_path / "params.yaml"
+    bad.write_text(text)
+    with pytest.raises(ParamsError) as error:
+        load_params(bad)
+    message = str(error.value)
+    assert message.startswith(f"{bad}: not valid YAML at {where}: ") and what in message
+    assert "^" not in message and "<unicode string>" not in message and "\n" not in message
+
+
 def test_the_largest_seed_is_usable_by_torch():
     params = parse_params({"seed": MAX_SEED})
     assert torch.Generator().manual_seed(params.seed).initial_seed() == MAX_SEED

@@ -72,7 +72,20 @@ def parse(text: str, source: str) -> object:
     except RecursionError:
         raise YamlError(f"{source}: nested more than {MAX_DEPTH} levels deep") from None
     except Exception as error:  # ruamel's YAMLError, and the odd ValueError or TypeError of a malformed value
-        raise YamlError(f"{source}: not valid YAML ({one_line(error)[:300]})") from None
+        raise YamlError(f"{source}: not valid YAML {_where_and_what(error)}") from None
+
+
+def _where_and_what(error: Exception) -> str:
+    """The parser's own words, without its quotation of the text around the fault (which spans lines and
+    draws a caret): `at line 3, column 7: found duplicate key "beta" ...`."""
+    problem, mark = getattr(error, "problem", None), getattr(error, "problem_mark", None)
+    if not problem:
+        return f"({one_line(error)[:300]})"
+    context = getattr(error, "context", None)
+    if context and problem.startswith("but "):  # "expected a single document ... but found another document"
+        problem = f"{context} {problem}"
+    where = f"at line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{one_line(problem)[:300]}"
 
 
 def _check_expansion(root, source: str) -> None:

@@ -13,9 +13,11 @@ import subprocess
 import pytest
 import torch
 
+from betavae.errors import BetaVAEError
 from betavae.pipeline import modelfile
 from betavae.pipeline.params import PARAMS_FILE
 from betavae.training import resume
+from betavae.uses import figures
 
 
 def _set_params(run, yaml_text, tiny, **overrides) -> None:
@@ -100,6 +102,54 @@ def test_a_model_whose_weights_hold_nan_is_refused_by_every_stage_that_reads_it(
 class _Payload:
     def __reduce__(self):
         return (os.system, ("echo the payload ran",))
+
+
+def _history(directory, **rows) -> None:
+    """A DVCLive metrics folder holding every metric the history figure draws, each with rows (step, value)."""
+    for name in figures.history_metrics():
+        path = directory / f"{name}.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"step\t{name.split('/')[-1]}\n" + "".join(f"{step}\t{value}\n" for step, value in
+                                                                rows.get(name, [(1, 2.5), (2, 1.5)])))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda path: path.write_bytes(b""), "not a DVCLive metric file (not UTF-8 text, or empty)"),
+    (lambda path: path.write_bytes(b"\xff\xfe\x00binary"), "not a DVCLive metric file (not UTF-8 text"),
+    (lambda path: path.write_text("epoch\tloss\n1\t2\n"), "names no step and value"),
+    (lambda path: path.write_text("step\tloss\n"), "no epochs logged"),
+    (lambda path: path.write_text("step\tloss\n1\t2\n2\tabc\n"), "line 3: '2 abc' is not a step and a number"),
+    (lambda path: path.write_text("step\tloss\n1\t2\n2\t1\t7\n"), "line 3: '2 1 7' is not a step and a number"),
+    (lambda path: path.write_text("step\tloss\n1\t2\n1\t3\n"), "line 3: step 1 after step 1; steps must increase"),
+    (lambda path: path.write_text("step\tloss\n1\t2\n2\tnan\n"), "a logged epoch has a step >= 0 and a finite"),
+    (lambda path: path.write_text("step\tloss\n1\t2\n"), "epochs 1-1 (1), but train/loss.tsv has 1-2 (2)"),
+    (lambda path: path.unlink(), "not found; the train stage's DVCLive log writes it"),
+    (lambda path: (path.unlink(), path.mkdir()), "cannot be read (Is a directory)"),
+])
+def test_a_damaged_training_log_is_named_by_file_and_line(tmp_path, damage, message):
+    _history(tmp_path)
+    damaged = tmp_path / "val" / "loss.tsv"
+    damage(damaged)
+    with pytest.raises(BetaVAEError) as refused:
+        figures.read_history(tmp_path)
+    assert str(refused.value).startswith(f"{damaged}: ") and message in str(refused.value)
+
+
+def test_a_training_log_is_read_as_the_figure_draws_it(tmp_path):
+    _history(tmp_path, **{"lr": [(1, 1e-4), (2, 3e-4)]})
+    (tmp_path / "epoch_seconds.tsv").write_text("not one of the figure's metrics")  # left alone
+    history = figures.read_history(tmp_path)
+    assert list(history.columns) == figures.history_metrics() and list(history.index) == [1, 2]
+    assert history["lr"].tolist() == [1e-4, 3e-4] and history["val/kl"].tolist() == [2.5, 1.5]
+
+
+def test_plot_with_a_damaged_training_log_writes_no_figure(trained, stage):
+    assert stage("plot", trained.plot()).status == 0
+    figures_written = {path: path.read_bytes() for path in (trained.root / "figures").iterdir()}
+    log = trained.root / "live" / "plots" / "metrics" / "train" / "kl.tsv"
+    log.write_text(log.read_text() + "oops\n")
+    assert stage("plot", trained.plot()).error_line.startswith(f"plot: error: {log}: line ")
+    assert {path: path.read_bytes() for path in (trained.root / "figures").iterdir()} == figures_written
 
 
 def test_a_checkpoint_that_references_code_is_refused_for_safety_and_never_run(stage_dir, stage):

@@ -7,6 +7,7 @@ needed, and nothing global changes on import.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -15,21 +16,81 @@ from matplotlib.figure import Figure
 
 from betavae.core.objective import LOGGED_TERMS
 from betavae.core.schedules import LOGGED as LOGGED_SCHEDULES
-from betavae.errors import BetaVAEError
+from betavae.errors import BetaVAEError, one_line
+
+HISTORY_SPLITS = ("train", "val")
+MAX_HISTORY_BYTES = 16 * 1024 * 1024  # a metric's TSV: far above MAX_EPOCHS rows of a step and a float
+
+
+def history_metrics() -> list[str]:
+    """The DVCLive metrics the history figure draws: each loss term for training and validation, and
+    the schedules."""
+    return [f"{split}/{term}" for term in LOGGED_TERMS for split in HISTORY_SPLITS] + list(LOGGED_SCHEDULES)
 
 
 def read_history(metrics_dir: Path) -> pd.DataFrame:
-    """DVCLive's per-metric TSVs (step, value) -> one frame indexed by epoch, a column per metric."""
-    columns = {}
-    for tsv in sorted(Path(metrics_dir).rglob("*.tsv")):
-        name = tsv.relative_to(metrics_dir).with_suffix("").as_posix()
-        frame = pd.read_csv(tsv, sep="\t")
-        columns[name] = frame.set_index("step")[frame.columns[-1]]
-    if not columns:
-        raise BetaVAEError(f"{metrics_dir}: no DVCLive metric files (run the train stage first)")
-    history = pd.DataFrame(columns)
+    """DVCLive's per-metric TSVs (a header naming `step`, then a step and a value a row) -> one frame
+    indexed by epoch, a column per metric the figure draws. Each file is checked: present, UTF-8,
+    every row whole, steps increasing, values finite, the same epochs in every file; a file that is not
+    is named in one line."""
+    columns = {name: _read_metric(Path(metrics_dir), name) for name in history_metrics()}
+    (first, steps), *others = ((name, list(column)) for name, column in columns.items())
+    for name, other in others:
+        if other != steps:
+            raise BetaVAEError(f"{Path(metrics_dir) / name}.tsv: epochs {_span(other)}, but {first}.tsv has "
+                               f"{_span(steps)}; the files are not of one run (run the train stage again)")
+    history = pd.DataFrame({name: list(column.values()) for name, column in columns.items()}, index=steps)
     history.index.name = "epoch"
     return history
+
+
+def _read_metric(metrics_dir: Path, name: str) -> dict[int, float]:
+    path = metrics_dir / f"{name}.tsv"
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_HISTORY_BYTES + 1)
+    except FileNotFoundError:
+        raise BetaVAEError(f"{path}: not found; the train stage's DVCLive log writes it (run it first)") from None
+    except OSError as error:
+        raise BetaVAEError(f"{path}: cannot be read ({error.strerror or type(error).__name__})") from None
+    if len(data) > MAX_HISTORY_BYTES:
+        raise BetaVAEError(f"{path}: larger than {MAX_HISTORY_BYTES // 2**20} MiB, not a training log")
+    try:
+        header, *rows = data.decode("utf-8").splitlines()
+    except (UnicodeDecodeError, ValueError):
+        raise BetaVAEError(f"{path}: not a DVCLive metric file (not UTF-8 text, or empty)") from None
+    fields = header.split("\t")
+    if "step" not in fields or len(fields) < 2:
+        raise BetaVAEError(f"{path}: not a DVCLive metric file (its header {one_line(header)[:80]!r} names no step "
+                           "and value)")
+    values = {}
+    for number, row in enumerate(rows, start=2):
+        step, value = _history_row(row, fields, path, number)
+        if values and step <= max(values):
+            raise BetaVAEError(f"{path}: line {number}: step {step} after step {max(values)}; steps must increase")
+        values[step] = value
+    if not values:
+        raise BetaVAEError(f"{path}: no epochs logged")
+    return values
+
+
+def _history_row(row: str, fields: list[str], path: Path, number: int) -> tuple[int, float]:
+    """One row of a metric file -> (step, value): the step column and the last column."""
+    parts = row.split("\t")
+    try:
+        if len(parts) != len(fields):
+            raise ValueError
+        step, value = int(parts[fields.index("step")]), float(parts[-1])
+    except ValueError:
+        raise BetaVAEError(f"{path}: line {number}: {one_line(row)[:80]!r} is not a step and a number") from None
+    if step < 0 or not math.isfinite(value):
+        raise BetaVAEError(f"{path}: line {number}: step {step}, value {value}; a logged epoch has a step >= 0 "
+                           "and a finite value")
+    return step, value
+
+
+def _span(steps: list[int]) -> str:
+    return f"{steps[0]}-{steps[-1]} ({len(steps)})" if steps else "none"
 
 
 def history_figure(history: pd.DataFrame):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from betavae.core import idx
+from betavae.uses import cli
 
 
 def test_round_trip_images_and_labels(tmp_path):
@@ -43,3 +44,16 @@ def test_wrong_shapes_and_labels_are_rejected(tmp_path):
         idx.read_labels(tmp_path / "labels")
     with pytest.raises(idx.IdxError, match="expected \\(N,\\) labels"):
         idx.read_labels(tmp_path / "small")
+
+
+def test_files_that_hold_nothing_are_named(tmp_path, capsys):
+    (tmp_path / "images").write_bytes(idx.encode(np.zeros((0, 28, 28), dtype=np.uint8)))
+    (tmp_path / "labels").write_bytes(idx.encode(np.zeros((0,), dtype=np.uint8)))
+    with pytest.raises(idx.IdxError, match=r"images: holds no images$"):
+        idx.read_images(tmp_path / "images")
+    with pytest.raises(idx.IdxError, match=r"labels: holds no labels$"):
+        idx.read_labels(tmp_path / "labels")
+    with pytest.raises(SystemExit):  # the command that writes one PNG a digit no longer says "0 digits written"
+        cli.main(["digits", "--images", str(tmp_path / "images"), "--out-dir", str(tmp_path / "digits")])
+    assert capsys.readouterr().err.strip().endswith("images: holds no images")
+    assert not (tmp_path / "digits").exists()

@@ -57,6 +57,8 @@ def read_images(path: Path) -> np.ndarray:
     images = decode(_read(path), str(path))
     if images.ndim != 3 or images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
         raise IdxError(f"{path}: shape {images.shape}, expected (N, {IMAGE_SIDE}, {IMAGE_SIDE})")
+    if not len(images):
+        raise IdxError(f"{path}: holds no images")
     return images
 
 
@@ -64,7 +66,9 @@ def read_labels(path: Path) -> np.ndarray:
     labels = decode(_read(path), str(path))
     if labels.ndim != 1:
         raise IdxError(f"{path}: shape {labels.shape}, expected (N,) labels")
-    if labels.size and labels.max() > 9:
+    if not labels.size:
+        raise IdxError(f"{path}: holds no labels")
+    if labels.max() > 9:
         raise IdxError(f"{path}: label {labels.max()} outside 0-9")
     return labels
 

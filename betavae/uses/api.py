@@ -133,6 +133,8 @@ class TrainedModel:
             latents = torch.as_tensor(given, dtype=torch.float32)
         except (TypeError, ValueError, RuntimeError, OverflowError) as error:
             raise LatentError(f"{name} must be numbers; got {type(given).__name__} ({one_line(error)[:120]})") from None
+        if latents.is_meta:
+            raise LatentError(f"{name} must hold numbers; got a tensor on the meta device, which holds none")
         fits = latents.ndim == len(shape) and all(want in (-1, got) for want, got in zip(shape, latents.shape))
         if not fits or latents.numel() == 0:
             wanted = ", ".join("N" if size == -1 else str(size) for size in shape)
@@ -189,6 +191,8 @@ def as_batch(images) -> torch.Tensor:
     except (TypeError, ValueError, RuntimeError, OverflowError) as error:
         raise ImageError(f"images must be pixels (a tensor or an array); got {_shown(images)} "
                          f"({one_line(error)[:120]})") from None
+    if given.is_meta:
+        raise ImageError("images must hold pixel values; got a tensor on the meta device, which holds none")
     images = given.unsqueeze(1) if given.ndim == 3 else given
     if images.ndim != 4 or tuple(images.shape[1:]) != (1, SIDE, SIDE) or len(images) == 0:
         raise ImageError(f"images must have shape (N, {SIDE}, {SIDE}) or (N, 1, {SIDE}, {SIDE}) with N >= 1; "
@@ -197,6 +201,8 @@ def as_batch(images) -> torch.Tensor:
         return images.float() / 255
     if not images.is_floating_point() or images.is_complex():
         raise ImageError(f"images must be uint8 (0-255) or float (0-1); got {images.dtype}")
+    if images.isnan().any():
+        raise ImageError("float images must lie in [0, 1]; got NaN")
     low, high = images.min().item(), images.max().item()
     if not (low >= 0 and high <= 1):
         raise ImageError(f"float images must lie in [0, 1]; got values from {low:g} to {high:g} "

@@ -97,6 +97,15 @@ def test_every_command_line_is_read_by_the_projects_parser_with_bounded_numbers(
         "line 2: argparse.ArgumentParser", "line 3: type=int"]  # the rule sees what it forbids
 
 
+def test_every_table_is_written_by_the_one_csv_writer(repo_root):
+    """atomic.csv_text is the one place a CSV's dialect (quoting, line ends) is chosen."""
+    writers = [f"{path.relative_to(repo_root)}:{number}" for folder in ("stages", "scripts", "benchmarks", "betavae")
+               for path in (repo_root / folder).rglob("*.py") if path.name != "atomic.py"
+               for number, line in enumerate(path.read_text().splitlines(), start=1)
+               if "csv.writer(" in line or "csv.DictWriter(" in line or ".to_csv(" in line]
+    assert writers == []
+
+
 IMPORT_EVERYTHING = """
 import importlib, sys, torch
 state = (torch.are_deterministic_algorithms_enabled(), torch.initial_seed(), torch.get_num_threads())

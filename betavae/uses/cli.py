@@ -244,16 +244,13 @@ def _names(paths: list[Path], count: int) -> list[str]:
 
 
 def _latents_csv(names: list[str], mean, logvar) -> str:
-    import csv
-    import io
+    from betavae.pipeline import atomic
 
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    latent_dim = mean.shape[1]
-    writer.writerow(["image", *(f"mean_{j}" for j in range(latent_dim)), *(f"logvar_{j}" for j in range(latent_dim))])
-    for name, means, logvars in zip(names, mean.tolist(), logvar.tolist()):
-        writer.writerow([name, *(f"{x:.6g}" for x in means), *(f"{x:.6g}" for x in logvars)])
-    return buffer.getvalue()
+    columns = range(mean.shape[1])
+    fields = ["image", *(f"mean_{j}" for j in columns), *(f"logvar_{j}" for j in columns)]
+    rows = [dict(zip(fields, [name, *(f"{x:.6g}" for x in means), *(f"{x:.6g}" for x in logvars)]))
+            for name, means, logvars in zip(names, mean.tolist(), logvar.tolist())]
+    return atomic.csv_text(rows, fields)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,15 @@ def seed_spread(runs: list[dict]) -> tuple[float, float]:
     return min(spread), max(spread)
 
 
+def seed_runs(rows: list[dict], reference: dict | None) -> list[dict]:
+    """The runs that differ only in the seed: seeds.csv's rows, with the reference run's own test metrics
+    (metrics.json, where the workspace holds the reference run) in place of any row of its seed, which an
+    older run of the reference may have left there."""
+    if reference is None:
+        return rows
+    return [row for row in rows if int(float(row["seed"])) != int(reference["seed"])] + [reference]
+
+
 def sweep_table(runs: list[dict]) -> str:
     """A row per β; a metric a run's file predates shows as a dash."""
     columns = [("loss (own β)" if metric.name == "loss" else metric.column) for metric in TEST_METRICS]
@@ -187,14 +196,15 @@ def blocks(reports: Path, model: Path, params: Path) -> tuple[dict[str, str], st
     """Block name -> text for each committed file that exists, and why the reference blocks were
     left out (None if they were not)."""
     found, skipped = {}, not_the_reference_run(model, params)
+    reference = None
     if skipped is None:
-        found["results"] = results_table(json.loads((reports / "metrics.json").read_text())["test"])
+        reference = {"seed": str(Params().seed), **json.loads((reports / "metrics.json").read_text())["test"]}
+        found["results"] = results_table(reference)
         seconds = [float(row["epoch_seconds"]) for row in _rows(reports / "train/plots/metrics/epoch_seconds.tsv")]
         best = json.loads((reports / "train" / "metrics.json").read_text())["best_epoch"]
         found["reference"] = reference_text(seconds, best)
     if (reports / "seeds.csv").exists():
-        runs = _rows(reports / "seeds.csv")
-        low, high = seed_spread(runs)
+        low, high = seed_spread(seed_runs(_rows(reports / "seeds.csv"), reference))
         found["seed-spread"] = (f"Between them the test metrics move by {low:.2f} to {high:.2f} nats, so a difference "
                                 "of that size between two single-seed experiments is noise.")
     if (reports / "rate_distortion.csv").exists():

@@ -19,6 +19,7 @@ from scripts.readme_results import (
     literature_table,
     not_the_reference_run,
     results_table,
+    seed_runs,
     seed_spread,
     sweep_table,
 )
@@ -50,6 +51,14 @@ def test_the_seed_spread_and_the_sweep_table_come_from_each_run():
             {"seed": "1", "beta": "0.8", **{k: str(v + (0.5 if k == "kl" else 1)) for k, v in VALUES.items()}}]
     assert seed_spread(runs) == (0.5, 1.0)
     assert sweep_table(runs).splitlines()[2].startswith("| 0.8 | 70.50 |")
+
+
+def test_the_reference_run_enters_the_seed_spread_with_its_own_metrics():
+    stale = {"seed": "42", "nll": "96.0", "kl": "31.0"}
+    other = {"seed": "1", "nll": "96.5", "kl": "30.5"}
+    reference = {"seed": "42", "nll": 96.25, "kl": 31.25}
+    assert seed_runs([stale, other], reference) == [other, reference]  # metrics.json, not an older row
+    assert seed_runs([stale, other], None) == [stale, other]  # the workspace holds another run: the file as is
 
 
 def test_the_committed_readme_holds_the_committed_numbers(repo_root):

@@ -24,6 +24,7 @@ from pathlib import Path
 
 # torchrun gives each process its rank here; only rank 0 speaks, so a message is printed once.
 RANK_VARIABLE = "RANK"
+WORLD_SIZE_VARIABLE = "WORLD_SIZE"
 
 
 class BetaVAEError(Exception):
@@ -34,8 +35,11 @@ class BetaVAEError(Exception):
 
 
 def is_main_process() -> bool:
-    """Whether this is process 0 of a data-parallel run, or the only process."""
-    return os.environ.get(RANK_VARIABLE, "0") == "0"
+    """Whether this is process 0 of a data-parallel run, or the only process. A rank that is not a number
+    below WORLD_SIZE counts as process 0: no other process would speak for it, and the error that names
+    it (distributed.world_from_environment) must be printed."""
+    rank, size = os.environ.get(RANK_VARIABLE, "0"), os.environ.get(WORLD_SIZE_VARIABLE, "1")
+    return not (rank.isdecimal() and size.isdecimal()) or int(rank) == 0 or int(rank) >= int(size)
 
 
 def tell(message: str, stream=None) -> None:
@@ -127,6 +131,32 @@ def integer_in(low: int, high: int | None = None):
             raise argparse.ArgumentTypeError(f"must be >= {low}{upper}, got {value}")
         return value
     return parse
+
+
+def environment_choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    """The value of environment variable `name`, one of choices (default when unset), else a BetaVAEError
+    naming the variable: the environment is read like a command line, and as strictly."""
+    value = os.environ.get(name, default)
+    if value not in choices:
+        raise BetaVAEError(f"the environment sets {name}={one_line(repr(value))[:80]}; it must be one of "
+                           f"{', '.join(choices)}, or unset")
+    return value
+
+
+def environment_integer(name: str, default: int, low: int = 0) -> int:
+    """The value of environment variable `name` as an integer >= low (default when unset), else a
+    BetaVAEError naming the variable."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if number is None or number < low:
+        raise BetaVAEError(f"the environment sets {name}={one_line(repr(value))[:80]}; it must be an integer "
+                           f">= {low}, or unset")
+    return number
 
 
 def output_file(*suffixes: str):

@@ -10,7 +10,7 @@ from pathlib import Path
 from betavae import errors
 from betavae.compat import dvc_workspace
 from betavae.core import schedules
-from betavae.errors import ArgumentParser
+from betavae.errors import ArgumentParser, environment_choice
 from betavae.pipeline import launch
 from betavae.pipeline.params import PARAMS_FILE, load_params
 from betavae.speed import runtime
@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, required=True,
                         help="training state, kept while the run is unfinished")
     parser.add_argument("--live", type=Path, required=True, help="DVCLive directory (metrics and snapshots)")
-    parser.add_argument("--resume", choices=MODES, default=os.environ.get(RESUME_VARIABLE, "auto"),
+    parser.add_argument("--resume", choices=MODES, default=environment_choice(RESUME_VARIABLE, MODES, "auto"),
                         help="auto: continue a matching checkpoint, else start fresh; require: fail "
                              f"unless one matches; never: always start fresh (default: ${RESUME_VARIABLE} or auto)")
     args = parser.parse_args()

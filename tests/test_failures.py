@@ -53,6 +53,26 @@ def test_cuda_on_a_machine_without_it_is_one_line(stage_dir, stage, yaml_text, t
         "train: error: device: cuda was requested, but CUDA is not available")
 
 
+@pytest.mark.parametrize("environment, message", [
+    ({"BETAVAE_RESUME": "fresh"}, "BETAVAE_RESUME='fresh'; it must be one of auto, never, require, or unset"),
+    ({"BETAVAE_RESUME": ""}, "BETAVAE_RESUME=''; it must be one of auto, never, require, or unset"),
+    ({"RANK": "abc"}, "RANK='abc'; it must be an integer >= 0, or unset"),
+    ({"RANK": "-1"}, "RANK='-1'; it must be an integer >= 0, or unset"),
+    ({"RANK": "1"}, "RANK=1 and WORLD_SIZE=1: a process's rank must be below the number of processes"),
+    ({"WORLD_SIZE": "0"}, "WORLD_SIZE='0'; it must be an integer >= 1, or unset"),
+    ({"LOCAL_RANK": "x\x1b[2J"}, "LOCAL_RANK='x\\x1b[2J'; it must be an integer"),
+])
+def test_a_bad_value_in_the_environment_is_named_and_nothing_is_trained(stage_dir, stage, monkeypatch,
+                                                                        environment, message):
+    """The environment is read as strictly as the command line: a rank of 1 in a world of one process
+    once trained nothing and wrote a model with an infinite validation loss."""
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    line = stage("train", stage_dir.train()).error_line
+    assert line.startswith("train: error: the environment sets ") and message in line
+    assert not (stage_dir.root / "model.pt").exists() and not (stage_dir.root / "live").exists()
+
+
 def test_corrupt_training_data_is_one_line_naming_the_file(stage_dir, stage):
     images = stage_dir.root / "mnist" / "train-images-idx3-ubyte"
     images.write_bytes(images.read_bytes()[:-5])

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from betavae.errors import RANK_VARIABLE, BetaVAEError, one_line
+from betavae.errors import RANK_VARIABLE, WORLD_SIZE_VARIABLE, BetaVAEError, environment_integer, one_line
 
 
 class OutOfSync(BetaVAEError, RuntimeError):
@@ -75,8 +74,12 @@ class World:
 
 def world_from_environment() -> World:
     """The World torchrun describes in the environment; one process without it."""
-    return World(rank=int(os.environ.get(RANK_VARIABLE, 0)), size=int(os.environ.get("WORLD_SIZE", 1)),
-                 local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+    world = World(rank=environment_integer(RANK_VARIABLE, 0), size=environment_integer(WORLD_SIZE_VARIABLE, 1, low=1),
+                  local_rank=environment_integer("LOCAL_RANK", 0))
+    if world.rank >= world.size:
+        raise BetaVAEError(f"the environment sets {RANK_VARIABLE}={world.rank} and {WORLD_SIZE_VARIABLE}="
+                           f"{world.size}: a process's rank must be below the number of processes (torchrun sets both)")
+    return world
 
 
 def join(world: World, device: torch.device) -> None:

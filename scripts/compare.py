@@ -26,6 +26,7 @@ from betavae.core.metrics import METRICS
 from betavae.errors import ArgumentParser, BetaVAEError, integer_in, output_file, say
 from betavae.experiments import table, tools
 from betavae.pipeline import atomic, pictures
+from betavae.uses import figures
 
 MAX_COMMITS = 10_000
 PARAMS = ("beta", "z_dim", "epochs", "seed")
@@ -95,7 +96,7 @@ def figure(runs: list[dict], title: str) -> Figure:
             axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axis.grid(alpha=0.3)
         axis.legend()
-    fig.suptitle(title)
+    fig.suptitle(figures.literal(title))
     fig.tight_layout()
     return fig
 

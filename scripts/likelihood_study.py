@@ -15,6 +15,7 @@ pipeline: `dvc exp run` with the chosen variant's `-S` values (the study prints 
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import torch
 
 from betavae.core import metrics
 from betavae.core.data import load_test
-from betavae.errors import ArgumentParser, BetaVAEError, integer_in, run, say
+from betavae.errors import ArgumentParser, BetaVAEError, integer_in, one_line, run, say
 from betavae.experiments import tools
 from betavae.pipeline import atomic, overrides, pictures, yamlfile
 from betavae.pipeline.modelfile import load_model
@@ -30,9 +31,11 @@ from betavae.pipeline.params import MAX_EPOCHS, PARAMS_FILE, Params, ParamsError
 from betavae.speed import runtime
 from betavae.training import loop as training
 from betavae.training.state import Outputs
+from betavae.uses import figures
 
 STUDY_FILE = Path("likelihood.yaml")
 OUT = Path("reports/likelihood")
+VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def study_params(study: dict, base: Params, variant: str, epochs: int | None) -> Params:
@@ -54,6 +57,10 @@ def read_study(path: Path) -> dict:
     if not isinstance(study["variants"], dict) or not study["variants"] or not all(
             isinstance(changes, dict) for changes in study["variants"].values()):
         raise BetaVAEError(f"{path}: variants must map names to the params each changes")
+    named = [name for name in study["variants"] if not (isinstance(name, str) and VARIANT_NAME.fullmatch(name))]
+    if named:
+        raise BetaVAEError(f"{path}: variant {one_line(repr(named[0]))[:80]} is not a usable name: each names the "
+                           "folder its run is kept in (letters, digits, '.', '_' and '-', at most 64)")
     if not isinstance(study["test_samples"], int) or not 1 <= study["test_samples"] <= 100_000:
         raise BetaVAEError(f"{path}: test_samples must be an integer in [1, 100000]")
     return study
@@ -84,7 +91,7 @@ def curves_figure(results: dict[str, dict]):
     axis = figure.subplots()
     for name, result in results.items():
         points = [(epoch + 1, value) for epoch, value in enumerate(result["curve"]) if value is not None]
-        axis.plot([epoch for epoch, _ in points], [value for _, value in points], label=name)
+        axis.plot([epoch for epoch, _ in points], [value for _, value in points], label=figures.literal(name))
         axis.axvline(result["chosen_epoch"], linestyle=":", linewidth=0.8)
     axis.set(title="Validation NLL (importance-weighted) by epoch", xlabel="epoch", ylabel="nats per image")
     axis.grid(alpha=0.3)

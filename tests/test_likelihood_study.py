@@ -41,3 +41,13 @@ def test_a_variant_the_study_does_not_hold_is_named(tmp_path, repo_root, monkeyp
     with pytest.raises(SystemExit):
         likelihood_study.main()
     assert "--variants: vamp is not a variant" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["../escape", "/tmp/abs", "", ".hidden", 7, "a" * 65, "a b", "x$\\frac{$"])
+def test_a_variant_is_a_name_its_folder_can_take(tmp_path, name):
+    """A variant names the folder its run is kept in: nothing that leaves --out or the file system's rules."""
+    study = tmp_path / "study.yaml"
+    study.write_text(f"recipe: {{}}\ntest_samples: 10\nvariants:\n  {name!r}: {{}}\n".replace("'", '"')
+                     if isinstance(name, str) else f"recipe: {{}}\ntest_samples: 10\nvariants:\n  {name}: {{}}\n")
+    with pytest.raises(likelihood_study.BetaVAEError, match="is not a usable name"):
+        likelihood_study.read_study(study)

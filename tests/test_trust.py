@@ -400,3 +400,18 @@ def test_an_exception_inside_the_set_replaces_nothing(tmp_path):
         outputs.text(paths[0], "new")
         raise KeyboardInterrupt
     assert _contents(paths) == [f"old {path.name}" for path in paths]
+
+
+def test_a_file_name_that_reads_as_a_formula_is_drawn_as_written(model_path, tmp_path, capsys):
+    """matplotlib reads `$...$` as math: a malformed formula in a name failed the drawing after the work."""
+    digit = tmp_path / "x$\\frac{$.png"
+    Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(digit)
+    cli.main(["traverse", "--model", str(model_path), "--images", str(digit), "--out", str(tmp_path / "t.png"),
+              "--device", "cpu"])
+    assert (tmp_path / "t.png").stat().st_size > 0 and "traversal written" in capsys.readouterr().out
+
+
+def test_a_title_given_on_the_command_line_is_drawn_as_written():
+    runs = [{"name": "a", "beta": beta, "z_dim": 4, "epochs": 1, "seed": 0, "recon": 80.0 - beta, "kl": 10 + beta,
+             "neg_elbo": 90.0, "nll": 88.0, "active_units": 3, "kl_dims_90": 2} for beta in (0.5, 2.0)]
+    assert pictures.figure_bytes(compare.figure(runs, "budget $\\frac{1}{$"), "rd.png")[:4] == b"\x89PNG"

@@ -148,7 +148,7 @@ class TrainedModel:
                          rows: int | None = None):
         """The labelled traversal figure of the `rows` dimensions with most KL around `base`
         (default: TRAVERSAL_ROWS, or every dimension of a smaller code)."""
-        from betavae.uses.figures import traversal_figure  # matplotlib: only drawing a figure needs it
+        from betavae.uses.figures import literal, traversal_figure  # matplotlib: only drawing a figure needs it
 
         if not isinstance(what, str):
             raise ArgumentError(f"what must be text describing the base; got {_shown(what)}")
@@ -157,7 +157,8 @@ class TrainedModel:
         order, kl = self.dimensions_by_kl(), self.latent_kl
         shown = order[:rows]
         labels = [f"z{dim}  KL {kl[dim].item():.2f}" for dim in shown]
-        title = f"Latent traversals around {what}: the {len(shown)} of {self.latent_dim} dimensions with most KL"
+        title = (f"Latent traversals around {literal(what)}: the {len(shown)} of {self.latent_dim} "
+                 "dimensions with most KL")
         if len(order) > len(shown):
             rest = kl[order[len(shown):]].sum().item() / kl.sum().item() if kl.sum() > 0 else 0.0
             title += f"\n(the other {len(order) - len(shown)} hold {rest:.1%} of the KL)"

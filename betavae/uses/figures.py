@@ -18,6 +18,14 @@ from betavae.core.objective import LOGGED_TERMS
 from betavae.core.schedules import LOGGED as LOGGED_SCHEDULES
 from betavae.errors import BetaVAEError, one_line
 
+
+def literal(text: str) -> str:
+    """Text from outside (a file name, a title given on the command line) as matplotlib should draw it:
+    as written. Unescaped, `$` starts math mode, and an unbalanced or malformed formula fails the
+    drawing after all the work is done."""
+    return text.replace("$", r"\$")
+
+
 HISTORY_SPLITS = ("train", "val")
 MAX_HISTORY_BYTES = 16 * 1024 * 1024  # a metric's TSV: far above MAX_EPOCHS rows of a step and a float
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import json
 import subprocess
 import sys
 
@@ -415,3 +416,15 @@ def test_a_title_given_on_the_command_line_is_drawn_as_written():
     runs = [{"name": "a", "beta": beta, "z_dim": 4, "epochs": 1, "seed": 0, "recon": 80.0 - beta, "kl": 10 + beta,
              "neg_elbo": 90.0, "nll": 88.0, "active_units": 3, "kl_dims_90": 2} for beta in (0.5, 2.0)]
     assert pictures.figure_bytes(compare.figure(runs, "budget $\\frac{1}{$"), "rd.png")[:4] == b"\x89PNG"
+
+
+def test_every_json_the_project_writes_is_valid_json_for_strict_readers(tmp_path):
+    """Python writes NaN and Infinity, which RFC 8259 lacks and a browser's JSON.parse (the explorer page)
+    refuses: the one JSON writer writes them as null, in plain writes and in sets of outputs alike."""
+    data = {"nll": float("nan"), "trials": [1.5, float("inf"), -float("inf")], "nested": {"kl": float("nan")}}
+    atomic.write_json(tmp_path / "one.json", data)
+    with atomic.Together() as outputs:
+        outputs.json(tmp_path / "set.json", data)
+    for name in ("one.json", "set.json"):
+        strict = json.loads((tmp_path / name).read_text(), parse_constant=lambda word: pytest.fail(word))
+        assert strict == {"nll": None, "trials": [1.5, None, None], "nested": {"kl": None}}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -73,8 +74,24 @@ def csv_text(rows: list[dict], fields: list[str] | None = None) -> str:
     return buffer.getvalue()
 
 
+def json_text(data: object) -> str:
+    """data as the project writes JSON: indented, keys sorted, and valid for every reader (RFC 8259 has no
+    NaN or Infinity, which Python writes and a browser's JSON.parse refuses): a non-finite number is null."""
+    return json.dumps(_finite(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def _finite(data: object) -> object:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: _finite(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(value) for value in data]
+    return data
+
+
 def write_json(path: str | Path, data: object) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    write_text(path, json_text(data))
 
 
 def torch_bytes(obj: object) -> bytes:
@@ -117,7 +134,7 @@ class Together:
         self.bytes(path, text.encode())
 
     def json(self, path: str | Path, data: object) -> None:
-        self.text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        self.text(path, json_text(data))
 
     def directory(self, path: str | Path, source: str | Path) -> None:
         """Replace the directory at path by the finished directory source."""

@@ -21,7 +21,7 @@ from betavae.errors import BetaVAEError, line
 from betavae.experiments import studies
 from betavae.pipeline import launch, modelfile, yamlfile
 from betavae.pipeline.params import Params, parse_params
-from betavae.uses import api, cli
+from betavae.uses import api, cli, figures
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -223,3 +223,31 @@ def trained_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "model.pt"
     torch.save(RECORD, path)
     return api.load(path, device="cpu")
+
+
+HISTORY_BITS = ["step", "\t", "\n", "loss", "1", "2", "-1", "1.5", "nan", "inf", "1e400", " ", "x", "\r\n", "\x00", "é"]
+
+
+@pytest.fixture(scope="module")
+def training_log(tmp_path_factory):
+    """A DVCLive folder holding every metric the history figure draws, each over epochs 1 and 2."""
+    root = tmp_path_factory.mktemp("live")
+    for name in figures.history_metrics():
+        (root / f"{name}.tsv").parent.mkdir(parents=True, exist_ok=True)
+        (root / f"{name}.tsv").write_text("step\tvalue\n1\t2.5\n2\t1.5\n")
+    return root
+
+
+@FUZZ
+@given(data=st.binary(max_size=80) | st.lists(st.sampled_from(HISTORY_BITS), max_size=30).map(
+    lambda bits: "".join(bits).encode("utf-8", "surrogatepass")))
+def test_a_training_log_is_read_or_refused_in_one_line(training_log, data):
+    log = training_log / "val" / "kl.tsv"
+    kept = log.read_bytes()
+    log.write_bytes(data)
+    try:
+        figures.read_history(training_log)
+    except BetaVAEError as error:
+        _one_line(error)
+    finally:
+        log.write_bytes(kept)

@@ -2,6 +2,7 @@
 where no format fits the name."""
 
 import io
+import time
 
 import pytest
 import torch
@@ -31,8 +32,13 @@ def test_pixels_are_written_in_the_format_the_name_asks_for(name, kind):
 
 
 @pytest.mark.parametrize("name, start", [("f.png", b"\x89PNG"), ("f.pdf", b"%PDF"), ("f.svg", b"<?xml"),
-                                         ("f.jpg", b"\xff\xd8"), ("f.eps", b"%!PS")])
-def test_figures_are_written_in_the_format_the_name_asks_for_and_the_same_figure_is_the_same_bytes(name, start):
+                                         ("f.jpg", b"\xff\xd8"), ("f.eps", b"%!PS"), ("f.ps", b"%!PS")])
+def test_figures_are_written_in_the_format_the_name_asks_for_and_the_same_figure_is_the_same_bytes(name, start,
+                                                                                                 monkeypatch):
+    """The clock moves between the two writes: matplotlib stamps PostScript with time.ctime()."""
+    clock = iter(["Sat Dec  5 08:04:09 2026", "Sat Dec  5 08:04:10 2026"])
+    monkeypatch.setattr(time, "ctime", lambda *_: next(clock))
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
     first, second = pictures.figure_bytes(_figure(), name), pictures.figure_bytes(_figure(), name)
     assert first.startswith(start) and first == second
 

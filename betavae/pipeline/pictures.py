@@ -12,6 +12,7 @@ Bytes are the same for the same picture: no timestamps or software names are emb
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 from betavae.errors import BetaVAEError
@@ -68,4 +69,6 @@ def figure_bytes(figure, path: str | Path = "figure.png") -> bytes:
             figure.savefig(buffer, format=image_format, metadata=metadata, dpi=figure.dpi)
     else:
         figure.savefig(buffer, format=image_format, metadata=metadata, dpi=figure.dpi)
+    if image_format in ("ps", "eps"):  # matplotlib always stamps the time here (unless SOURCE_DATE_EPOCH is set)
+        return re.sub(rb"%%(CreationDate|Creator): [^\n]*\n", b"", buffer.getvalue(), count=2)
     return buffer.getvalue()

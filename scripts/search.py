@@ -44,7 +44,11 @@ def _main() -> None:
         tools.require_git_remote(args.remote, repo)
     tools.require_writable_directory(args.reports / "search")
     if args.storage.startswith("sqlite:///"):
-        tools.require_writable_directory(Path(args.storage.removeprefix("sqlite:///")).parent)
+        database = args.storage.removeprefix("sqlite:///")
+        if database in ("", ":memory:"):
+            raise studies.SearchError(f"--storage {args.storage} names no file: a study is kept in one, so that a "
+                                      "second process shares it and a rerun resumes it")
+        tools.require_writable_directory(Path(database).parent)
     study = studies.open_study(space, args.storage)
     studies.Runner(space, repo, args.remote).run(study, args.trials)
     write_reports(study, space, args.reports)

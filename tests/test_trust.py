@@ -9,8 +9,10 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,6 +119,16 @@ def test_a_command_run_outside_a_repository_says_so_in_one_line(module, argv, na
     status, err = _main(module, argv, monkeypatch, capsys, tmp_path)
     assert status == 1 and err == f"{name}: error: {tmp_path} is not inside a git repository; run this in a clone " \
                                   "of the project"
+
+
+@pytest.mark.parametrize("storage", ["sqlite:///", "sqlite:///:memory:"])
+def test_a_study_kept_in_no_file_is_refused_before_any_trial(storage, tmp_path, monkeypatch, capsys, repo_root):
+    """In memory, a study is lost when the search ends, and its trials' names clash with the next one's."""
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # dvc beside python
+    status, err = _main(search, ["--space", str(repo_root / "search.yaml"), "--trials", "1", "--storage", storage,
+                                 "--reports", str(tmp_path / "reports")], monkeypatch, capsys, repo_root)
+    assert status == 1 and err == f"search: error: --storage {storage} names no file: a study is kept in one, so " \
+        "that a second process shares it and a rerun resumes it"
 
 
 def test_a_git_repository_that_is_not_a_dvc_one_is_named(tmp_path, run):

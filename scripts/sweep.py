@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import os
 import re
 import time
@@ -36,6 +37,7 @@ from betavae.pipeline.params import ParamsError, load_params
 
 POLL_S = 2
 MAX_JOBS = 64
+MAX_RUNS = 10_000
 STALLED_S = 60  # queued runs with no worker for this long: start the workers again
 
 
@@ -80,6 +82,10 @@ def _main() -> None:
     repeated = sorted({key for key in keys if keys.count(key) > 1})
     if repeated:
         raise SweepError(f"{repeated[0]} is given more than once in --grid and --set")
+    total = math.prod(len(values) for _, values in args.grid)
+    if total > MAX_RUNS:
+        raise SweepError(f"the grid makes {total:,} runs, more than the {MAX_RUNS:,} a sweep holds (each is a "
+                         "training): sweep fewer values, or search the space with scripts/search.py")
     runs = [{**dict(args.fixed), **run} for run in shard(grid(args.grid), *args.shard)]
     _check_runs(runs)
     names = [run_name(run) for run in runs]

@@ -229,6 +229,8 @@ def test_every_command_refuses_an_unusable_argument_before_any_work(command, arg
     (["--grid", "beta=-1,1"], "the run beta--1: beta must be >= 0"),
     (["--grid", "beta=1", "--jobs", "0"], "--jobs: must be >= 1"),
     (["--grid", "beta=1", "--shard", "3/2"], "expected i/N with 1 <= i <= N"),
+    (["--grid", "beta=" + ",".join(str(i) for i in range(1, 201)), "seed=" + ",".join(str(i) for i in range(1, 101))],
+     "the grid makes 20,000 runs, more than the 10,000 a sweep holds"),
 ])
 def test_a_loosely_written_sweep_is_refused_before_anything_runs(argv, message, monkeypatch, capsys, repo_root):
     status, err = _main(sweep, [*argv, "--dry-run"], monkeypatch, capsys, repo_root)

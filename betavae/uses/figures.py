@@ -71,12 +71,12 @@ def _read_metric(metrics_dir: Path, name: str) -> dict[int, float]:
     if "step" not in fields or len(fields) < 2:
         raise BetaVAEError(f"{path}: not a DVCLive metric file (its header {one_line(header)[:80]!r} names no step "
                            "and value)")
-    values = {}
+    values, last = {}, -1
     for number, row in enumerate(rows, start=2):
         step, value = _history_row(row, fields, path, number)
-        if values and step <= max(values):
-            raise BetaVAEError(f"{path}: line {number}: step {step} after step {max(values)}; steps must increase")
-        values[step] = value
+        if step <= last:
+            raise BetaVAEError(f"{path}: line {number}: step {step} after step {last}; steps must increase")
+        values[step], last = value, step
     if not values:
         raise BetaVAEError(f"{path}: no epochs logged")
     return values

@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import stat
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,6 +53,11 @@ def tell(message: str, stream=None) -> None:
 def say(message: str) -> None:
     """Print a progress line on stdout, secrets hidden (the scripts' and the stages' lines)."""
     print(redact(message), flush=True)
+
+
+def counted(number: int, noun: str) -> str:
+    """'1 image', '2 images': a count in a message, in the grammar a reader expects."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def line(name: str, error: BaseException | str) -> str:
@@ -91,24 +98,78 @@ def redact(text: str) -> str:
     return text
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (`kill`, a job scheduler, torchrun stopping the other processes): raised where the
+    program is, so that what it was writing is cleaned up as on Ctrl-C."""
+
+
 def run(main: Callable[[], None], name: str, on_failure: Callable[[], None] | None = None) -> None:
     """Call main(); an expected error becomes one line and exit status 1, Ctrl-C exit status 130.
 
-    on_failure runs after either, before the exit (the stages use it to flag params that a failed
-    `dvc exp run` leaves behind, betavae/compat/dvc_workspace.py)."""
+    A reader of the output that goes away (`betavae encode ... | head -1`) stops the command as it
+    stops any command in a pipeline, said in one line (exit status 1); the files it writes are
+    replaced whole or not at all (betavae/pipeline/atomic.py), so none is left half-written.
+    SIGTERM stops it as Ctrl-C does (no temporary file is left beside an output), then ends the
+    process by SIGTERM itself, so that whoever sent it (a shell, torchrun, a scheduler) sees it so.
+    on_failure runs before the exit (the stages use it to flag params that a failed `dvc exp run`
+    leaves behind, betavae/compat/dvc_workspace.py)."""
+    previous = _raise_on_sigterm()
     try:
         main()
     except BetaVAEError as error:
         _exit(line(name, error), 1, on_failure)
     except KeyboardInterrupt:
         _exit(f"{name}: interrupted", 130, on_failure)
+    except Terminated:
+        _exit_by_sigterm(name, on_failure)
+    except BrokenPipeError:
+        _discard_output()
+        _exit(line(name, "stopped: the program reading its output closed the pipe (broken pipe)"), 1, on_failure)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_on_sigterm():
+    """Make SIGTERM raise Terminated; the handler it replaces, or None where none can be set (a thread
+    other than the main one)."""
+    def stop(number, frame):
+        raise Terminated
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, stop)
+
+
+def _exit_by_sigterm(name: str, on_failure: Callable[[], None] | None) -> None:
+    try:
+        _exit(f"{name}: terminated", 128 + signal.SIGTERM, on_failure)
+    except SystemExit:
+        _discard_output()  # flushes what was printed
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise
 
 
 def _exit(message: str, status: int, on_failure: Callable[[], None] | None) -> None:
     if on_failure is not None:
         on_failure()
-    tell(message)
+    try:
+        tell(message)
+    except OSError:  # stderr is a closed pipe too: the exit status is all that is left to say it
+        _discard_output()
     raise SystemExit(status)
+
+
+def _discard_output() -> None:
+    """Point stdout and stderr at /dev/null, so that Python's last flush at exit does not fail again on a
+    closed pipe (and print "Exception ignored ... BrokenPipeError")."""
+    empty = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:
+            os.dup2(empty, stream.fileno())
+    os.close(empty)
 
 
 class ArgumentParser(argparse.ArgumentParser):

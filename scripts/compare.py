@@ -127,11 +127,12 @@ def _main() -> None:
     runs = collect(args.repo, args.num, args.epochs)
     if not runs:
         raise BetaVAEError("no experiment with test metrics; run `dvc exp run` first")
-    atomic.write_text(args.csv, to_csv(runs))
     written = [args.csv]
-    if args.figure:
-        atomic.write_bytes(Path(args.figure), pictures.figure_bytes(figure(runs, args.title), args.figure))
-        written.append(args.figure)
+    with atomic.Together() as outputs:  # the table and its figure: of the same runs
+        outputs.text(args.csv, to_csv(runs))
+        if args.figure:
+            outputs.bytes(Path(args.figure), pictures.figure_bytes(figure(runs, args.title), args.figure))
+            written.append(args.figure)
     for run in runs:
         shown = " ".join(f"{key} {'—' if run[key] is None else format(run[key], '.2f' if key not in INTEGERS else 'd')}"
                          for key in METRICS)

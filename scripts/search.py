@@ -58,16 +58,19 @@ def write_reports(study, space: studies.Space, reports: Path) -> None:
     keys = [d.key for d in space.dimensions]
     metrics = [metric for metric, _ in space.objectives]
     rows = [_row(trial, keys, metrics) for trial in study.get_trials(deepcopy=False)]
-    atomic.write_text(reports / "search" / f"{space.study}_trials.csv", atomic.csv_text(rows))
+    trials = reports / "search" / f"{space.study}_trials.csv"
     finished = [trial for trial in study.get_trials(deepcopy=False) if trial.values is not None]
     if not finished:
+        atomic.write_text(trials, atomic.csv_text(rows))
         raise studies.SearchError("no trial finished; their errors are in the trials CSV")
     best = studies.front(study)
-    atomic.write_text(reports / "search" / f"{space.study}_front.csv",
-                      atomic.csv_text([_row(trial, keys, metrics) for trial in sorted(best, key=lambda t: t.values)]))
-    if len(metrics) == 2:
-        path = reports / "search" / f"{space.study}_front.png"
-        atomic.write_bytes(path, pictures.figure_bytes(front_figure(finished, best, metrics, space.study), path))
+    with atomic.Together() as outputs:  # the trials, their front and its figure: of one study's state
+        outputs.text(trials, atomic.csv_text(rows))
+        outputs.text(reports / "search" / f"{space.study}_front.csv",
+                     atomic.csv_text([_row(trial, keys, metrics) for trial in sorted(best, key=lambda t: t.values)]))
+        if len(metrics) == 2:
+            path = reports / "search" / f"{space.study}_front.png"
+            outputs.bytes(path, pictures.figure_bytes(front_figure(finished, best, metrics, space.study), path))
     say(f"search: {len(finished)} of {len(rows)} trials finished; the front holds {len(best)}")
 
 

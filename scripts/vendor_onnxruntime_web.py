@@ -51,8 +51,9 @@ def main() -> None:
         elif digest != FILES[name]:
             raise BetaVAEError(f"{PACKAGE}@{VERSION} {name}: SHA-256 {digest}, expected {FILES[name]}")
     if not args.update:
-        for name, data in contents.items():
-            atomic.write_bytes(VENDOR / name, data)
+        with atomic.Together() as outputs:  # one release's files, never a mix of two
+            for name, data in contents.items():
+                outputs.bytes(VENDOR / name, data)
         print(f"vendor: {PACKAGE}@{VERSION} written to {VENDOR.relative_to(ROOT)}")
 
 

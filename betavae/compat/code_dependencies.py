@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]  # the directory that holds the packa
 INERT = {
     "betavae/errors.py": "how failures are reported, not what is computed",
     "betavae/pipeline/atomic.py": "how bytes reach the disk, not which bytes",
+    "betavae/core/files.py": "how a file's bytes are read whole, and which files are refused, not which bytes",
     "betavae/pipeline/params.py": "validation; dvc.yaml tracks each param's value key by key, and the "
                                   "committed params.yaml sets every key, so no default is ever used",
     "betavae/pipeline/yamlfile.py": "how params.yaml is read; the values it gives are what dvc.yaml tracks",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from betavae.core import files
 from betavae.errors import BetaVAEError
 
 UINT8 = 0x08
@@ -24,6 +25,7 @@ TEST_LABELS = "t10k-labels-idx1-ubyte"
 MNIST_FILES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
 MNIST_TRAIN_IMAGES = 60_000
 MNIST_TEST_IMAGES = 10_000
+MAX_BYTES = 2**30  # 1.3 million 28x28 images; MNIST's largest file is 47 MB
 
 
 class IdxError(BetaVAEError, ValueError):
@@ -74,11 +76,4 @@ def read_labels(path: Path) -> np.ndarray:
 
 
 def _read(path: Path) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise IdxError(f"{path}: no such file") from None
-    except OSError as error:
-        raise IdxError(f"{path}: cannot be read ({error.strerror or type(error).__name__})") from None
-    except ValueError as error:  # a name the file system cannot hold (a NUL byte)
-        raise IdxError(f"{path}: not a usable file name ({error})") from None
+    return files.read_bytes(path, MAX_BYTES, "an IDX file", IdxError)

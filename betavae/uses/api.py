@@ -16,14 +16,15 @@ shell.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from betavae.core import grids, idx
+from betavae.core import files, grids, idx
 from betavae.core.data import INFERENCE_BATCH
 from betavae.errors import BetaVAEError, one_line
 from betavae.pipeline.modelfile import ModelFile, load_model
@@ -31,6 +32,7 @@ from betavae.pipeline.params import DEVICES, MAX_SEED
 from betavae.speed import runtime
 
 SIDE = idx.IMAGE_SIDE
+MAX_PNG_BYTES = 2**24  # a 28x28 grey PNG is under 2 KB; the rest is room for its text and metadata chunks
 TRAVERSAL_VALUES = torch.linspace(-3, 3, 11)  # -3 to +3 prior standard deviations
 TRAVERSAL_ROWS = 10  # dimensions shown in a traversal, most KL first
 
@@ -227,17 +229,22 @@ def read_images(paths: list[str | Path] | str | Path) -> torch.Tensor:
 
 
 def _read_png(path: Path) -> torch.Tensor:
+    data = files.read_bytes(path, MAX_PNG_BYTES, "a 28x28 PNG", ImageError)
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             if image.size != (SIDE, SIDE):  # before decoding: a huge image is never loaded
                 raise ImageError(f"{path}: a {image.size[0]}x{image.size[1]} image; expected a {SIDE}x{SIDE} "
                                  "8-bit greyscale PNG")
             image.load()
     except ImageError:
         raise
-    except OSError as error:  # missing, unreadable, or not an image Pillow knows
-        reason = error.strerror or f"not a readable PNG image ({one_line(error)[:120]})"
-        raise ImageError(f"{path}: {reason}") from None
+    except Image.DecompressionBombError:  # a header claiming billions of pixels, refused before decoding
+        raise ImageError(f"{path}: an image of more than {Image.MAX_IMAGE_PIXELS} pixels; expected a "
+                         f"{SIDE}x{SIDE} 8-bit greyscale PNG") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not a readable PNG image (not in any image format Pillow knows)") from None
+    except OSError as error:  # a damaged image
+        raise ImageError(f"{path}: not a readable PNG image ({one_line(error)[:120]})") from None
     except Exception as error:  # Pillow raises many types for damaged files (ValueError, SyntaxError, ...)
         detail = f"{type(error).__name__}: {one_line(error)[:120]}"
         raise ImageError(f"{path}: not a readable PNG image ({detail})") from None

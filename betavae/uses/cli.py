@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from betavae import errors
-from betavae.errors import ArgumentParser, BetaVAEError, integer_in, say
+from betavae.errors import ArgumentParser, BetaVAEError, counted, integer_in, say
 from betavae.pipeline.params import DEVICES, MAX_SEED, PARAMS_FILE
 
 PROGRAM = "betavae"
@@ -148,7 +148,7 @@ def _encode(args) -> None:
         atomic.write_bytes(args.out, buffer.getvalue())
     else:
         atomic.write_text(args.out, _latents_csv(_names(args.images, len(mean)), mean, logvar))
-    say(f"{PROGRAM}: {len(mean)} images encoded to {args.out}")
+    say(f"{PROGRAM}: {counted(len(mean), 'image')} encoded to {args.out}")
 
 
 def _traverse(args) -> None:
@@ -163,7 +163,8 @@ def _traverse(args) -> None:
     if args.images:
         images = api.read_images(args.images)
         if args.index >= len(images):
-            raise UsageError(f"--index {args.index}: the images hold {len(images)}")
+            raise UsageError(f"--index {args.index}: the images hold {counted(len(images), 'image')}, "
+                             "numbered from 0")
         base = vae.encode(images[args.index:args.index + 1])[0][0]
         around = f"the posterior mean of {_names(args.images, len(images))[args.index]}"
     atomic.write_bytes(args.out, pictures.figure_bytes(vae.traversal_figure(base, around, args.rows), args.out))
@@ -177,9 +178,10 @@ def _digits(args) -> None:
     if args.out_dir.exists() and not args.out_dir.is_dir():
         raise UsageError(f"--out-dir {args.out_dir}: not a directory")
     images = api.read_images([args.images])[:args.first]
-    for index, image in enumerate(images):
-        atomic.write_bytes(args.out_dir / f"digit-{index:04d}.png", pictures.pixels_bytes(image))
-    say(f"{PROGRAM}: {len(images)} digits written to {args.out_dir} (digit-0000.png ...)")
+    with atomic.Together() as outputs:  # every digit, or none when one cannot be written
+        for index, image in enumerate(images):
+            outputs.bytes(args.out_dir / f"digit-{index:04d}.png", pictures.pixels_bytes(image))
+    say(f"{PROGRAM}: {counted(len(images), 'digit')} written to {args.out_dir} (digit-0000.png ...)")
 
 
 def _check_params(args) -> None:
@@ -233,7 +235,7 @@ def _write_grid(path: Path, images, columns: int | None = None) -> None:
     from betavae.pipeline import atomic, pictures
 
     atomic.write_bytes(path, pictures.pixels_bytes(grids.mosaic(images, columns or grids.COLUMNS), path))
-    say(f"{PROGRAM}: {len(images)} images written to {path}")
+    say(f"{PROGRAM}: {counted(len(images), 'image')} written to {path}")
 
 
 def _names(paths: list[Path], count: int) -> list[str]:

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from betavae.core import files
 from betavae.core.objective import LOGGED_TERMS
 from betavae.core.schedules import LOGGED as LOGGED_SCHEDULES
 from betavae.errors import BetaVAEError, one_line
@@ -54,15 +55,8 @@ def read_history(metrics_dir: Path) -> pd.DataFrame:
 
 def _read_metric(metrics_dir: Path, name: str) -> dict[int, float]:
     path = metrics_dir / f"{name}.tsv"
-    try:
-        with path.open("rb") as file:
-            data = file.read(MAX_HISTORY_BYTES + 1)
-    except FileNotFoundError:
-        raise BetaVAEError(f"{path}: not found; the train stage's DVCLive log writes it (run it first)") from None
-    except OSError as error:
-        raise BetaVAEError(f"{path}: cannot be read ({error.strerror or type(error).__name__})") from None
-    if len(data) > MAX_HISTORY_BYTES:
-        raise BetaVAEError(f"{path}: larger than {MAX_HISTORY_BYTES // 2**20} MiB, not a training log")
+    data = files.read_bytes(path, MAX_HISTORY_BYTES, "a training log",
+                            missing="no such file; the train stage's DVCLive log writes it (run it first)")
     try:
         header, *rows = data.decode("utf-8").splitlines()
     except (UnicodeDecodeError, ValueError):

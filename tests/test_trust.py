@@ -638,3 +638,21 @@ def test_sigterm_stops_a_command_cleanly_and_as_sigterm(repo_root, tmp_path):
     assert ended.stdout == "cleaned up\n"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a.txt", "b.txt"]
     assert [(tmp_path / name).read_text() for name in ("a.txt", "b.txt")] == ["old a", "old b"]
+
+
+# --- text written into tables ----------------------------------------------------------------------
+
+
+def test_text_that_a_spreadsheet_would_run_is_written_as_text_and_numbers_as_they_are():
+    import csv
+    import io
+
+    cells = ["=1+2", "+cmd|' /C calc'!A0", "-1+2", "@SUM(A1)", "\tx", "\rx", "-0.5", "+3", "1e-3", "plain", -1.5, None]
+    text = atomic.csv_text([{f"c{i}": cell for i, cell in enumerate(cells)}, {"c0": "=x"}],
+                           [f"c{i}" for i in range(len(cells))])
+    header, first, second = csv.reader(io.StringIO(text, newline=""))
+    assert header == [f"c{i}" for i in range(len(cells))]
+    assert first == ["'=1+2", "'+cmd|' /C calc'!A0", "'-1+2", "'@SUM(A1)", "'\tx", "'\rx", "-0.5", "+3", "1e-3",
+                     "plain", "-1.5", ""]
+    assert second[0] == "'=x"
+    assert atomic.csv_text([{"=name": 1}]).splitlines()[0] == "'=name"

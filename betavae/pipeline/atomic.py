@@ -64,14 +64,40 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def csv_text(rows: list[dict], fields: list[str] | None = None) -> str:
-    """A table as CSV: a header of `fields` (default: the first row's keys), then a line per row."""
+    """A table as CSV: a header of `fields` (default: the first row's keys), then a line per row.
+
+    Text from outside lands in these tables (an image's file name, an experiment's name pulled from
+    someone's remote). A cell holding a line break, a carriage return included, is quoted. A
+    spreadsheet runs a cell that starts with = + - @ (or a tab or carriage return) as a formula, so
+    such a text cell is written with a leading apostrophe, which spreadsheets show as text (OWASP's
+    advice on CSV injection); numbers, "-0.5" among them, are written as they are."""
     import csv  # only the writers of tables need it
 
+    fields = fields or list(rows[0])
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields or list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
+    # Written with "\r\n", the writer quotes a cell that holds either character (with "\n" alone it
+    # leaves a "\r" bare, which readers take for the end of a line); each line then ends in "\n".
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\r\n")
+    lines = []
+    for row in [dict(zip(fields, fields)), *rows]:
+        writer.writerow({key: _inert_cell(value) for key, value in row.items()})
+        lines.append(buffer.getvalue().removesuffix("\r\n") + "\n")
+        buffer.seek(0)
+        buffer.truncate()
+    return "".join(lines)
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _inert_cell(value: object) -> object:
+    if not isinstance(value, str) or not value.startswith(_FORMULA_STARTS):
+        return value
+    try:
+        float(value)
+    except ValueError:
+        return "'" + value
+    return value
 
 
 def json_text(data: object) -> str:

@@ -47,12 +47,20 @@ def is_main_process() -> bool:
 def tell(message: str, stream=None) -> None:
     """Print message from process 0 only (stderr unless stream is given), at once, secrets hidden."""
     if is_main_process():
-        print(redact(message), file=stream or sys.stderr, flush=True)
+        _put(redact(message), stream or sys.stderr)
 
 
 def say(message: str) -> None:
     """Print a progress line on stdout, secrets hidden (the scripts' and the stages' lines)."""
-    print(redact(message), flush=True)
+    _put(redact(message), sys.stdout)
+
+
+def _put(text: str, stream) -> None:
+    """Print text at once, each character the stream cannot encode written as its escape: a file name's
+    byte that is not UTF-8 (`\\udcff`), or any non-ASCII character where the terminal is ASCII. A message
+    about work that is done never fails for the text it quotes."""
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    print(text.encode(encoding, "backslashreplace").decode(encoding), file=stream, flush=True)
 
 
 def counted(number: int, noun: str) -> str:

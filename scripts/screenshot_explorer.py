@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from betavae.errors import ArgumentParser, BetaVAEError, integer_in, output_file, run
+from betavae.errors import ArgumentParser, BetaVAEError, integer_in, output_file, run, say
 from betavae.pipeline import atomic
 from betavae.uses import explorer
 
@@ -110,7 +110,7 @@ def main() -> None:
         times = decode_times_ms(driver, args.frames)
         driver.execute_async_script("window.explorer.testDigit().then(arguments[0])")
         atomic.write_bytes(args.out, driver.get_screenshot_as_png())
-    print(f"explorer: screenshot written to {args.out}; decode and draw per frame over {len(times)} frames: "
+    say(f"explorer: screenshot written to {args.out}; decode and draw per frame over {len(times)} frames: "
           f"median {statistics.median(times):.2f} ms, 90th percentile "
           f"{statistics.quantiles(times, n=10)[-1]:.2f} ms")
 

@@ -590,6 +590,29 @@ def test_a_reader_that_closes_the_pipe_stops_the_command_in_one_line(repo_root, 
                                          "(broken pipe)"]
 
 
+@pytest.mark.parametrize(("encoding", "name", "shown"), [
+    ("utf-8:strict", os.fsdecode(b"digits-\xff"), "digits-\\udcff"),  # a name that is not UTF-8
+    ("ascii", "digits-\u00e9", "digits-\\xe9"),  # a terminal that takes ASCII only
+])
+def test_a_message_quoting_a_name_the_terminal_cannot_show_is_printed_escaped(tmp_path, make_mnist, encoding, name,
+                                                                               shown):
+    """The line that reports finished work must not fail (a traceback, exit status 1) on the name it quotes."""
+    make_mnist(tmp_path / "mnist")
+    environment = {**os.environ, "PYTHONIOENCODING": encoding}
+    ended = subprocess.run([sys.executable, "-m", "betavae.uses.cli", "digits", "--images",
+                            str(tmp_path / "mnist" / "t10k-images-idx3-ubyte"), "--first", "1", "--out-dir",
+                            os.fsencode(tmp_path / name)], capture_output=True, env=environment, timeout=300)
+    assert ended.returncode == 0, ended.stderr
+    assert shown in ended.stdout.decode("ascii")
+    assert (tmp_path / name / "digit-0000.png").is_file()
+    failed = subprocess.run([sys.executable, "-m", "betavae.uses.cli", "check-params", "--params",
+                             os.fsencode(tmp_path / name / "params.yaml")], capture_output=True, env=environment,
+                            timeout=300)
+    assert failed.returncode == 1
+    expected = f"betavae: error: {tmp_path}/{shown}/params.yaml: no such file"
+    assert failed.stderr.decode("ascii").splitlines() == [expected]
+
+
 def test_digits_are_written_all_or_none(tmp_path, make_mnist):
     make_mnist(tmp_path / "mnist")
     out = tmp_path / "digits"

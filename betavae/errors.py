@@ -169,8 +169,8 @@ def _exit(message: str, status: int, on_failure: Callable[[], None] | None) -> N
 
 
 def _discard_output() -> None:
-    """Point stdout and stderr at /dev/null, so that Python's last flush at exit does not fail again on a
-    closed pipe (and print "Exception ignored ... BrokenPipeError")."""
+    """Flush stdout and stderr; one whose flush fails (a closed pipe) is pointed at /dev/null, so that
+    Python's last flush at exit does not fail again (and print "Exception ignored ... BrokenPipeError")."""
     empty = os.open(os.devnull, os.O_WRONLY)
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -58,14 +58,14 @@ def write_reports(study, space: studies.Space, reports: Path) -> None:
     keys = [d.key for d in space.dimensions]
     metrics = [metric for metric, _ in space.objectives]
     rows = [_row(trial, keys, metrics) for trial in study.get_trials(deepcopy=False)]
-    trials = reports / "search" / f"{space.study}_trials.csv"
+    trials, trials_text = reports / "search" / f"{space.study}_trials.csv", atomic.csv_text(rows)
     finished = [trial for trial in study.get_trials(deepcopy=False) if trial.values is not None]
     if not finished:
-        atomic.write_text(trials, atomic.csv_text(rows))
+        atomic.write_text(trials, trials_text)
         raise studies.SearchError("no trial finished; their errors are in the trials CSV")
     best = studies.front(study)
     with atomic.Together() as outputs:  # the trials, their front and its figure: of one study's state
-        outputs.text(trials, atomic.csv_text(rows))
+        outputs.text(trials, trials_text)
         outputs.text(reports / "search" / f"{space.study}_front.csv",
                      atomic.csv_text([_row(trial, keys, metrics) for trial in sorted(best, key=lambda t: t.values)]))
         if len(metrics) == 2:

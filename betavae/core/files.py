@@ -24,13 +24,14 @@ def read_bytes(path: str | Path, limit: int, what: str, error: type[BetaVAEError
     """The bytes of the regular file at path, at most `limit` of them (else `error` says it is too large for
     `what`, e.g. "a settings file"); a missing file is `error` "<path>: <missing>"."""
     path = Path(path)
+    too_large = f"{path}: larger than {size_text(limit)}, too large for {what}"
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below, once opened.
         handle = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise error(f"{path}: {missing}") from None
     except OSError as failure:
-        raise error(f"{path}: cannot be read ({failure.strerror or type(failure).__name__})") from None
+        raise error(_unreadable(path, failure)) from None
     except ValueError as failure:  # a name the file system cannot hold (a NUL byte)
         raise error(f"{path}: not a usable file name ({one_line(failure)})") from None
     try:
@@ -40,18 +41,22 @@ def read_bytes(path: str | Path, limit: int, what: str, error: type[BetaVAEError
         if not stat.S_ISREG(status.st_mode):
             kind = next((name for test, name in _KINDS if test(status.st_mode)), "something else")
             raise error(f"{path}: is {kind}, not a regular file")
-        if status.st_size > limit:
-            raise error(f"{path}: larger than {size_text(limit)}, too large for {what}")
+        if status.st_size > limit:  # refused before a byte is read
+            raise error(too_large)
         data = _read_all(handle, limit + 1)
-    except BetaVAEError:
+    except BetaVAEError:  # raised above; `error` may itself be an OSError
         raise
     except OSError as failure:
-        raise error(f"{path}: cannot be read ({failure.strerror or type(failure).__name__})") from None
+        raise error(_unreadable(path, failure)) from None
     finally:
         os.close(handle)
     if len(data) > limit:  # it grew while it was read
-        raise error(f"{path}: larger than {size_text(limit)}, too large for {what}")
+        raise error(too_large)
     return data
+
+
+def _unreadable(path: Path, failure: OSError) -> str:
+    return f"{path}: cannot be read ({failure.strerror or type(failure).__name__})"
 
 
 def _read_all(handle: int, most: int) -> bytes:

@@ -1,25 +1,41 @@
 """Expected, user-facing failures, and how every entry point reports them.
 
 A failure the user can fix (bad params, a missing or damaged file, an unwritable output, an unusable
-device) is a `BetaVAEError` whose message is one line naming what is wrong. Entry points (the stage
-scripts and the `betavae` command) print it as `<name>: error: <message>` and exit 1, without a
-traceback. Any other exception is a bug and keeps its traceback.
+device) is a `BetaVAEError` whose message is one line naming what is wrong. Every entry point (the
+stages, the scripts, the `betavae` command) runs through `run`, which prints it as
+`<name>: error: <message>` and exits 1, without a traceback. `run` says in the same one line what the
+machine refuses the process, wherever in the project's code or a library's it happens: a write that
+fails (a full disk, a quota, the file size limit, a read-only file system: `storage_failure`), an
+allocation that fails (`out_of_memory`, naming the settings that asked for the memory), an
+environment the process cannot run in (`check_environment`, checked first), and a signal that stops
+it (STOPPING_SIGNALS). Any other exception is a bug and keeps its traceback.
 
-No message carries a secret: everything said through here (`line`, `one_line`, `tell`, `say`) passes
-through `redact`, which hides the credentials of URLs (`postgresql://user:password@host`,
-`https://token@host`), the values of secret-looking query parameters (`?token=`, `&password=`) and
-the value of any environment variable whose name says it holds a secret (…_TOKEN, …_SECRET, …_KEY,
-…PASSWORD…), wherever they appear in a message, a tool's error or an exception's text.
+Every message said through here (`line`, `one_line`, `tell`, `say`) is bounded (MAX_MESSAGE) and passes
+through `redact`, which hides what is a secret by what it is: the credentials of URLs
+(`postgresql://user:password@host`, `https://token@host`), the values of the query parameters that
+carry credentials (`?token=`, `X-Amz-Signature=`) and the values of the environment variables known
+to hold secrets (SECRET_VARIABLES), wherever they appear in a message, a tool's error or an
+exception's text. A variable is never judged by a fragment of its name: `GIT_AUTHOR_NAME=work` leaves
+`out/work/samples.txt` as it is.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import contextvars
+import copy
+import difflib
+import errno
+import gc
 import os
 import re
+import resource
+import shlex
 import signal
 import stat
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +50,10 @@ class BetaVAEError(Exception):
 
     def __str__(self) -> str:
         return redact(super().__str__())
+
+
+class EnvironmentProblem(BetaVAEError):
+    """The process's environment lacks something every command needs (check_environment)."""
 
 
 def is_main_process() -> bool:
@@ -65,7 +85,15 @@ def _put(text: str, stream) -> None:
 
 def counted(number: int, noun: str) -> str:
     """'1 image', '2 images': a count in a message, in the grammar a reader expects."""
-    return f"{number} {noun}{'' if number == 1 else 's'}"
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
+
+
+def first_of(failures: list[str], noun: str = "failure") -> str:
+    """A list of failures as a person reads it: the first, and how many more there are
+    ("cannot copy a: No space left on device (and 4,543 more failures)"), never the whole list."""
+    if len(failures) <= 1:
+        return failures[0] if failures else f"no {noun}"
+    return f"{failures[0]} (and {counted(len(failures) - 1, 'more ' + noun)})"
 
 
 def line(name: str, error: BaseException | str) -> str:
@@ -73,119 +101,438 @@ def line(name: str, error: BaseException | str) -> str:
     return f"{name}: error: {one_line(error)}"
 
 
+MAX_MESSAGE = 400  # characters: two lines of a wide terminal; a longer message keeps its start and its end
+
+
 def one_line(error: BaseException | str) -> str:
-    """Any message, folded onto one line, secrets hidden, and any control character (a NUL, a terminal's
-    escape sequence in a file name) written as its escape, so that what is printed is what it says.
-    An exception that carries no message (a bare EOFError from a truncated file) is named by its type,
-    so that no error ever reads "()"."""
+    """Any message, folded onto one line, secrets hidden, at most MAX_MESSAGE characters, and any control
+    character (a NUL, a terminal's escape sequence in a file name) written as its escape, so that what
+    is printed is what it says. An exception that carries no message (a bare EOFError from a
+    truncated file) is named by its type, so that no error ever reads "()"."""
     text = " ".join(str(error).split())
     if not text and isinstance(error, BaseException):
         text = type(error).__name__
-    return redact("".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
-                          for char in text))
+    return _bounded(redact("".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+                                   for char in text)))
+
+
+def _bounded(text: str) -> str:
+    """text cut to MAX_MESSAGE characters in the middle, where a long message lists what its start
+    has already named (its end says what was done about it)."""
+    if len(text) <= MAX_MESSAGE:
+        return text
+    kept = MAX_MESSAGE - 40  # room for the marker
+    head = kept * 2 // 3
+    return f"{text[:head]} ... [{len(text) - kept:,} characters left out] ... {text[len(text) - (kept - head):]}"
 
 
 HIDDEN = "***"
 # scheme://user:password@host or scheme://token@host: everything between :// and the last @ before the host
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s/?#]+)@")
-_SECRET_QUERY = re.compile(r"(?P<key>[?&;](?:[\w.-]*(?:pass|pwd|secret|token|key|sig|signature|credential|auth)"
-                           r"[\w.-]*))=(?P<value>[^&\s#;'\"]+)", re.IGNORECASE)
-_SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIAL|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|_KEY$|AUTH",
-                          re.IGNORECASE)
+# The query parameters that carry a credential, by their names in the APIs that use them: OAuth and
+# most web APIs, S3's and Google Cloud Storage's signed URLs, Azure's SAS tokens.
+SECRET_QUERY_PARAMETERS = ("token", "access_token", "refresh_token", "id_token", "auth", "auth_token",
+                           "authorization", "password", "passwd", "pwd", "secret", "client_secret", "key",
+                           "api_key", "apikey", "sig", "signature", "credential", "credentials",
+                           "X-Amz-Signature", "X-Amz-Credential", "X-Amz-Security-Token", "X-Goog-Signature",
+                           "X-Goog-Credential")
+_SECRET_QUERY = re.compile(r"(?P<key>[?&;](?:" + "|".join(map(re.escape, SECRET_QUERY_PARAMETERS)) +
+                           r"))=(?P<value>[^&\s#;'\"]+)", re.IGNORECASE)
+# The environment variables known to hold a secret: those of the tools this project runs or reaches
+# (DVC's remotes and Studio, git hosts and CI, Optuna's databases, model hubs). Listed by name:
+# a fragment of a name (AUTH in GIT_AUTHOR_NAME) says nothing about what a variable holds.
+SECRET_VARIABLES = frozenset({
+    # cloud storage behind DVC remotes
+    "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AZURE_STORAGE_KEY",
+    "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_SAS_TOKEN", "AZURE_CLIENT_SECRET",
+    "AZURE_CLIENT_CERTIFICATE_PASSWORD", "GDRIVE_CREDENTIALS_DATA", "GOOGLE_OAUTH_ACCESS_TOKEN",
+    "OSS_ACCESS_KEY_SECRET", "WEBDAV_PASSWORD", "HDFS_PASSWORD",
+    # DVC Studio, git hosts, CI
+    "DVC_STUDIO_TOKEN", "STUDIO_TOKEN", "GITHUB_TOKEN", "GH_TOKEN", "GH_ENTERPRISE_TOKEN", "GITHUB_ENTERPRISE_TOKEN",
+    "GITLAB_TOKEN", "GITLAB_PRIVATE_TOKEN", "CI_JOB_TOKEN", "CI_REGISTRY_PASSWORD", "BITBUCKET_TOKEN",
+    "ACTIONS_RUNTIME_TOKEN", "ACTIONS_ID_TOKEN_REQUEST_TOKEN", "CODECOV_TOKEN",
+    # databases (Optuna's storages)
+    "PGPASSWORD", "MYSQL_PWD", "MYSQL_PASSWORD", "REDIS_PASSWORD", "POSTGRES_PASSWORD",
+    # package indexes and model hubs
+    "TWINE_PASSWORD", "PYPI_TOKEN", "UV_PUBLISH_TOKEN", "NPM_TOKEN", "NODE_AUTH_TOKEN", "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "NEPTUNE_API_TOKEN", "COMET_API_KEY",
+})
 MIN_SECRET_LENGTH = 6  # shorter values (a flag, "1", "yes") would hide ordinary words
 
 
 def redact(text: str) -> str:
-    """text with credentials hidden: the user and password of URLs, secret query values, and the
-    values of environment variables whose names mark them as secrets."""
+    """text with credentials hidden: the user and password of URLs, the values of the query parameters
+    that carry credentials, and the values of the environment variables known to hold secrets."""
     text = _URL_CREDENTIALS.sub(lambda match: f"{match['scheme']}{HIDDEN}@", text)
     text = _SECRET_QUERY.sub(lambda match: f"{match['key']}={HIDDEN}", text)
-    for name, value in os.environ.items():
-        if len(value) >= MIN_SECRET_LENGTH and _SECRET_NAME.search(name) and value in text:
+    for name in SECRET_VARIABLES:
+        value = os.environ.get(name, "")
+        if len(value) >= MIN_SECRET_LENGTH and value in text:
             text = text.replace(value, HIDDEN)
     return text
 
 
-class Terminated(BaseException):
-    """SIGTERM arrived (`kill`, a job scheduler, torchrun stopping the other processes): raised where the
-    program is, so that what it was writing is cleaned up as on Ctrl-C."""
+# --- what the machine refuses the process ------------------------------------------------------------
+
+# A write (or an open) that fails for what the machine allows, not for what the code asked: each errno
+# with the words that say so (os.strerror's, and the limit where it is this process's own).
+STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EMFILE, errno.ENFILE)
+
+
+def os_reason(error: OSError) -> str:
+    """Why an OSError failed, in words, with the process's own limit where that is the cause: the file
+    size limit (`ulimit -f`) for EFBIG, the open-files limit (`ulimit -n`) for EMFILE."""
+    reason = error.strerror or " ".join(str(error).split()) or type(error).__name__
+    limits = {errno.EFBIG: (resource.RLIMIT_FSIZE, "file size limit, `ulimit -f`", "bytes"),
+              errno.EMFILE: (resource.RLIMIT_NOFILE, "open-files limit, `ulimit -n`", "files")}
+    if error.errno in limits:
+        limit, name, unit = limits[error.errno]
+        soft = resource.getrlimit(limit)[0]
+        if soft != resource.RLIM_INFINITY:
+            reason += f" (this process's {name}, is {soft:,} {unit})"
+    return reason
+
+
+def storage_failure(error: BaseException) -> str | None:
+    """A message for a write that the machine refused (STORAGE_ERRORS) wherever it was made, naming the
+    file, or else the library that wrote it; None for any other error."""
+    if not isinstance(error, OSError) or error.errno not in STORAGE_ERRORS:
+        return None
+    verb = "open" if error.errno in (errno.EMFILE, errno.ENFILE) else "write"
+    if error.filename is not None:
+        return f"cannot {verb} {os.fsdecode(error.filename)}: {os_reason(error)}"
+    library = _library(error)
+    return f"{f'a {verb} by {library}' if library else f'a {verb}'} failed: {os_reason(error)}"
+
+
+def _library(error: BaseException) -> str | None:
+    """The package of the first installed library the failing call went through (dvclive for a write in
+    PIL that DVCLive asked for), or None."""
+    traceback = error.__traceback__
+    while traceback is not None:
+        installed = Path(traceback.tb_frame.f_code.co_filename).parts
+        if "site-packages" in installed or "dist-packages" in installed:
+            return str(traceback.tb_frame.f_globals.get("__name__", "")).split(".")[0] or None
+        traceback = traceback.tb_next
+    return None
+
+
+_MEMORY_USE = contextvars.ContextVar("betavae_memory_use", default=None)
+_ALLOCATION_FAILED = re.compile(r"can't allocate memory|cannot allocate memory|out of memory|failed to map segment|"
+                                r"can't start new thread|unable to allocate", re.IGNORECASE)
+
+
+def memory_asked_by(what: str) -> None:
+    """Record what the memory this process is about to allocate is for, with its settings ("training with
+    z_dim 32, batch_size 512 ..."): an allocation that fails anyway is then reported as theirs
+    (speed/runtime.py's check_memory records it when it estimates)."""
+    _MEMORY_USE.set(what)
+
+
+def out_of_memory(error: BaseException, command: str) -> str | None:
+    """A message for an allocation that failed (MemoryError, torch's CPU allocator, CUDA's out of
+    memory, a library that cannot be mapped under `ulimit -v`), naming the settings that asked for the
+    memory (memory_asked_by), else the command; None for any other error."""
+    text = " ".join(str(error).split())
+    failed = (isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
+              or (isinstance(error, OSError) and error.errno == errno.ENOMEM)
+              or (isinstance(error, (RuntimeError, ImportError, OSError)) and _ALLOCATION_FAILED.search(text)))
+    if not failed:
+        return None
+    found = _ALLOCATION_FAILED.search(text)
+    start = text.rfind(". ", 0, found.start()) + 2 if found and ". " in text[:found.start()] else 0
+    words = ". ".join(text[start:].split(". ")[:2]).rstrip(".")[:200] or type(error).__name__
+    if isinstance(error, ImportError):  # a library's code does not fit in the address space left
+        program = command.split(" ", 1)[0]
+        return (f"out of memory: the libraries `{program}` needs cannot be loaded under this process's memory "
+                f"limit ({words}); raise the limit (`ulimit -v`) or free memory")
+    what = _MEMORY_USE.get() or f"`{command}`"
+    return (f"out of memory: {what} asked for more memory than this process can have ({words}); lower those "
+            "settings, or run it where more memory is free or the limit is higher")
+
+
+def check_environment() -> None:
+    """What every command and stage needs from its environment, checked before any work (and before
+    the heavy libraries load: torch dies in a current directory that was deleted): standard input,
+    output and error open (a closed one is pointed at /dev/null, so no file the command opens takes
+    its place), a current directory that exists, and a temporary directory it can write in.
+    Locale and HOME are not needed: output is written in the terminal's encoding with escapes, and where
+    HOME cannot hold matplotlib's cache, matplotlib says so and keeps it in a temporary directory."""
+    _open_standard_streams()
+    try:
+        os.getcwd()
+    except OSError as error:
+        raise EnvironmentProblem(f"the current directory cannot be used ({os_reason(error)}: it was deleted or "
+                                 "moved); change to a directory that exists and rerun") from None
+    for variable in ("TMPDIR", "TEMP", "TMP"):
+        value = os.environ.get(variable)
+        if value and not (os.path.isdir(value) and os.access(value, os.W_OK | os.X_OK)):
+            raise EnvironmentProblem(f"the environment sets {variable}={one_line(repr(value))[:120]}, which is not a "
+                                     "directory this process can write in; unset it or make it one")
+    try:
+        tempfile.gettempdir()
+    except OSError as error:
+        raise EnvironmentProblem(f"no temporary directory can be written in ({one_line(error)}); set TMPDIR to "
+                                 "a directory this process can write in") from None
+
+
+def _open_standard_streams() -> None:
+    for descriptor, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(descriptor)
+            continue
+        except OSError:
+            pass
+        empty = os.open(os.devnull, os.O_RDWR)
+        if empty != descriptor:
+            os.dup2(empty, descriptor)
+            os.close(empty)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(descriptor, "r" if descriptor == 0 else "w", closefd=False))  # noqa: SIM115
+
+
+# --- how a command ends ------------------------------------------------------------------------------
+
+# The signals that stop a process by default and come from outside it: a closed terminal or ssh session
+# (SIGHUP), Ctrl-C and Ctrl-\ (SIGINT, SIGQUIT), `kill` and every scheduler (SIGTERM; Slurm's warning
+# before a time limit is SIGUSR1 or SIGUSR2 when asked for), a CPU-time limit (SIGXCPU), timers
+# (SIGALRM, SIGVTALRM, SIGPROF), a failing power supply (SIGPWR) and I/O readiness (SIGIO).
+# Not these: the ones a fault in the process raises (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS,
+# SIGABRT), SIGKILL (it cannot be caught: what it leaves, the next run of the same writer removes,
+# betavae/pipeline/atomic.py), and SIGPIPE and SIGXFSZ, which Python ignores so that the write fails
+# instead (a closed pipe, the file size limit: said in one line too).
+STOPPING_SIGNALS = tuple(getattr(signal, name) for name in (
+    "SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGXCPU", "SIGALRM", "SIGVTALRM", "SIGPROF",
+    "SIGPWR", "SIGIO") if hasattr(signal, name))
+
+
+class Stopped(BaseException):
+    """A stopping signal arrived (STOPPING_SIGNALS other than SIGINT, which raises KeyboardInterrupt):
+    raised where the program is, so that what it was writing is cleaned up as on Ctrl-C."""
+
+    def __init__(self, number: int):
+        super().__init__(number)
+        self.number = number
+
+
+class _StopSignals:
+    """While a command runs, every stopping signal whose action is still the default raises Stopped
+    (one ignored, as under nohup, stays ignored). Once the command has ended, or is already stopping,
+    a signal is remembered instead, so that nothing interrupts the cleanup or the last line."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self.holding = False
+        self.previous: dict[int, object] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set handlers
+        for number in STOPPING_SIGNALS:
+            if number != signal.SIGINT and signal.getsignal(number) == signal.SIG_DFL:
+                self.previous[number] = signal.signal(number, self._stop)
+
+    def _stop(self, number: int, frame) -> None:
+        if self.received is not None:
+            return  # already stopping: the first signal's cleanup goes on
+        self.received = number
+        if not self.holding:
+            raise Stopped(number)
+
+    def hold(self) -> None:
+        self.holding = True
+
+    def restore(self) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        if self.received is not None:  # it came after the work was done: delivered now, as it was meant to be
+            signal.raise_signal(self.received)
 
 
 def run(main: Callable[[], None], name: str, on_failure: Callable[[], None] | None = None) -> None:
-    """Call main(); an expected error becomes one line and exit status 1, Ctrl-C exit status 130.
+    """Check the environment, call main(); an expected error becomes one line and exit status 1, Ctrl-C
+    exit status 130.
 
-    A reader of the output that goes away (`betavae encode ... | head -1`) stops the command as it
-    stops any command in a pipeline, said in one line (exit status 1); the files it writes are
-    replaced whole or not at all (betavae/pipeline/atomic.py), so none is left half-written.
-    SIGTERM stops it as Ctrl-C does (no temporary file is left beside an output), then ends the
-    process by SIGTERM itself, so that whoever sent it (a shell, torchrun, a scheduler) sees it so.
-    on_failure runs before the exit (the stages use it to flag params that a failed `dvc exp run`
-    leaves behind, betavae/compat/dvc_workspace.py)."""
-    previous = _raise_on_sigterm()
+    What the machine refuses the process becomes one line too, wherever it happens: a write that fails
+    (storage_failure), an allocation that fails (out_of_memory), an environment it cannot run in
+    (check_environment). A reader of the output that goes away (`betavae encode ... | head -1`) stops
+    the command as it stops any command in a pipeline, said in one line (exit status 1); the files it
+    writes are replaced whole or not at all (betavae/pipeline/atomic.py), so none is left half-written.
+    Every other stopping signal (STOPPING_SIGNALS: SIGTERM, SIGHUP, ...) stops it as Ctrl-C does (no
+    temporary file is left beside an output), says so, then ends the process by that signal itself,
+    so that whoever sent it (a shell, torchrun, a scheduler) sees it so. What the failed work held is
+    released before the exit, so that the libraries' own clean-up runs then, not as "Exception
+    ignored" blocks at exit. on_failure runs before the exit (the stages use it to flag params that a
+    failed `dvc exp run` leaves behind, betavae/compat/dvc_workspace.py)."""
+    stops = _StopSignals()
+    remembered = _MEMORY_USE.set(None)
     try:
-        main()
-    except BetaVAEError as error:
-        _exit(line(name, error), 1, on_failure)
-    except KeyboardInterrupt:
-        _exit(f"{name}: interrupted", 130, on_failure)
-    except Terminated:
-        _exit_by_sigterm(name, on_failure)
-    except BrokenPipeError:
-        _discard_output()
-        _exit(line(name, "stopped: the program reading its output closed the pipe (broken pipe)"), 1, on_failure)
+        failure = _failure(main, name, stops)
+        if failure is None:
+            return
+        gc.collect()  # the failed work's objects (a library's open files and repositories) are released here
+        message, status, number = failure
+        _exit(message, status, number or stops.received, on_failure)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        _MEMORY_USE.reset(remembered)
+        stops.restore()
 
 
-def _raise_on_sigterm():
-    """Make SIGTERM raise Terminated; the handler it replaces, or None where none can be set (a thread
-    other than the main one)."""
-    def stop(number, frame):
-        raise Terminated
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, stop)
-
-
-def _exit_by_sigterm(name: str, on_failure: Callable[[], None] | None) -> None:
+def _failure(main: Callable[[], None], name: str, stops: _StopSignals) -> tuple[str, int, int | None] | None:
+    """Run main; None if it succeeded, else (the line to say, the exit status, the signal to end by).
+    A bug, and SystemExit, go on as they are."""
     try:
-        _exit(f"{name}: terminated", 128 + signal.SIGTERM, on_failure)
-    except SystemExit:
-        _discard_output()  # flushes what was printed
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
-        raise
+        check_environment()
+        main()
+    except BaseException as error:
+        stops.hold()
+        failure = _described(error, name)
+        if failure is None:
+            raise
+        return failure
+    stops.hold()
+    return None
 
 
-def _exit(message: str, status: int, on_failure: Callable[[], None] | None) -> None:
-    if on_failure is not None:
-        on_failure()
-    try:
-        tell(message)
-    except OSError:  # stderr is a closed pipe too: the exit status is all that is left to say it
+def _described(error: BaseException, name: str) -> tuple[str, int, int | None] | None:
+    if isinstance(error, Stopped):
+        said = "terminated" if error.number == signal.SIGTERM else f"stopped by {signal.Signals(error.number).name}"
+        return f"{name}: {said}", 128 + error.number, error.number
+    if isinstance(error, KeyboardInterrupt):
+        return f"{name}: interrupted", 130, None
+    if isinstance(error, BetaVAEError):
+        return line(name, error), 1, None
+    if isinstance(error, BrokenPipeError):
         _discard_output()
+        return line(name, "stopped: the program reading its output closed the pipe (broken pipe)"), 1, None
+    message = out_of_memory(error, shlex.join([name, *sys.argv[1:]])) or storage_failure(error)
+    return None if message is None else (line(name, message), 1, None)
+
+
+def _exit(message: str, status: int, number: int | None, on_failure: Callable[[], None] | None) -> None:
+    if on_failure is not None:
+        with contextlib.suppress(OSError):  # best effort, on a machine that may have refused a write already
+            on_failure()
+    with contextlib.suppress(OSError):  # stderr is a closed pipe or a full disk too: the exit status says it
+        tell(message)
+    _discard_output()  # flushes what was printed
+    if number is not None:  # end as the signal ends a process, for whoever sent it
+        signal.signal(number, signal.SIG_DFL)
+        os.kill(os.getpid(), number)
     raise SystemExit(status)
 
 
 def _discard_output() -> None:
-    """Flush stdout and stderr; one whose flush fails (a closed pipe) is pointed at /dev/null, so that
-    Python's last flush at exit does not fail again (and print "Exception ignored ... BrokenPipeError")."""
+    """Flush stdout and stderr; one whose flush fails (a closed pipe, a full disk) is pointed at /dev/null,
+    so that Python's last flush at exit does not fail again (and print "Exception ignored ...")."""
     empty = os.open(os.devnull, os.O_WRONLY)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except OSError:
-            os.dup2(empty, stream.fileno())
+        except (OSError, ValueError, AttributeError):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                os.dup2(empty, stream.fileno())
     os.close(empty)
 
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, with a usage error on one line, `<prog>: error: <what> (see `<prog> --help`)`, exit status 2:
-    the parser of every command line (the stages, the scripts, `betavae`)."""
+    the parser of every command line (the stages, the scripts, `betavae`).
+
+    An option no parser knows is named first, with the closest known one (`--output (did you mean
+    --out?)`), by the parser it was given to (a subcommand's, for `betavae sample --output x.png`):
+    argparse itself would first say that a required option is missing, the one the typo was meant
+    to be. The help keeps each description's own lines (a docstring's examples, one to a line)."""
+
+    # While parse_args runs: a list during its trial parse, which waives every parser's required
+    # arguments and collects (parser, unknown option); () during the parse itself.
+    _trial = contextvars.ContextVar("betavae_argument_trial", default=None)
+
+    class _Abandoned(Exception):
+        """The trial parse met another error, or a --help: the parse itself reports it."""
+
+    def __init__(self, *args, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):
+        if self._trial.get() is not None:
+            return super().parse_args(args, namespace)
+        args = sys.argv[1:] if args is None else list(args)
+        unknown = []
+        token = self._trial.set(unknown)
+        try:
+            self.parse_known_args(args, copy.copy(namespace))
+        except ArgumentParser._Abandoned:
+            unknown.clear()
+        finally:
+            self._trial.reset(token)
+        if unknown:
+            parser = unknown[0][0]
+            parser.error(parser._unrecognized([option for owner, option in unknown if owner is parser]))
+        token = self._trial.set(())
+        try:
+            return super().parse_args(args, namespace)
+        finally:
+            self._trial.reset(token)
+
+    def parse_known_args(self, args=None, namespace=None):
+        trial = self._trial.get()
+        if trial is None:  # called directly: argparse's own behaviour
+            return super().parse_known_args(args, namespace)
+        if isinstance(trial, list):
+            waived = [action for action in self._actions if action.required]
+            for action in waived:
+                action.required = False
+            try:
+                namespace, extras = super().parse_known_args(args, namespace)
+            finally:
+                for action in waived:
+                    action.required = True
+            options = [extra for extra in extras if self._is_option(extra)]
+            trial.extend((self, option) for option in options)
+            return namespace, [extra for extra in extras if extra not in options]
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:  # reported here, by the parser (a subcommand's) that was given them
+            self.error(self._unrecognized(extras))
+        return namespace, extras
+
+    @staticmethod
+    def _is_option(argument: str) -> bool:
+        """Whether a command-line argument is an option's name (`--output`, `-x`, `--out=x`), not a value
+        (`-`, `--`, a negative number)."""
+        if not argument.startswith("-") or argument in ("-", "--"):
+            return False
+        try:
+            float(argument)
+        except ValueError:
+            return True
+        return False
+
+    def _unrecognized(self, extras: list[str]) -> str:
+        """`unrecognized arguments: ...`: the unknown options, each with the closest known one, or else
+        every argument left over."""
+        options = [extra for extra in extras if self._is_option(extra)]
+        if not options:
+            return f"unrecognized arguments: {' '.join(extras)}"
+        known = [name for action in self._actions for name in action.option_strings]
+        named = []
+        for option in options:
+            close = difflib.get_close_matches(option.split("=", 1)[0], known, n=1)
+            named.append(f"{option} (did you mean {close[0]}?)" if close else option)
+        return f"unrecognized arguments: {', '.join(named)}"
 
     def error(self, message: str):
+        if isinstance(self._trial.get(), list):
+            raise ArgumentParser._Abandoned
         self.exit(2, f"{line(self.prog.split()[0], message)} (see `{self.prog} --help`)\n")
+
+    def exit(self, status: int = 0, message: str | None = None):
+        if isinstance(self._trial.get(), list):
+            raise ArgumentParser._Abandoned
+        super().exit(status, message)
+
+    def _print_message(self, message: str, file=None) -> None:
+        if isinstance(self._trial.get(), list):  # --help, --version: said once, by the parse itself
+            raise ArgumentParser._Abandoned
+        super()._print_message(message, file)
 
 
 def integer_in(low: int, high: int | None = None):

@@ -1,21 +1,22 @@
 """Compare every experiment of the current commit on the rate–distortion plane.
 
     python scripts/compare.py          # after a sweep such as `dvc exp run --queue -S beta=0.5,1.0,2.0`
+    python scripts/compare.py --csv reports/rate_distortion.csv --figure reports/rate_distortion.png
+                                       # rewrite the committed sweep report
 
 Collects the baseline and its experiments with DVC's Python API (what `dvc exp show` lists; after
 a sweep over several machines, `dvc exp pull origin` first), keeps those with test metrics, and
 writes
-  reports/rate_distortion.csv               one row per run: name, params, test metrics
-  reports/rate_distortion.png               KL (rate) against reconstruction (distortion), labelled
-                                            by β; neg_elbo and nll against β; and what β does to
-                                            the latent code: active units and the dimensions that
-                                            hold 90% of the KL
+  --csv        one row per run: name, params, test metrics
+  --figure     KL (rate) against reconstruction (distortion), labelled by β; neg_elbo and nll
+               against β; and what β does to the latent code: active units and the dimensions
+               that hold 90% of the KL
+by default in out/, which git ignores: a committed report is only written when named.
 Only neg_elbo and nll compare across β; `loss` is each run's own β-weighted objective.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import matplotlib.ticker
@@ -33,6 +34,8 @@ PARAMS = ("beta", "z_dim", "epochs", "seed")
 REQUIRED = ("recon", "kl")  # the rate-distortion plane itself; any other metric an older run lacks stays empty
 INTEGERS = ("z_dim", "epochs", "seed", "active_units", "kl_dims_90")  # the API gives every number as a float
 UNFINISHED = ("Failed", "Queued", "Running")
+CSV = tools.OUT_DIR / "rate_distortion.csv"
+FIGURE = tools.OUT_DIR / "rate_distortion.png"
 
 
 def collect(repo: str | None = None, num: int = 1, epochs: int | None = None) -> list[dict]:
@@ -111,14 +114,14 @@ def _figure_file(text: str) -> str:
 
 
 def _main() -> None:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--repo", default=None, help="DVC repository (default: the current one)")
     parser.add_argument("--num", type=integer_in(1, MAX_COMMITS), default=1, help="commits back from HEAD to include")
     parser.add_argument("--epochs", type=integer_in(1), default=None,
                         help="only runs of this many epochs (keep one training budget per figure)")
-    parser.add_argument("--csv", type=output_file(".csv"), default=Path("reports/rate_distortion.csv"))
-    parser.add_argument("--figure", type=_figure_file, default="reports/rate_distortion.png",
-                        help="the figure to write; '' for none (e.g. a table of seeds)")
+    parser.add_argument("--csv", type=output_file(".csv"), default=CSV, help="table to write (default: %(default)s)")
+    parser.add_argument("--figure", type=_figure_file, default=str(FIGURE),
+                        help="the figure to write; '' for none, e.g. a table of seeds (default: %(default)s)")
     parser.add_argument("--title", default="β sweep", help="figure title, e.g. the training budget")
     args = parser.parse_args()
     tools.require_repository(args.repo)

@@ -5,8 +5,11 @@
     params   each stage's params: the keys whose values change its outputs, from the schema
              (betavae/pipeline/params.py's stage_params)
 
-    python scripts/dvc_yaml.py            # rewrite them in dvc.yaml (`make dvc-yaml`)
-    python scripts/dvc_yaml.py --check    # exit 1, naming each stage whose lists differ
+and, from the same schema, docs/design.md's table of what a param reaches: the stages that
+`dvc exp run -S KEY=VALUE` reruns (tests/test_param_reach.py holds it against `dvc status`).
+
+    python -m scripts.dvc_yaml            # rewrite them in dvc.yaml and docs/design.md (`make dvc-yaml`)
+    python -m scripts.dvc_yaml --check    # exit 1, naming each stage whose lists differ
 
 Everything else in dvc.yaml (commands, data and model dependencies, outputs, plots, comments) is
 written by hand and kept as it is. tests/test_dvc_yaml.py runs the check.
@@ -21,10 +24,37 @@ from pathlib import Path
 from betavae.compat import code_dependencies
 from betavae.errors import ArgumentParser, BetaVAEError, run, say
 from betavae.pipeline import atomic
-from betavae.pipeline.params import stage_params
+from betavae.pipeline.params import Params, stage_params
+from scripts.readme_results import fill  # the one way a generated block is written into a Markdown file
 
 DVC_YAML = Path("dvc.yaml")
+DESIGN = Path("docs/design.md")  # holds the param-reach table
+REACH_BLOCK = "param-reach"
 STAGES_WITH_PARAMS = ("train", "evaluate", "plot", "export")  # check_params lists the whole file
+CHECK_STAGE = "check_params"  # reads every key: any change reruns it, and it writes the same bytes
+
+
+def reach() -> dict[str, tuple[str, ...]]:
+    """{"beta": ("train",), "data.limit": ("train", "evaluate", "plot", "export"), ...}: for each
+    key of params.yaml, the stages whose outputs it changes, so the stages a change reruns besides
+    check_params (and, through train's new model, the stages after train)."""
+    from betavae.pipeline import dotted
+
+    return {key: tuple(stage for stage in STAGES_WITH_PARAMS
+                       if any(key == listed or key.startswith(listed + ".") for listed in stage_params(stage)))
+            for key in dotted.flatten(Params().to_dict())}
+
+
+def reach_table() -> str:
+    """The Markdown table of `reach`: a row per set of stages, with the keys that rerun exactly those."""
+    rows = ["| `dvc exp run -S KEY=...` reruns | for these keys |", "|---|---|"]
+    grouped: dict[tuple[str, ...], list[str]] = {}
+    for key, stages in reach().items():
+        grouped.setdefault(stages, []).append(f"`{key}`")
+    for stages, keys in grouped.items():
+        then = "; then, as the model changes, the stages after train" if "train" in stages else ""
+        rows.append(f"| {CHECK_STAGE}, {', '.join(stages)}{then} | {', '.join(keys)} |")
+    return "\n".join(rows)
 
 
 def script_of(stage: dict) -> str:
@@ -62,6 +92,15 @@ def differences(path: Path, root: Path) -> list[str]:
     return problems
 
 
+def design_differs(design: Path) -> bool:
+    text = design.read_text()
+    return fill(text, REACH_BLOCK, reach_table()) != text
+
+
+def rewrite_design(design: Path) -> None:
+    atomic.write_text(design, fill(design.read_text(), REACH_BLOCK, reach_table()))
+
+
 def rewrite(path: Path, root: Path) -> None:
     from ruamel.yaml import YAML
 
@@ -95,20 +134,22 @@ def main() -> None:
 def _main() -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="only say which lists differ")
-    parser.add_argument("--dvc-yaml", type=Path, default=DVC_YAML)
+    parser.add_argument("--dvc-yaml", type=Path, default=DVC_YAML, help="the file to rewrite (default: %(default)s)")
     args = parser.parse_args()
     root = args.dvc_yaml.resolve().parent
-    problems = differences(args.dvc_yaml, root)
+    lists, design = differences(args.dvc_yaml, root), root / DESIGN
+    table = [f"{DESIGN}'s param-reach table"] if design_differs(design) else []
     if args.check:
-        if problems:
-            raise BetaVAEError(f"{args.dvc_yaml} differs from the package: {'; '.join(problems)} "
+        if lists or table:
+            raise BetaVAEError(f"{args.dvc_yaml} differs from the package: {'; '.join(lists + table)} "
                                "(`make dvc-yaml` rewrites it)")
         say(f"dvc_yaml: {args.dvc_yaml} lists what the package says")
         return
-    if problems:
+    if lists:
         rewrite(args.dvc_yaml, root)
-    say(f"dvc_yaml: {args.dvc_yaml} " + (f"rewritten ({'; '.join(problems)})" if problems else "unchanged"))
-
+    if table:
+        rewrite_design(design)
+    say(f"dvc_yaml: rewritten: {'; '.join(lists + table)}" if lists or table else "dvc_yaml: up to date")
 
 if __name__ == "__main__":
     main()

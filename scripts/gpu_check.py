@@ -45,10 +45,11 @@ def _main() -> None:
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--epochs", type=integer_in(1, MAX_EPOCHS), default=None,
                         help="train this many epochs instead of params.yaml's (a quick look)")
-    parser.add_argument("--out", type=output_file(".json"), default=REPORT)
-    parser.add_argument("--bench-out", type=output_file(".json"), default=Path("reports/bench/train_speed-gpu.json"))
-    parser.add_argument("--skip-bench", action="store_true")
-    parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument("--out", type=output_file(".json"), default=REPORT, help="the report (default: %(default)s)")
+    parser.add_argument("--bench-out", type=output_file(".json"), default=Path("reports/bench/train_speed-gpu.json"),
+                        help="the training benchmark's result (default: %(default)s)")
+    parser.add_argument("--skip-bench", action="store_true", help="do not run the training benchmark")
+    parser.add_argument("--skip-tests", action="store_true", help="do not run the cuda, API and CLI tests")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise BetaVAEError("no CUDA device here: the GPU check needs one (CI and the CPU tiers cover the rest)")

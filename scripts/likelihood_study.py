@@ -6,11 +6,11 @@ two CPU cores); `--epochs` shortens every variant for a look.
     python scripts/likelihood_study.py                         # every variant of likelihood.yaml
     python scripts/likelihood_study.py --variants elbo --epochs 50
 
-Writes reports/likelihood/study.csv (a row per variant: the epoch it chose, its validation NLL there,
-its test NLL at K = test_samples, its training time), reports/likelihood/curves.csv (validation NLL
-by epoch and variant) and reports/likelihood/curves.png. The model of each variant stays in
-reports/likelihood/<variant>/ (not committed). The recipe's reference run itself goes through the
-pipeline: `dvc exp run` with the chosen variant's `-S` values (the study prints them).
+Writes, in --out, study.csv (a row per variant: the epoch it chose, its validation NLL there, its
+test NLL at K = test_samples, its training time), curves.csv (validation NLL by epoch and variant)
+and curves.png; the model of each variant stays in <out>/<variant>/. The recipe's reference run
+itself goes through the pipeline: `dvc exp run` with the chosen variant's `-S` values (the study
+prints them).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from betavae.training.state import Outputs
 from betavae.uses import figures
 
 STUDY_FILE = Path("likelihood.yaml")
-OUT = Path("reports/likelihood")
+OUT = tools.OUT_DIR / "likelihood"
 VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -106,12 +106,15 @@ def main() -> None:
 
 def _main() -> None:
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--study", type=Path, default=STUDY_FILE)
+    parser.add_argument("--study", type=Path, default=STUDY_FILE, help="the study's file (default: %(default)s)")
     parser.add_argument("--variants", nargs="+", help="which variants (default: all)")
     parser.add_argument("--epochs", type=integer_in(1, MAX_EPOCHS), help="train each variant this long instead")
-    parser.add_argument("--data", type=Path, default=Path("data/mnist"))
-    parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE))
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--data", type=Path, default=Path("data/mnist"),
+                        help="directory of the MNIST IDX files (default: %(default)s)")
+    parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE),
+                        help="the params the recipe changes (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=OUT, help="folder of the results and of each variant's run "
+                        "(default: %(default)s)")
     args = parser.parse_args()
     study = read_study(args.study)
     names = args.variants or list(study["variants"])

@@ -9,7 +9,6 @@ that the README quotes (the binarized-MNIST reference, for one).
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 
@@ -45,13 +44,13 @@ def main() -> None:
 
 
 def _main() -> None:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("name", help="the experiment's name (dvc exp run -n NAME)")
-    parser.add_argument("--out", type=output_file(".json"), required=True)
+    parser.add_argument("--out", type=output_file(".json"), required=True, help="the record to write (JSON)")
     parser.add_argument("--command", required=True, help="the command that ran it, recorded beside it")
     parser.add_argument("--commits", type=integer_in(1, 10_000), default=20,
                         help="commits back from HEAD to look in (default 20)")
-    parser.add_argument("--repo", default=None)
+    parser.add_argument("--repo", default=None, help="DVC repository (default: the current one)")
     args = parser.parse_args()
     tools.require_repository(args.repo)
     row = find_experiment(args.name, args.repo, args.commits)

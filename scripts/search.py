@@ -3,15 +3,18 @@
     python scripts/search.py --space search.yaml --trials 12
     python scripts/search.py --space search.yaml --trials 40 --storage postgresql://user@host/db --remote origin
 
-Writes, for the study, reports/search/<study>_trials.csv (every trial: number, state, params,
+The same command on several machines shares one study in a database server (PostgreSQL): every
+trial runs once, and the trial of a worker lost mid-trial is run again elsewhere (docs/scaling.md).
+
+Writes, for the study, <reports>/search/<study>_trials.csv (every trial: number, state, params,
 objectives, experiment, error) and, for two objectives, the Pareto front as
-reports/search/<study>_front.csv and reports/search/<study>_front.png. `dvc exp show` lists the
-trials as search-<study>-<n>.
+<reports>/search/<study>_front.csv and <reports>/search/<study>_front.png. --reports is out/ by
+default, which git ignores, as is the default storage: the committed study files are only written
+with `--reports reports`. `dvc exp show` lists the trials as search-<study>-<n>.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from betavae import errors
@@ -20,6 +23,9 @@ from betavae.experiments import studies, tools
 from betavae.pipeline import atomic, pictures
 
 MAX_TRIALS = 100_000
+MAX_HEARTBEAT_S = 3600
+REPORTS = tools.OUT_DIR  # what --reports is unless given
+STORAGE = f"sqlite:///{REPORTS / 'search' / 'study.db'}"
 
 
 def main() -> None:
@@ -27,14 +33,19 @@ def main() -> None:
 
 
 def _main() -> None:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--space", type=Path, required=True, help="the search-space file (YAML)")
     parser.add_argument("--trials", type=integer_in(1, MAX_TRIALS), required=True,
                         help="trials the study holds when this ends")
-    parser.add_argument("--storage", default="sqlite:///reports/search/study.db",
+    parser.add_argument("--storage", default=STORAGE,
                         help="Optuna storage URL (default: %(default)s); one URL for several machines")
     parser.add_argument("--remote", default=None, help="git remote to `dvc exp push` each finished trial to")
-    parser.add_argument("--reports", type=Path, default=Path("reports"))
+    parser.add_argument("--heartbeat", type=integer_in(1, MAX_HEARTBEAT_S), default=studies.HEARTBEAT_S,
+                        metavar="SECONDS", help="seconds between a running trial's heartbeats (default: %(default)s); "
+                        f"a trial {studies.GRACE_HEARTBEATS} heartbeats late is another machine's lost worker's, and "
+                        "is queued again")
+    parser.add_argument("--reports", type=Path, default=REPORTS,
+                        help="the study's tables and figure go in REPORTS/search/ (default: %(default)s)")
     args = parser.parse_args()
     # Everything the search needs from outside, checked before the first trial (docs/trust.md).
     space = studies.load_space(args.space)
@@ -49,7 +60,7 @@ def _main() -> None:
             raise studies.SearchError(f"--storage {args.storage} names no file: a study is kept in one, so that a "
                                       "second process shares it and a rerun resumes it")
         tools.require_writable_directory(Path(database).parent)
-    study = studies.open_study(space, args.storage)
+    study = studies.open_study(space, args.storage, args.heartbeat)
     studies.Runner(space, repo, args.remote).run(study, args.trials)
     write_reports(study, space, args.reports)
 

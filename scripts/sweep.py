@@ -67,7 +67,7 @@ def main() -> None:
 
 
 def _main() -> None:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2", type=_axis,
                         help="params to sweep and their values")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", type=_assignment, dest="fixed",
@@ -164,6 +164,10 @@ def _run_queue(jobs: int, env: dict) -> None:
     while True:
         time.sleep(POLL_S)
         status = _dvc(["queue", "status"], env)
+        for name in lost_runs(status, Path.cwd()):
+            say(f"sweep: {name}: its process stopped mid-run (its queue worker was killed or its machine lost it): "
+                "reported failed")
+            _dvc(["queue", "kill", name], env)  # DVC marks a run whose process is gone as failed
         queued, running = status.count(" Queued"), status.count(" Running")
         if not queued and not running:
             return
@@ -171,6 +175,41 @@ def _run_queue(jobs: int, env: dict) -> None:
         if idle_since and time.monotonic() - idle_since > STALLED_S:  # a worker that died early
             _dvc(["queue", "start", "-j", str(jobs)], env)
             idle_since = None
+
+
+RUN_INFO = Path(".dvc") / "tmp" / "exps" / "run"  # DVC's record of each queued run's process: {task}/{task}.json
+
+
+def lost_runs(status: str, repo: Path) -> list[str]:
+    """The runs `dvc queue status` says are running whose process no longer exists: DVC keeps showing a
+    run as running when the worker that ran it was killed, and its workers would wait for it forever."""
+    import json
+
+    lost = []
+    for line in status.splitlines():
+        words = line.split()
+        if len(words) < 3 or words[-1] != "Running" or not re.fullmatch(r"[0-9a-f]{7,40}", words[0]):
+            continue
+        for info in (repo / RUN_INFO).glob(f"{words[0]}*/{words[0]}*.json"):
+            try:
+                record = json.loads(info.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(record, dict) and record.get("returncode") is None and not _alive(record.get("pid")):
+                lost.append(words[1])
+    return lost
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int):
+        return True  # not known to be gone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _require_clean_workspace() -> None:

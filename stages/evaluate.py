@@ -23,12 +23,12 @@ DECIMALS = 4
 
 def main() -> None:
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE))
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--metrics", type=Path, required=True)
-    parser.add_argument("--per-digit", type=Path, required=True)
-    parser.add_argument("--latent-kl", type=Path, required=True)
+    parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help="params file (default: %(default)s)")
+    parser.add_argument("--data", type=Path, required=True, help="directory of the MNIST IDX files")
+    parser.add_argument("--model", type=Path, required=True, help="the trained model file")
+    parser.add_argument("--metrics", type=Path, required=True, help="test metrics to write (JSON)")
+    parser.add_argument("--per-digit", type=Path, required=True, help="metrics per digit to write (CSV)")
+    parser.add_argument("--latent-kl", type=Path, required=True, help="KL per latent dimension to write (CSV)")
     args = parser.parse_args()
     params = load_params(args.params)
     watch = dvc_workspace.Watch(args.params, params)

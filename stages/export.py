@@ -17,9 +17,9 @@ from betavae.uses import explorer, onnx_graphs
 
 def main() -> None:
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE))
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help="params file (default: %(default)s)")
+    parser.add_argument("--data", type=Path, required=True, help="directory of the MNIST IDX files")
+    parser.add_argument("--model", type=Path, required=True, help="the trained model file")
     parser.add_argument("--out", type=Path, required=True, help="directory of the explorer page")
     args = parser.parse_args()
     params = load_params(args.params)
@@ -29,7 +29,7 @@ def main() -> None:
     test = load_test(args.data, params.data.limit, trained.params.data.binarize)
     graphs = onnx_graphs.to_onnx(model)
     differences = onnx_graphs.check(graphs, model, test.images)
-    page = onnx_graphs.explorer_page(trained, test, differences)
+    page = onnx_graphs.explorer_page(trained, test, len(test))
     watch.check()
     with atomic.Together() as outputs:  # the page's graphs and its digits always belong to one model
         for name, data in graphs.items():

@@ -23,11 +23,11 @@ TRAVERSAL_IMAGE = 0  # the test image whose posterior mean the traversals move a
 
 def main() -> None:
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE))
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help="params file (default: %(default)s)")
+    parser.add_argument("--data", type=Path, required=True, help="directory of the MNIST IDX files")
+    parser.add_argument("--model", type=Path, required=True, help="the trained model file")
     parser.add_argument("--history", type=Path, required=True, help="DVCLive metrics directory")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="directory of the figures (PNGs)")
     args = parser.parse_args()
     params = load_params(args.params)
     watch = dvc_workspace.Watch(args.params, params)

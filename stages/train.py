@@ -23,7 +23,7 @@ RESUME_VARIABLE = "BETAVAE_RESUME"  # `make retrain` sets it to "never"
 
 def main() -> None:
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE))
+    parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help="params file (default: %(default)s)")
     parser.add_argument("--data", type=Path, required=True, help="directory of the MNIST IDX files")
     parser.add_argument("--model", type=Path, required=True, help="best model checkpoint to write")
     parser.add_argument("--checkpoint", type=Path, required=True,
@@ -38,6 +38,7 @@ def main() -> None:
     resume_hint = (f"completed epochs are saved in {args.checkpoint}; run `{dvc_workspace.rerun_command()}` "
                    "again to resume")
     if launch.is_launcher_process(launcher, dict(os.environ)):
+        launch.check_machine(launcher, dict(os.environ), params.device)
         _launch(launcher, resume_hint)
         return
     for warning in schedules.warnings(params):
@@ -51,8 +52,9 @@ def main() -> None:
     except KeyboardInterrupt:
         _log(f"interrupted; {resume_hint}")
         raise
-    except distributed.PeerLost:
-        raise SystemExit(launch.PEER_LOST_STATUS) from None  # the launcher names the process that stopped
+    except distributed.PeerLost as error:
+        launch.report_to_launcher(str(error))
+        raise SystemExit(launch.PEER_LOST_STATUS) from None  # the launcher names what was lost
     _log(f"best validation {params.select.metric} {progress.best.value:.3f} at epoch {progress.best.epoch}; "
          f"model written to {args.model}")
 
@@ -68,10 +70,10 @@ def _launch(launcher: launch.Launcher, resume_hint: str) -> None:
     if meeting is not None:
         _log(meeting)
     try:
-        launch.run_torchrun(launcher, "stages.train", arguments)
-    except launch.ProcessStopped as error:
+        launch.run_torchrun(launcher, "stages.train", arguments, resume_hint)
+    except launch.ProcessStopped:
         print(file=sys.stderr)  # the line a process's progress bar was drawing when it stopped
-        raise launch.ProcessStopped(f"{error}; {resume_hint}") from None
+        raise
     except KeyboardInterrupt:
         _log(f"interrupted; {resume_hint}")
         raise

@@ -14,6 +14,7 @@ import importlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -373,3 +374,296 @@ def clone(tiny_run, tmp_path) -> tuple[Path, dict]:
     repo, env = tiny_run
     sh(["git", "clone", "-q", str(repo), str(tmp_path / "clone")], tmp_path, env)
     return tmp_path / "clone", env
+
+
+# --- Real MNIST, for the tests that reproduce committed outputs or follow the README -------------------
+
+REQUIRE_MNIST = "BETAVAE_REQUIRE_MNIST"  # .ci/run sets it after fetching MNIST, so these tests never skip there
+
+
+@pytest.fixture(scope="session")
+def real_mnist() -> Path:
+    """This checkout's data/mnist, each file checked against canonical MNIST's md5; the tests that
+    reproduce what was computed on MNIST skip, saying why, where it is absent (`make repro` or
+    `python -m stages.download --out data/mnist` fetches it), and fail instead under REQUIRE_MNIST."""
+    from betavae.pipeline.fetch import FILES
+
+    directory = REPO / "data" / "mnist"
+    wrong = [name for name, md5 in FILES.items()
+             if not (directory / name).is_file() or hashlib.md5((directory / name).read_bytes()).hexdigest() != md5]
+    if wrong:
+        reason = f"MNIST is not in {directory} ({', '.join(wrong)} missing or not canonical; `make repro` fetches it)"
+        if os.environ.get(REQUIRE_MNIST):
+            pytest.fail(f"{REQUIRE_MNIST} is set but {reason}")
+        pytest.skip(reason)
+    return directory
+
+
+def committed_copy(destination: Path, mnist: Path) -> tuple[Path, dict]:
+    """A git repository at destination holding what this checkout would commit (the committed run's
+    outputs and dvc.lock included), with MNIST in data/mnist as `dvc pull` leaves it, and the
+    environment to run DVC there without any network."""
+    copy_repository(destination)
+    shutil.copytree(mnist, destination / "data" / "mnist")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
+           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com"}
+    env.pop("MNIST_DIR", None)
+    sh(["git", "init", "-q", "-b", "main"], destination, env)
+    sh(["git", "add", "-A"], destination, env)
+    sh(["git", "commit", "-qm", "committed run"], destination, env)
+    return destination, env
+
+
+@pytest.fixture(scope="session")
+def copy_repo():
+    """copy_repo(destination): the files git would commit here (tracked, or untracked and not ignored)."""
+    return copy_repository
+
+
+@pytest.fixture(scope="session")
+def make_committed_copy(real_mnist):
+    """make_committed_copy(destination) -> (repo, env): this repository as committed, with real MNIST."""
+    return lambda destination: committed_copy(destination, real_mnist)
+
+
+# --- Several hosts on this machine: network namespaces joined by one switch (tests/test_hosts.py) ------
+
+REQUIRE_HOSTS = "BETAVAE_REQUIRE_HOSTS"  # .ci/run sets it (CI is root), so the several-host tests never skip there
+HOST_SUBNET = "10.231.0"  # host i is HOST_SUBNET.(i + 1)/24: a private test range that exists only in the namespaces
+
+
+@dataclasses.dataclass
+class Host:
+    """One host: a network namespace with its own address and host name (resolvable on every host of
+    its network, as on a cluster), and its own clone of the repository in root/repo."""
+
+    name: str
+    address: str
+    namespace: str
+    root: Path
+    env: dict
+
+    @property
+    def repo(self) -> Path:
+        return self.root / "repo"
+
+    def command(self, args: list) -> list[str]:
+        """args run on this host: in its namespace, under its own host name."""
+        return ["ip", "netns", "exec", self.namespace, "unshare", "--uts", "--", "sh", "-c",
+                'hostname "$0" && exec "$@"', self.name, *map(str, args)]
+
+    def start(self, args: list, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
+        return subprocess.Popen(self.command(args), cwd=cwd or self.repo, env=env or self.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def run(self, args: list, env: dict | None = None, cwd: Path | None = None,
+            check: bool = True) -> subprocess.CompletedProcess:
+        return sh(self.command(args), cwd or self.repo, env or self.env, check)
+
+    def processes(self) -> list[int]:
+        listed = subprocess.run(["ip", "netns", "pids", self.namespace], capture_output=True, text=True)
+        return [int(pid) for pid in listed.stdout.split()]
+
+    def kill(self) -> None:
+        """SIGKILL every process on this host at once, like a power cut."""
+        for pid in self.processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def cut(self) -> None:
+        """Unplug this host's network cable."""
+        subprocess.run(["ip", "-n", self.namespace, "link", "set", "eth0", "down"], check=True)
+
+    def mend(self) -> None:
+        subprocess.run(["ip", "-n", self.namespace, "link", "set", "eth0", "up"], check=True)
+
+
+class Network:
+    """Hosts made as network namespaces on one switch (a bridge in a namespace of its own), each with
+    a clone of one repository whose git remote (a bare repository) and DVC remote (a directory) stand
+    for the team's servers; everything is removed on leaving, whatever happened. Only the hosts' own
+    addresses and loopback exist in there: nothing made here can reach another address."""
+
+    STALE = re.compile(r"bv(\d+)-[0-9a-f]{4}-")  # a tag: this process's id, and a random part
+
+    def __init__(self, root: Path):
+        self.root, self.tag = root, f"bv{os.getpid()}-{os.urandom(2).hex()}"
+        self.namespaces: list[str] = []
+
+    def __enter__(self) -> Network:
+        self._remove_stale()
+        return self
+
+    def _remove_stale(self) -> None:
+        """What a test process that was killed (no teardown runs then) left: its namespaces, by their tag."""
+        try:
+            listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+        except FileNotFoundError:
+            return  # no iproute2: make() says so
+        stale = [namespace for namespace in (line.split()[0] for line in listed.stdout.splitlines() if line.strip())
+                 if (found := self.STALE.match(namespace)) and not Path(f"/proc/{found[1]}").exists()]
+        self.namespaces += stale
+        self.__exit__()
+        self.namespaces = []
+
+    def __exit__(self, *_) -> None:
+        for namespace in reversed(self.namespaces):
+            listed = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True)
+            for pid in listed.stdout.split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+            subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+            shutil.rmtree(Path("/etc/netns") / namespace, ignore_errors=True)
+
+    def _ip(self, *args: str) -> None:
+        result = subprocess.run(["ip", *args], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise OSError(f"`ip {' '.join(args)}` failed: {result.stderr.strip()}")
+
+    def _namespace(self, name: str) -> str:
+        namespace = f"{self.tag}-{name}"
+        self._ip("netns", "add", namespace)
+        self.namespaces.append(namespace)
+        self._ip("-n", namespace, "link", "set", "lo", "up")
+        return namespace
+
+    def make(self, count: int, names: tuple[str, ...] = ("a", "b", "c", "d"), **param_overrides) -> list[Host]:
+        """count hosts (host-a, host-b, ...) on one switch, each with a clone of a tiny copy of this
+        repository (param_overrides committed in it); skips, saying why, where namespaces cannot be
+        made, and fails instead under REQUIRE_HOSTS."""
+        try:
+            switch = self._namespace("switch")
+            self._ip("-n", switch, "link", "add", "br0", "type", "bridge")
+            self._ip("-n", switch, "link", "set", "br0", "up")
+        except (OSError, FileNotFoundError) as error:
+            reason = f"cannot make network namespaces here ({error}); CI runs as root with iproute2 (.ci/run)"
+            if os.environ.get(REQUIRE_HOSTS):
+                pytest.fail(f"{REQUIRE_HOSTS} is set but {reason}")
+            pytest.skip(reason)
+        hosts_file = "127.0.0.1 localhost\n" + "".join(f"{HOST_SUBNET}.{i + 1} host-{names[i]}\n" for i in range(count))
+        origin, env = self._origin(**param_overrides)
+        hosts = []
+        for i in range(count):
+            name, address = f"host-{names[i]}", f"{HOST_SUBNET}.{i + 1}"
+            namespace = self._namespace(name)
+            self._ip("link", "add", "eth0", "netns", namespace, "type", "veth", "peer", "name", f"port-{names[i]}",
+                     "netns", switch)
+            self._ip("-n", switch, "link", "set", f"port-{names[i]}", "master", "br0", "up")
+            self._ip("-n", namespace, "addr", "add", f"{address}/24", "dev", "eth0")
+            self._ip("-n", namespace, "link", "set", "eth0", "up")
+            etc = Path("/etc/netns") / namespace  # what `ip netns exec` mounts over /etc: names from the file only
+            etc.mkdir(parents=True, exist_ok=True)
+            (etc / "hosts").write_text(hosts_file)
+            (etc / "nsswitch.conf").write_text("hosts: files\nnetworks: files\n")
+            (etc / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+            root = self.root / name
+            root.mkdir(parents=True)
+            sh(["git", "clone", "-q", str(origin), str(root / "repo")], root, env)
+            hosts.append(Host(name, address, namespace, root, {**env, "OMP_NUM_THREADS": "1"}))
+        return hosts
+
+    def _origin(self, **param_overrides) -> tuple[Path, dict]:
+        """The team's servers: a bare git repository holding the tiny copy, and a DVC remote directory."""
+        repo, env = make_tiny_repo(self.root / "origin", **param_overrides)
+        sh(["dvc", "remote", "add", "-d", "storage", str(self.root / "dvc-remote")], repo, env)
+        sh(["git", "commit", "-qam", "the team's DVC remote"], repo, env)
+        sh(["git", "clone", "-q", "--bare", str(repo), str(self.root / "remote.git")], self.root, env)
+        return self.root / "remote.git", env
+
+
+@pytest.fixture(scope="session")
+def network():
+    """network(root) -> a context manager: its .make(count, **params) makes hosts, torn down on leaving."""
+    return Network
+
+
+@pytest.fixture
+def hosts(tmp_path):
+    """hosts(count, **param_overrides) -> [Host, ...]: hosts of their own network, each with its clone of a
+    tiny copy of this repository; removed at the end of the test, whatever happened."""
+    with Network(tmp_path / "network") as made:
+        yield made.make
+
+
+@dataclasses.dataclass
+class Database:
+    """A PostgreSQL server of a test's own (own data directory and port) on one of its hosts."""
+
+    host: Host
+    directory: Path
+    bin: Path
+    password: str
+    port: int = 5432
+    name: str = "search"
+    user: str = "betavae"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{self.user}:{self.password}@{self.host.name}:{self.port}/{self.name}"
+
+    def _pg_ctl(self, *args: str) -> None:
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses={self.host.address}"
+        sh(["ip", "netns", "exec", self.host.namespace, "runuser", "-u", "postgres", "--", str(self.bin / "pg_ctl"),
+            "-D", str(self.directory / "data"), "-l", str(self.directory / "server.log"), "-o", options, "-w",
+            *args], self.directory)
+
+    def start(self) -> None:
+        self._pg_ctl("start")
+
+    def stop(self) -> None:
+        self._pg_ctl("stop", "-m", "fast")
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda path: int(path.parts[-3]))
+    if found:
+        return found[-1].parent
+    pg_ctl = shutil.which("pg_ctl")
+    return Path(pg_ctl).resolve().parent if pg_ctl else None
+
+
+@pytest.fixture
+def postgres():
+    """postgres(host) -> Database: a PostgreSQL server of its own on host, with a database and a user
+    whose password is a fresh secret; stopped and removed at the end of the test. Skips, saying why,
+    where PostgreSQL is not installed (fails instead under REQUIRE_HOSTS: .ci/run installs it)."""
+    import pwd
+    import tempfile
+
+    made: list[Database] = []
+
+    def make(host: Host) -> Database:
+        bin_dir = _postgres_bin()
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            owner = None
+        if bin_dir is None or owner is None:
+            reason = "PostgreSQL is not installed here (the Debian package `postgresql`; .ci/run installs it)"
+            if os.environ.get(REQUIRE_HOSTS):
+                pytest.fail(f"{REQUIRE_HOSTS} is set but {reason}")
+            pytest.skip(reason)
+        directory = Path(tempfile.mkdtemp(prefix="betavae-postgres-"))  # outside the test's root-only tmp_path
+        database = Database(host, directory, bin_dir, password=f"pw-{os.urandom(8).hex()}")
+        made.append(database)
+        os.chown(directory, owner.pw_uid, owner.pw_gid)
+        secret = directory / "password"
+        secret.write_text(database.password)
+        os.chown(secret, owner.pw_uid, owner.pw_gid)
+        sh(["runuser", "-u", "postgres", "--", str(bin_dir / "initdb"), "-D", str(directory / "data"), "-U",
+            database.user, f"--pwfile={secret}", "-A", "scram-sha-256"], directory)
+        secret.unlink()
+        with (directory / "data" / "pg_hba.conf").open("a") as hba:
+            hba.write(f"host all all {HOST_SUBNET}.0/24 scram-sha-256\n")
+        database.start()
+        sh(["ip", "netns", "exec", host.namespace, str(bin_dir / "createdb"), "-h", host.address, "-p",
+            str(database.port), "-U", database.user, database.name], directory,
+           {**os.environ, "PGPASSWORD": database.password})
+        return database
+
+    yield make
+    for database in made:
+        subprocess.run(["runuser", "-u", "postgres", "--", str(database.bin / "pg_ctl"), "-D",
+                        str(database.directory / "data"), "stop", "-m", "immediate"], capture_output=True)
+        shutil.rmtree(database.directory, ignore_errors=True)

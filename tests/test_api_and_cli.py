@@ -3,7 +3,9 @@ in-process here through cli.main."""
 
 from __future__ import annotations
 
+import argparse
 import csv
+import importlib
 import shutil
 import subprocess
 import sys
@@ -14,8 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
+from betavae import errors
 from betavae.core import grids, idx
+from betavae.pipeline import pictures
 from betavae.pipeline.params import PARAMS_FILE, load_params
+from betavae.speed import runtime
 from betavae.training.loop import train
 from betavae.training.state import Outputs
 from betavae.uses import api, cli
@@ -307,3 +312,163 @@ def test_the_committed_model_samples_exactly_the_committed_figure(repo_root, tmp
     assert betavae("sample", "--model", model, "-n", grids.SAMPLES, "--seed", seed, "--device", "cpu",
                     "--out", out).returncode == 0
     assert out.read_bytes() == (repo_root / "reports" / "figures" / "samples.png").read_bytes()
+
+
+@pytest.mark.parametrize("args, message, see", [
+    (["sample", "--output", "x.png"], "--output (did you mean --out?)", "betavae sample"),
+    (["sample", "--out", "x.png", "--sed", "3"], "--sed (did you mean --seed?)", "betavae sample"),
+    (["encode", "--imgs", "a.png", "--out", "l.csv"], "--imgs (did you mean --images?)", "betavae encode"),
+    (["traverse", "--out=t.png", "--imdex", "2"], "--imdex (did you mean --index?)", "betavae traverse"),
+    (["digits", "--outdir", "d"], "--outdir (did you mean --out-dir?)", "betavae digits"),
+    (["check-params", "--prams=p.yaml"], "--prams=p.yaml (did you mean --params?)", "betavae check-params"),
+    (["explore", "--prot", "0"], "--prot (did you mean --port?)", "betavae explore"),
+    (["--verbose", "sample", "--out", "x.png"], "--verbose", "betavae"),
+    (["sample", "--out", "x.png", "extra.png"], "extra.png", "betavae sample"),
+])
+def test_an_unknown_option_is_named_first_with_the_closest_known_one(args, message, see, tmp_path, monkeypatch,
+                                                                      betavae):
+    """argparse would first say that a required option (the one the typo meant) is missing."""
+    monkeypatch.chdir(tmp_path)
+    result = betavae(*args)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == f"betavae: error: unrecognized arguments: {message} (see `{see} --help`)\n"
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sample"], "the following arguments are required: --out (see `betavae sample --help`)"),
+    ([], "the following arguments are required: COMMAND (see `betavae --help`)"),
+    (["sample", "--output=x.png", "--seed", "-1"], "argument --seed: must be >= 0"),
+])
+def test_other_usage_errors_are_argparses_own_on_one_line(args, message, betavae):
+    result = betavae(*args)
+    assert result.returncode == 2 and result.stderr.startswith(f"betavae: error: {message}")
+    assert result.stderr.count("\n") == 1
+
+
+def test_help_is_printed_once(betavae):
+    result = betavae("sample", "--help")
+    assert result.returncode == 0 and result.stdout.count("usage: betavae sample") == 1
+
+
+def test_each_commands_out_help_names_its_own_formats(betavae):
+    def out_help(command: str) -> str:
+        text = betavae(command, "--help").stdout
+        return " ".join(text[text.index("\n  --out OUT"):text.index("\n  --device")].split())
+
+    assert out_help("sample") == out_help("reconstruct") == (
+        f"--out OUT output file, in the format its suffix names: {', '.join(pictures.PIXEL_FORMATS)}")
+    assert out_help("traverse").endswith(f"names: {', '.join(pictures.FIGURE_FORMATS)}")
+    assert out_help("encode").endswith("names: .csv, .npy")
+
+
+@pytest.mark.parametrize("args, option, default", [
+    (["sample", "--out", "x.png"], "--model", "models/model.pt"),
+    (["traverse", "--out", "x.png", "--device", "cpu"], "--model", "models/model.pt"),
+    (["digits", "--out-dir", "digits"], "--images", "data/mnist/t10k-images-idx3-ubyte"),
+    (["explore", "--port", "0"], "--dir", "reports/explorer"),
+    (["check-params"], "--params", "params.yaml"),
+])
+def test_a_default_path_missing_outside_the_repository_says_where_it_is_relative_to(args, option, default, tmp_path,
+                                                                                    monkeypatch, betavae):
+    monkeypatch.chdir(tmp_path)
+    result = betavae(*args)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr == (f"betavae: error: {default}: not in the current directory ({tmp_path}); the default "
+                             f"{option} is relative to the repository's root: run betavae there, or pass {option} "
+                             "PATH\n")
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")  # at a repository's root the file is simply missing
+    assert betavae(*args).stderr.startswith(f"betavae: error: {default}: ")
+    assert "relative" not in betavae(*args).stderr
+
+
+def test_cuda_without_cuda_is_refused_in_the_command_lines_words(model_path, tmp_path, monkeypatch, betavae):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = betavae("sample", "--model", model_path, "--device", "cuda", "--out", tmp_path / "s.png")
+    assert result.returncode == 1 and result.stderr == (
+        "betavae: error: --device cuda was requested, but CUDA is not available on this machine (use --device auto "
+        "or --device cpu)\n")
+    with pytest.raises(runtime.DeviceError, match=r'^device="cuda" was requested, .* \(use device="auto" or'):
+        api.load(model_path, device="cuda")
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_check_params_on_the_smoke_run_says_what_to_set(tmp_path, repo_root, betavae):
+    smoke = tmp_path / PARAMS_FILE
+    smoke.write_text((repo_root / PARAMS_FILE).read_text().replace("limit: 0", "limit: 512").replace(
+        "epochs: 120", "epochs: 1"))
+    result = betavae("check-params", "--params", smoke)
+    assert result.returncode == 1 and result.stderr == (
+        f"betavae: error: {smoke}: data.val_size must be >= 1 and smaller than data.limit (512) (got 5000): set it "
+        "between 1 and 511, e.g. -S data.val_size=64\n")
+
+
+def test_check_params_checks_what_dvc_exp_run_would_run_with_its_overrides(tmp_path, repo_root, betavae):
+    """`betavae check-params -S KEY=VALUE`: DVC's own refusal of a misspelt key names no alternative."""
+    params = tmp_path / PARAMS_FILE
+    shutil.copy(repo_root / PARAMS_FILE, params)
+    before = params.read_bytes()
+    typo = betavae("check-params", "--params", params, "-S", "bta=1.0")
+    assert typo.returncode == 1
+    assert typo.stderr == "betavae: error: -S bta=1.0: 'bta' is not a param of params.yaml (did you mean beta?)\n"
+    smoke = betavae("check-params", "--params", params, "-S", "epochs=1", "--set", "data.limit=512")
+    assert smoke.returncode == 1 and smoke.stderr.endswith("set it between 1 and 511, e.g. -S data.val_size=64\n")
+    fixed = betavae("check-params", "--params", params, "-S", "epochs=1", "-S", "data.limit=512",
+                    "-S", "data.val_size=64")
+    assert fixed.returncode == 0, fixed.stderr
+    assert fixed.stdout.strip().endswith("with epochs=1, data.limit=512, data.val_size=64 is valid")
+    negative = betavae("check-params", "--params", params, "-S", "beta=-1")
+    assert negative.stderr.endswith("beta must be >= 0 (got -1.0)\n")
+    assert params.read_bytes() == before
+
+
+class _Parsed(BaseException):
+    """Raised in place of parsing: carries the parser an entry point built."""
+
+
+def _entry_point_parsers(repo_root, monkeypatch) -> dict[str, argparse.ArgumentParser]:
+    """The parser of `betavae` and of every stage and script that reads its command line with the project's
+    parser, as each builds it (main() stops where it would parse; one that does not use the project's parser,
+    such as the set-up script, is not run)."""
+    def capture(self, args=None, namespace=None):
+        raise _Parsed(self)
+
+    monkeypatch.setattr(errors.ArgumentParser, "parse_args", capture)
+    parsers = {"betavae": cli._parser()}
+    for folder in ("stages", "scripts"):
+        for path in sorted((repo_root / folder).glob("[a-z]*.py")):
+            module = importlib.import_module(f"{folder}.{path.stem}")
+            if getattr(module, "ArgumentParser", None) is not errors.ArgumentParser:
+                continue
+            monkeypatch.setattr(sys, "argv", [path.name])
+            with pytest.raises(_Parsed) as parsed:
+                module.main()
+            parsers[f"{folder}/{path.name}"] = parsed.value.args[0]
+    return parsers
+
+
+def _without_help(parser: argparse.ArgumentParser, name: str) -> list[str]:
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found += [f"{name} {choice.dest}" for choice in action._choices_actions if not choice.help]
+            for command, subparser in action.choices.items():
+                found += _without_help(subparser, f"{name} {command}")
+        elif not action.help:
+            found.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+    return found
+
+
+def test_every_option_of_every_command_line_has_help(repo_root, monkeypatch):
+    parsers = _entry_point_parsers(repo_root, monkeypatch)
+    assert len(parsers) > 10 and {"betavae", "stages/train.py", "scripts/likelihood_study.py"} <= set(parsers)
+    assert [missing for name, parser in parsers.items() for missing in _without_help(parser, name)] == []
+
+
+def test_every_help_keeps_its_descriptions_lines(repo_root, monkeypatch, capsys):
+    """A docstring's examples stay one to a line (they were run together into one paragraph)."""
+    for name, parser in _entry_point_parsers(repo_root, monkeypatch).items():
+        lines = [line for line in (parser.description or "").splitlines() if line.strip()]
+        assert all(f"\n{line}\n" in parser.format_help() for line in lines), name
+    likelihood = _entry_point_parsers(repo_root, monkeypatch)["scripts/likelihood_study.py"].format_help()
+    assert "\n    python scripts/likelihood_study.py --variants elbo --epochs 50\n" in likelihood

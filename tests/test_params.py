@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from betavae.core import schedules
-from betavae.pipeline import dotted, yamlfile
+from betavae.pipeline import dotted, overrides, yamlfile
 from betavae.pipeline.params import (
     MAX_SEED,
     PARAMS_FILE,
@@ -96,13 +96,15 @@ def test_int_accepted_for_float_because_dvc_exp_run_writes_beta_4_as_int():
     ({"z_dim": 0}, "z_dim must be in [1, 65536] (got 0)"),
     ({"epochs": 0}, "epochs must be in [1, 100000]"),
     ({"batch_size": 0}, "batch_size must be >= 1"),
-    ({"batch_size": 55_001}, "batch_size must not exceed the training images"),
+    ({"batch_size": 55_001}, "batch_size must not exceed the 55000 training images"),
     ({"base_lr": 0}, "base_lr must be > 0"),
     ({"max_lr": -1e-3}, "max_lr must be > 0"),
-    ({"base_lr": 1e-3, "max_lr": 1e-4}, "base_lr must be <= max_lr"),
+    ({"base_lr": 1e-3, "max_lr": 1e-4}, "base_lr must be <= max_lr (0.0001)"),
     ({"warmup_epochs": -1}, "warmup_epochs must be in [0, 100000]"),
-    ({"data": {"val_size": 60_000}}, "data.val_size must be >= 1 and smaller than the training images"),
-    ({"data": {"limit": 1000, "val_size": 1000}}, "data.val_size must be >= 1 and smaller"),
+    ({"data": {"val_size": 60_000}}, "data.val_size must be >= 1 and smaller than MNIST's 60000 training images"),
+    ({"data": {"val_size": 0}}, "data.val_size must be >= 1 and smaller"),
+    ({"data": {"limit": 1000, "val_size": 1000}}, "data.val_size must be >= 1 and smaller than data.limit (1000)"),
+    ({"data": {"limit": 1}}, "data.limit must be 0 (all) or in [2, 60000]"),
     ({"augment": {"rotation": 181}}, "augment.rotation must be in [0, 180]"),
     ({"augment": {"rotation": -1}}, "augment.rotation must be in [0, 180]"),
     ({"augment": {"translate": 1.0}}, "augment.translate must be in [0, 1)"),
@@ -129,6 +131,45 @@ def test_bad_values_are_rejected_naming_the_key(raw, message):
     assert message in str(error.value)
     assert str(error.value).startswith("params.yaml: ")
     assert "\n" not in str(error.value)
+
+
+SMOKE = {"epochs": 1, "data": {"limit": 512}}  # the obvious smoke run: -S epochs=1 -S data.limit=512
+
+
+@pytest.mark.parametrize("raw, message", [
+    (SMOKE, "data.val_size must be >= 1 and smaller than data.limit (512) (got 5000): set it between 1 and 511, "
+            "e.g. -S data.val_size=64"),
+    ({"data": {"val_size": 0}}, "data.val_size must be >= 1 and smaller than MNIST's 60000 training images (got 0): "
+                                "set it between 1 and 59999, e.g. -S data.val_size=7500"),
+    ({"data": {"limit": 2, "val_size": 2}, "batch_size": 1},
+     "data.val_size must be >= 1 and smaller than data.limit (2) (got 2): set it between 1 and 1, "
+     "e.g. -S data.val_size=1"),
+    ({"data": {"limit": 512, "val_size": 300}}, "batch_size must not exceed the 212 training images, data.limit (512) "
+     "less data.val_size (300) (got 256): set it to at most 212, e.g. -S batch_size=128, or data.val_size to at most "
+     "256"),
+    ({"data": {"limit": 200, "val_size": 64}}, "batch_size must not exceed the 136 training images, data.limit (200) "
+     "less data.val_size (64) (got 256): set it to at most 136, e.g. -S batch_size=128"),
+    ({"batch_size": 55_001}, "batch_size must not exceed the 55000 training images, MNIST's 60000 training images less "
+     "data.val_size (5000) (got 55001): set it to at most 55000, e.g. -S batch_size=32768, or data.val_size to at "
+     "most 4999"),
+    ({"base_lr": 1e-3, "max_lr": 1e-4}, "base_lr must be <= max_lr (0.0001) (got 0.001): set it to at most 0.0001 "
+     "(-S base_lr=0.0001), or max_lr to at least 0.001"),
+    ({"launcher": "torchrun --nproc-per-node 3"}, "batch_size must be divisible by the 3 processes the launcher "
+     "starts (got 256): set it to a multiple of 3, e.g. -S batch_size=255"),
+    ({"launcher": "torchrun --nproc-per-node 4", "batch_size": 2}, "batch_size must be divisible by the 4 "
+     "processes the launcher starts (got 2): set it to a multiple of 4, e.g. -S batch_size=4"),
+])
+def test_a_refusal_between_keys_says_which_value_to_set_to_what_and_its_example_is_accepted(raw, message):
+    with pytest.raises(ParamsError) as error:
+        parse_params(raw, source="params.yaml")
+    assert str(error.value) == f"params.yaml: {message}"
+    key, value = overrides.assignment(message.rsplit("-S ", 1)[1].split()[0].rstrip("),"), "-S")
+    overrides.run_params(raw, {key: overrides.scalar(value, key, "-S")}, "-S")  # following the advice is enough
+
+
+def test_the_smoke_run_passes_with_the_validation_size_the_refusal_suggests():
+    params = parse_params({**SMOKE, "data": {"limit": 512, "val_size": 64}})
+    assert (params.train_images, schedules.steps_per_epoch(params)) == (448, 1)
 
 
 def test_missing_and_malformed_files(tmp_path):
@@ -171,8 +212,9 @@ def test_schedules_longer_than_training_run_as_given_with_one_warning_each():
     assert len(warnings) == 2
     assert warnings[0].startswith("warmup_epochs (10) is longer than training (3 epochs)")
     assert warnings[1].startswith("kl_anneal_epochs (20) is longer than training (3 epochs)")
-    assert warnings[0].endswith("the learning rate only rises, to 0.00016 (max_lr 0.0003)")
-    assert warnings[1].endswith("the KL weight ends at 0.12, not beta (0.8)")
+    # 214 steps an epoch: the last step is at t = 3 - 1/214 epochs
+    assert warnings[0].endswith("the learning rate only rises, to 0.00016 at the last step (max_lr 0.0003)")
+    assert warnings[1].endswith("the KL weight ends at 0.12 at the last step, not beta (0.8)")
     assert schedules.warnings(parse_params({})) == []
 
 

@@ -88,7 +88,7 @@ def test_an_experiment_in_the_workspace_never_reaches_the_readme(repo_root, tmp_
 
 def test_the_readme_is_short_and_its_prose_numbers_are_the_codes(repo_root):
     readme = (repo_root / "README.md").read_text()
-    assert len(readme.splitlines()) <= 150
+    assert len(readme.splitlines()) <= 200  # what it is, two commands, results, experiments, errors: no more
     defaults = Params()
     assert f"(β = {defaults.beta:g}, {defaults.z_dim} latent dimensions)" in readme
     assert f"Test set ({MNIST_TEST_IMAGES:,} images)" in readme

@@ -6,6 +6,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
+
+from betavae.speed import runtime
 
 # A digest of the gradients of one forward + backward pass, in a fresh interpreter: the allocator
 # setting is process-wide and cannot be undone in this one.
@@ -56,3 +59,26 @@ def test_deterministic_kernels_are_asked_for_without_loading_the_compiler(repo_r
     shown = subprocess.run([sys.executable, "-c", DETERMINISM, device], cwd=repo_root, capture_output=True,
                            text=True, check=True).stdout.split()
     assert shown == ["True", warn_only, "False", "True"]
+
+
+@pytest.mark.parametrize("setting, message", [
+    (runtime.PARAMS_DEVICE, "device: cuda was requested, but CUDA is not available on this machine (use device: auto "
+                            "or device: cpu in params.yaml)"),
+    (runtime.COMMAND_LINE_DEVICE, "--device cuda was requested, but CUDA is not available on this machine (use "
+                                  "--device auto or --device cpu)"),
+    (runtime.API_DEVICE, 'device="cuda" was requested, but CUDA is not available on this machine (use '
+                         'device="auto" or device="cpu")'),
+])
+def test_cuda_without_cuda_is_refused_naming_the_setting_as_its_caller_writes_it(setting, message, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(runtime.DeviceError) as error:
+        runtime.resolve_device("cuda", setting)
+    assert str(error.value) == message
+    assert runtime.resolve_device("auto", setting) == torch.device("cpu")
+
+
+def test_an_unknown_device_names_the_choices_in_the_callers_spelling():
+    with pytest.raises(runtime.DeviceError) as error:
+        runtime.resolve_device("tpu", runtime.COMMAND_LINE_DEVICE)
+    assert str(error.value) == ("--device tpu is not a device this project runs on (use --device auto, --device cpu "
+                                "or --device cuda)")

@@ -2,18 +2,45 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from betavae.experiments import studies
+from betavae import errors
+from betavae.experiments import studies, tools
 
 SPACE = {"study": "tiny", "objectives": [{"metric": "test.kl", "direction": "minimize"},
                                          {"metric": "test.recon", "direction": "minimize"}],
          "params": {"beta": {"low": 0.5, "high": 2.0, "log": True}}, "fixed": {"epochs": 1},
          "sampler": {"name": "random", "seed": 0}}
+
+
+class _Parsed(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("script, option", [
+    ("compare", "csv"), ("compare", "figure"), ("search", "reports"), ("search", "storage"),
+    ("likelihood_study", "out"),
+])
+def test_a_scripts_default_output_is_under_the_ignored_out_folder_never_a_committed_report(script, option, repo_root,
+                                                                                           monkeypatch):
+    """A committed report (reports/rate_distortion.*, reports/search/) is only rewritten when named."""
+    def capture(self, args=None, namespace=None):
+        raise _Parsed(self)
+
+    monkeypatch.setattr(errors.ArgumentParser, "parse_args", capture)
+    monkeypatch.setattr(sys, "argv", [f"{script}.py"])
+    with pytest.raises(_Parsed) as parsed:
+        importlib.import_module(f"scripts.{script}").main()
+    default = str(parsed.value.args[0].get_default(option)).removeprefix("sqlite:///")
+    assert Path(default).parts[0] == str(tools.OUT_DIR) == "out"
+    committed = subprocess.run(["git", "ls-files", default], cwd=repo_root, capture_output=True, text=True).stdout
+    assert committed == ""
 
 
 def test_the_committed_search_space_is_valid(repo_root):
@@ -99,9 +126,10 @@ def test_a_study_runs_its_trials_as_experiments_and_a_rerun_adds_only_the_differ
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
     assert _experiments(repo, env, run) == [f"search-tiny-{n}" for n in range(3)]
     assert len({t.params["beta"] for t in study.trials}) == 3  # no process drew another's params again
-    front = (repo / "reports" / "search" / "tiny_front.csv").read_text().splitlines()
+    front = (repo / "out" / "search" / "tiny_front.csv").read_text().splitlines()  # the committed study untouched
     assert front[0] == "number,state,beta,test.kl,test.recon,experiment,error" and len(front) >= 2
-    assert (repo / "reports" / "search" / "tiny_front.png").stat().st_size > 5_000
+    assert (repo / "out" / "search" / "tiny_front.png").stat().st_size > 5_000
+    assert run(["git", "status", "--porcelain", "reports"], repo, env).stdout == ""
 
 
 @pytest.mark.slow

@@ -42,12 +42,32 @@ def test_credentials_in_any_message_are_hidden(text, secret):
         assert secret not in shown and errors.HIDDEN in shown
 
 
-def test_the_values_of_secret_environment_variables_are_hidden(monkeypatch, capsys):
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG")
-    monkeypatch.setenv("MY_SERVICE_TOKEN", "tok-998877")
-    monkeypatch.setenv("SHELL_LEVEL", "123456")  # not a secret's name: left alone
-    errors.tell("remote refused wJalrXUtnFEMI/K7MDENG and tok-998877 at level 123456")
-    assert capsys.readouterr().err.strip() == "remote refused *** and *** at level 123456"
+@pytest.mark.parametrize("name, value", [
+    ("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG"), ("AWS_SESSION_TOKEN", "FwoGZXIvYXdzEJr"),
+    ("GITHUB_TOKEN", "ghs_16C7e42F292c69"), ("GH_TOKEN", "gho_16C7e42F292c"), ("AZURE_STORAGE_KEY", "Eby8vdM02xNO=="),
+    ("PGPASSWORD", "hunter2hunter"), ("MYSQL_PWD", "s3cr3t-db"), ("DVC_STUDIO_TOKEN", "isat_1a2b3c4d"),
+    ("HF_TOKEN", "hf_abcdefghij"),
+])
+def test_the_values_of_variables_known_to_hold_secrets_are_hidden(monkeypatch, capsys, name, value):
+    monkeypatch.setenv(name, value)
+    errors.tell(f"remote refused {value} at level 123456")
+    assert capsys.readouterr().err.strip() == "remote refused *** at level 123456"
+    assert value not in errors.line("sweep", RuntimeError(f"push failed: {value}"))
+
+
+@pytest.mark.parametrize("name, value", [
+    ("GIT_AUTHOR_NAME", "work"), ("GIT_COMMITTER_NAME", "samples"), ("SSH_AUTH_SOCK", "/tmp/ssh-agent.sock"),
+    ("XAUTHORITY", "/root/.Xauthority"), ("PASSWORD_STORE_DIR", "/root/.password-store"),
+    ("TOKENIZERS_PARALLELISM", "false"), ("KEYBOARD_LAYOUT", "out/work"), ("MY_SERVICE_TOKEN", "samples.txt"),
+    ("GPG_KEY_ID", "reports"),
+])
+def test_ordinary_values_pass_through_whatever_their_variables_are_called(monkeypatch, name, value):
+    """A variable is judged by what it is known to hold, never by a fragment of its name (AUTH in
+    GIT_AUTHOR_NAME, which CI runners set and workspace paths often contain)."""
+    monkeypatch.setenv(name, value)
+    text = ("betavae: error: out/work/samples.txt: cannot write /tmp/ssh-agent.sock /root/.Xauthority "
+            "/root/.password-store false reports (https://host/x?keyboard=1&monkey=2&page=3)")
+    assert errors.one_line(text) == text
 
 
 def test_ordinary_text_is_left_alone():
@@ -391,16 +411,22 @@ def test_a_directory_and_files_are_replaced_together_or_not_at_all(tmp_path, mon
     finished.mkdir()
     (finished / "loss.tsv").write_text("new log")
 
-    def move_failing(source, destination):
-        raise OSError(13, "Permission denied")
+    real_replace = atomic.os.replace
 
-    monkeypatch.setattr(atomic.shutil, "move", move_failing)
+    def replace_failing_on_the_directory(source, destination):
+        if Path(source) == finished:
+            raise OSError(13, "Permission denied")
+        real_replace(source, destination)
+
+    monkeypatch.setattr(atomic.os, "replace", replace_failing_on_the_directory)
     with pytest.raises(atomic.OutputError, match="Permission denied"), atomic.Together() as outputs:
         outputs.text(paths[0], "new")
         outputs.directory(logs, finished)
     monkeypatch.undo()
     assert _contents(paths) == [f"old {path.name}" for path in paths]
-    assert (logs / "plots" / "loss.tsv").read_text() == "old log"
+    assert (logs / "plots" / "loss.tsv").read_text() == "old log" and (finished / "loss.tsv").read_text() == "new log"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["decoder.onnx", "dvclive", "encoder.onnx",
+                                                                "explorer.json", "finished"]
 
     with atomic.Together() as outputs:
         outputs.text(paths[0], "new")

@@ -150,3 +150,36 @@ def test_two_exp_runs_at_once_fail_clearly_and_lose_nothing(clone, run, until):
     run(["git", "checkout", "HEAD", "--", "params.yaml"], repo, env)
     resumed = run(["dvc", "exp", "run", "-S", "seed=7", "-S", "epochs=40"], repo, env)
     assert "train: resuming from models/checkpoint.pt" in resumed.stdout
+
+
+@pytest.mark.slow
+def test_the_way_back_restores_the_reference_run_after_an_experiment_and_the_smoke_preset(clone, run):
+    """`make reference` (scripts/workspace.py): after an experiment, and after `make smoke`, the
+    workspace holds HEAD's params, lock and outputs again, even where DVC left an old mtime on a file
+    git would then trust; an experiment's extra files in an output folder are gone; ignored files stay."""
+    import os
+    import sys
+
+    repo, env = clone
+    run(["dvc", "checkout", "-q"], repo, env, check=False)
+    run(["dvc", "repro", "-q", "download"], repo, env)  # the data a clone fetches with `dvc pull`
+    committed = {path: (repo / path).read_bytes() for path in ("params.yaml", "dvc.lock", "models/model.pt")}
+    run(["dvc", "exp", "run", "-S", "beta=2.0", "-S", "epochs=3"], repo, env)  # epoch 3: snapshots git lacks
+    assert (repo / "models" / "model.pt").read_bytes() != committed["models/model.pt"]
+    (repo / "models" / "checkpoint.pt").write_bytes(b"ignored by git: kept")
+    params = repo / "params.yaml"
+    stat = params.stat()
+    params.write_text(params.read_text().replace("beta: 2.0", "beta: 3.0"))  # as a failed run leaves it:
+    os.utime(params, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the same size, the old mtime
+    reference = [sys.executable, "-m", "scripts.workspace", "reference"]
+    said = run(reference, repo, {**env, "PYTHONPATH": str(repo)}).stdout
+    assert "`dvc status` is clean" in said
+    assert {path: (repo / path).read_bytes() for path in committed} == committed
+    assert run(["git", "status", "--porcelain"], repo, env).stdout == ""
+    assert (repo / "models" / "checkpoint.pt").read_bytes() == b"ignored by git: kept"
+
+    smoke = run([sys.executable, "-m", "scripts.workspace", "smoke"], repo, {**env, "PYTHONPATH": str(repo)}).stdout
+    assert "smoke-sized" in smoke and params.read_bytes() != committed["params.yaml"]
+    assert load_params(params).epochs == 2
+    run(reference, repo, {**env, "PYTHONPATH": str(repo)})
+    assert params.read_bytes() == committed["params.yaml"]

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from betavae import errors
-from betavae.pipeline import dotted, yamlfile
+from betavae.pipeline import atomic, dotted, yamlfile
 from betavae.pipeline.params import PARAMS_FILE, Params, ParamsError, load_params
 
 BASELINE_VARIABLE = "DVC_EXP_BASELINE_REV"  # set by `dvc exp run` for its stages
@@ -112,8 +112,10 @@ def after_failure() -> None:
         return  # best effort: the stage's own error is what matters
     if not values:
         return
-    (root / RECORD).parent.mkdir(parents=True, exist_ok=True)
-    (root / RECORD).write_text(json.dumps({"baseline": baseline, "values": values}, indent=2))
+    try:
+        atomic.write_json(root / RECORD, {"baseline": baseline, "values": values})
+    except OSError:
+        return  # a full disk: the stage's own error is what matters
     errors.tell(f"{PARAMS_FILE} keeps this failed experiment's values ({', '.join(values)}); {RESTORE} restores it")
 
 

@@ -14,9 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from betavae.core import files
-from betavae.errors import BetaVAEError
+from betavae.errors import BetaVAEError, counted
 
 UINT8 = 0x08
+MAGIC = bytes((0, 0, UINT8))  # how every IDX file of unsigned bytes starts; then its number of dimensions
+IDX_TYPES = {b"\x08": "unsigned byte", b"\x09": "signed byte", b"\x0b": "16-bit integer", b"\x0c": "32-bit integer",
+             b"\x0d": "float", b"\x0e": "double"}  # the type byte of the IDX format, and what it stores
+GZIP_MAGIC = b"\x1f\x8b"
 IMAGE_SIDE = 28
 TRAIN_IMAGES = "train-images-idx3-ubyte"
 TRAIN_LABELS = "train-labels-idx1-ubyte"
@@ -34,17 +38,13 @@ class IdxError(BetaVAEError, ValueError):
 
 def encode(array: np.ndarray) -> bytes:
     array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = struct.pack(">HBB", 0, UINT8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    header = MAGIC + bytes((array.ndim,)) + struct.pack(f">{array.ndim}I", *array.shape)
     return header + array.tobytes()
 
 
 def decode(data: bytes, name: str = "IDX data") -> np.ndarray:
-    if len(data) < 4:
-        raise IdxError(f"{name}: truncated ({len(data)} bytes, no IDX header)")
-    zero, kind, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or kind != UINT8 or ndim not in (1, 3):
-        raise IdxError(f"{name}: bad magic number 0x{int.from_bytes(data[:4], 'big'):08x} "
-                       "(expected 0x00000801 for labels or 0x00000803 for images)")
+    _check_magic(data, name)
+    ndim = data[3]
     header_size = 4 + 4 * ndim
     if len(data) < header_size:
         raise IdxError(f"{name}: truncated header")
@@ -53,6 +53,27 @@ def decode(data: bytes, name: str = "IDX data") -> np.ndarray:
     if len(data) != expected:
         raise IdxError(f"{name}: {len(data)} bytes, but its header {shape} needs {expected}")
     return np.frombuffer(data, dtype=np.uint8, offset=header_size).reshape(shape)
+
+
+def _check_magic(data: bytes, name: str) -> None:
+    """Refuse, saying what it is instead, data that does not start as MNIST's IDX files do: a file of
+    another kind (text, an image, MNIST's own .gz download), IDX of another value type, or of a
+    number of dimensions that is neither images' nor labels'."""
+    start = " ".join(f"{byte:02x}" for byte in data[:4])
+    if not data:
+        raise IdxError(f"{name}: empty, not an IDX file")
+    if not (MAGIC.startswith(data[:3]) or (data[:2] == MAGIC[:2] and data[2:3] in IDX_TYPES)):
+        hint = "; it is gzip-compressed: unpack it first (gunzip -k)" if data.startswith(GZIP_MAGIC) else ""
+        raise IdxError(f"{name}: not an IDX file (it starts with bytes {start}; an IDX file of unsigned bytes, as "
+                       f"MNIST's are, starts with {' '.join(f'{byte:02x}' for byte in MAGIC)}){hint}")
+    if len(data) < 4:
+        raise IdxError(f"{name}: truncated ({counted(len(data), 'byte')}, no IDX header)")
+    if data[2] != UINT8:
+        raise IdxError(f"{name}: an IDX file of {IDX_TYPES[data[2:3]]} values (it starts with bytes {start}); "
+                       f"MNIST's hold unsigned bytes (type 0x{UINT8:02x})")
+    if data[3] not in (1, 3):
+        raise IdxError(f"{name}: an IDX file of {data[3]} dimensions (it starts with bytes {start}); expected 3 "
+                       "(images: 00 00 08 03) or 1 (labels: 00 00 08 01)")
 
 
 def read_images(path: Path) -> np.ndarray:

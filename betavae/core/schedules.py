@@ -1,12 +1,15 @@
 """Learning-rate and KL-weight schedules, as functions of training progress in epochs.
 
-Progress t is fractional (step / steps_per_epoch), so both schedules move every optimiser step.
+Progress t is fractional (step / steps_per_epoch), so both schedules move every optimiser step; the
+values training logs for an epoch, and the warnings below, are those at its last step (`last_step`).
 """
 
 from __future__ import annotations
 
 import math
 from typing import Protocol
+
+from betavae.errors import counted
 
 # What training logs of the schedules every epoch (their values at its last step), with a label for each.
 LOGGED = {"lr": "learning rate", "kl_weight": "KL weight (effective β)"}
@@ -21,6 +24,19 @@ class Schedule(Protocol):
     max_lr: float
     warmup_epochs: int
     kl_anneal_epochs: int
+    batch_size: int
+    train_images: int  # images the optimiser sees per epoch
+
+
+def steps_per_epoch(params: Schedule) -> int:
+    """Optimiser steps in an epoch: the full batches of the training images."""
+    return params.train_images // params.batch_size
+
+
+def last_step(epoch: int, steps: int) -> float:
+    """Progress t at the last optimiser step of `epoch` (1-based) of `steps` steps: where training logs the
+    schedules (betavae/training/loop.py), and where the warnings read them at the last epoch."""
+    return epoch - 1 / steps
 
 
 def learning_rate(t: float, base_lr: float, max_lr: float, warmup_epochs: float,
@@ -44,14 +60,15 @@ def kl_weight(t: float, beta: float, anneal_epochs: float) -> float:
 
 def warnings(params: Schedule) -> list[str]:
     """Schedules longer than training are run as given (a quick `-S epochs=3` run never reaches the
-    peak, as in the spec's own script); say so, naming the key."""
-    found = []
+    peak, as in the spec's own script); say so, naming the key, with the value training logs at its
+    last step."""
+    found, end, training = [], last_step(params.epochs, steps_per_epoch(params)), counted(params.epochs, "epoch")
     if params.warmup_epochs > params.epochs:
-        peak = learning_rate(params.epochs, params.base_lr, params.max_lr, params.warmup_epochs, params.epochs)
-        found.append(f"warmup_epochs ({params.warmup_epochs}) is longer than training ({params.epochs} "
-                     f"epochs): the learning rate only rises, to {peak:.3g} (max_lr {params.max_lr:g})")
+        peak = learning_rate(end, params.base_lr, params.max_lr, params.warmup_epochs, params.epochs)
+        found.append(f"warmup_epochs ({params.warmup_epochs}) is longer than training ({training}): the learning "
+                     f"rate only rises, to {peak:.3g} at the last step (max_lr {params.max_lr:g})")
     if params.kl_anneal_epochs > params.epochs:
-        weight = kl_weight(params.epochs, params.beta, params.kl_anneal_epochs)
-        found.append(f"kl_anneal_epochs ({params.kl_anneal_epochs}) is longer than training "
-                     f"({params.epochs} epochs): the KL weight ends at {weight:.3g}, not beta ({params.beta:g})")
+        weight = kl_weight(end, params.beta, params.kl_anneal_epochs)
+        found.append(f"kl_anneal_epochs ({params.kl_anneal_epochs}) is longer than training ({training}): the KL "
+                     f"weight ends at {weight:.3g} at the last step, not beta ({params.beta:g})")
     return found

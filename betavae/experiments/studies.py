@@ -19,17 +19,25 @@ the same command on several machines (each with `--remote`, which pushes every f
 - a trial left running by a process of this machine that no longer exists (Ctrl-C, kill -9) is
   finished on the next run: from its experiment, if DVC ran it to the end, else by running it again
   under the same number and name, so no trial is lost or run twice;
+- a trial whose worker elsewhere stopped sending heartbeats (Optuna's, every HEARTBEAT_S; a worker
+  killed, its machine lost) is failed by the next worker that asks for a trial, and its params are
+  queued again as a new trial, which the database gives to one worker only;
+- a database that goes away is one line (`storage_writes`); the trial stays running for the rerun;
 - `--trials N` means the study holds N trials in the end: a rerun with a larger N adds the difference.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import re
 import socket
+import threading
+import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -199,7 +207,16 @@ def distributions(space: Space) -> dict:
     return found
 
 
-def open_study(space: Space, storage: str):
+HEARTBEAT_S = 60  # seconds between a running trial's heartbeats (search.py --heartbeat)
+GRACE_HEARTBEATS = 3  # heartbeats a trial may miss before its worker counts as gone
+MAX_RETRIES = 3  # times a trial whose worker was lost is queued again
+CONNECT_TIMEOUT_S = 10  # how long a database server may take to answer a new connection
+
+
+def open_study(space: Space, storage: str, heartbeat_s: int = HEARTBEAT_S):
+    """The study in the database at the URL `storage`, made if new. Each running trial's worker records a
+    heartbeat every heartbeat_s seconds (Optuna's), so that a worker lost with its machine is noticed by
+    the others (Runner)."""
     import optuna
 
     samplers = {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler,
@@ -207,16 +224,50 @@ def open_study(space: Space, storage: str):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directions = [direction for _, direction in space.objectives]
     try:
-        study = optuna.create_study(study_name=space.study, storage=storage, load_if_exists=True,
+        with warnings.catch_warnings():  # the heartbeat is an experimental feature of Optuna's, and says so
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            engine = {"pool_pre_ping": True}  # a connection the server dropped (a restart) is made again
+            if not storage.startswith("sqlite"):
+                engine["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+            database = optuna.storages.RDBStorage(storage, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
+                                                  grace_period=GRACE_HEARTBEATS * heartbeat_s,
+                                                  heartbeat_stale_trial_callback=_queue_again)
+        study = optuna.create_study(study_name=space.study, storage=database, load_if_exists=True,
                                     directions=directions)
-    except Exception as error:  # a bad URL, an unreachable server, a study of other directions
-        raise SearchError(f"cannot open study {space.study!r} in {storage}: {one_line(error)[:300]}") from None
-    _check_same_space(study, space)
-    # A sampler seeded alike in every process draws the same params again after a restart, and in a
-    # second process at once: each process's stream starts from the seed, the trials already in the
-    # study and the process id.
-    study.sampler = samplers[space.sampler](seed=_process_seed(space.seed, len(study.get_trials(deepcopy=False))))
+    except Exception as error:  # a bad URL, an unreachable server, a study of other directions, a full disk
+        raise SearchError(f"cannot open study {space.study!r} in {storage}: {_database_words(error)}") from None
+    with storage_writes():
+        _check_same_space(study, space)
+        # A sampler seeded alike in every process draws the same params again after a restart, and in a
+        # second process at once: each process's stream starts from the seed, the trials already in the
+        # study and the process id.
+        study.sampler = samplers[space.sampler](seed=_process_seed(space.seed, len(study.get_trials(deepcopy=False))))
     return study
+
+
+@contextlib.contextmanager
+def storage_writes():
+    """Where the study's database is read and written (Optuna's storage: creating the study, asking for a
+    trial, telling its result): one the database refuses (a full disk, a read-only file, a server that
+    went away) is a SearchError in one line, never a traceback from inside SQLAlchemy. Nothing recorded
+    is lost: each of Optuna's writes is one transaction, whole or not at all."""
+    import optuna
+    import sqlalchemy.exc
+
+    try:
+        yield
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
+        raise SearchError(f"the study's database refused a write: {_database_words(error)}; it keeps every "
+                          "trial recorded before") from None
+
+
+def _database_words(error: BaseException) -> str:
+    """What the database itself said (sqlite's "database or disk is full"), not Optuna's or SQLAlchemy's
+    wrapping of it (the statement, a link to their documentation)."""
+    if error.__cause__ is not None and type(error).__name__ == "StorageInternalError":
+        error = error.__cause__
+    error = getattr(error, "orig", None) or error
+    return one_line(str(error).split("\n[SQL:")[0])[:300]
 
 
 def space_description(space: Space) -> str:
@@ -255,14 +306,34 @@ class Runner:
     remote: str | None = None
     log: Callable[[str], None] = say
     environ: dict = dataclasses.field(default_factory=lambda: dict(os.environ))
+    trust_heartbeats_from: float | None = None  # time.monotonic() from which others' heartbeats are judged
 
     def run(self, study, trials: int) -> None:
-        self.finish_abandoned(study)
-        while _taken(study) < trials:
-            trial = study.ask(distributions(self.space))
-            trial.set_user_attr("experiment", experiment_name(self.space, trial.number))
-            trial.set_user_attr("host", socket.gethostname())
-            self._run_or_fail(study, trial)
+        with storage_writes():
+            self.finish_abandoned(study)
+            self.trust_heartbeats_from = time.monotonic() + _grace_s(study)
+            while True:
+                self._judge_heartbeats(study)
+                if _taken(study) >= trials and not _waiting(study):
+                    break
+                with warnings.catch_warnings():  # Optuna's heartbeat is made for its optimize(); here it is kept
+                    warnings.filterwarnings("ignore", message="Heartbeat of storage")  # by _heartbeats
+                    trial = study.ask(distributions(self.space))  # a trial queued again first, else a new one
+                trial.set_user_attr("experiment", experiment_name(self.space, trial.number))
+                trial.set_user_attr("host", socket.gethostname())
+                self._run_or_fail(study, trial)
+
+    def _judge_heartbeats(self, study) -> None:
+        """Fail the running trials whose worker stopped sending heartbeats (a machine lost, a worker
+        killed elsewhere) and queue each again as a new trial (_queue_again); only once this worker has
+        itself reached the database for a whole grace period, so that a database that was away (every
+        heartbeat late at once) fails no live worker's trial."""
+        import optuna
+
+        if self.trust_heartbeats_from is not None and time.monotonic() >= self.trust_heartbeats_from:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
 
     def _run_or_fail(self, study, trial) -> None:
         """Run the trial; whatever stops it other than an interruption (which leaves it running for the
@@ -287,13 +358,15 @@ class Runner:
 
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             attrs = trial.user_attrs
-            if not _abandoned(trial):
+            if not _abandoned(trial) or not _claimed(study, trial):
                 continue
             name = attrs.get("experiment", experiment_name(self.space, trial.number))
             values = self._objectives(name)
             if values is not None:
                 self.log(f"search: trial {trial.number} ({name}) finished before its process died: recorded")
                 study.tell(trial.number, values)
+                if self.remote:
+                    self._push(name)
             else:
                 self.log(f"search: trial {trial.number} ({name}) was interrupted: running it again")
                 self._run_or_fail(study, optuna.trial.Trial(study, trial._trial_id))
@@ -309,7 +382,8 @@ class Runner:
         command = ["dvc", "exp", "run", "--temp", "-n", name,
                    *(f"-S{key}={_yaml_scalar(value)}" for key, value in assignments.items())]
         self.log(f"search: trial {number} ({name}): " + ", ".join(f"{k}={v}" for k, v in params.items()))
-        result = tools.run(command, self.repo, self.environ)
+        with _heartbeats(study, trial, self):
+            result = tools.run(command, self.repo, self.environ)
         values = self._objectives(name) if result.returncode == 0 else None
         if values is None:
             error = tools.error_line(result) if result.returncode != 0 else "the experiment has no test metrics"
@@ -355,11 +429,85 @@ def front(study) -> list:
 
 
 def _taken(study) -> int:
-    """Trials that count towards --trials: finished, failed, or running somewhere."""
+    """Trials that count towards --trials: finished, failed (unless queued again), running somewhere, or
+    queued again."""
     import optuna
 
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING)
-    return len(study.get_trials(deepcopy=False, states=states))
+    trials = study.get_trials(deepcopy=False)
+    retried = {number for trial in trials for number in trial.system_attrs.get(RETRIED_ATTR, [])}
+    return sum(1 for trial in trials if trial.state != optuna.trial.TrialState.FAIL or trial.number not in retried)
+
+
+def _waiting(study) -> bool:
+    import optuna
+
+    return bool(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+
+
+RETRIED_ATTR = "retry_history"  # the numbers of the trials a queued-again trial repeats (Optuna's name for it)
+
+
+def _queue_again(study, trial) -> None:
+    """Optuna's callback for a trial failed for its worker's silence: the same params, queued as a new
+    trial that the next worker to ask takes (atomically: a queued trial is given to one worker only),
+    under its own number and experiment name; at most MAX_RETRIES times."""
+    import optuna
+
+    history = [*trial.system_attrs.get(RETRIED_ATTR, []), trial.number]
+    host = trial.user_attrs.get("host", "an unknown machine")
+    if len(history) > MAX_RETRIES:
+        say(f"search: trial {trial.number} ({host}) stopped sending heartbeats, the {len(history)}th of its "
+            "params' tries: failed, not queued again")
+        return
+    study.add_trial(optuna.create_trial(state=optuna.trial.TrialState.WAITING, params=trial.params,
+                                        distributions=trial.distributions, system_attrs={RETRIED_ATTR: history}))
+    say(f"search: trial {trial.number} ({trial.user_attrs.get('experiment', '')} on {host}) stopped sending "
+        "heartbeats: failed, and its params queued again as a new trial")
+
+
+def _grace_s(study) -> float:
+    grace = getattr(study._storage, "get_heartbeat_interval", lambda: None)()
+    return GRACE_HEARTBEATS * grace if grace else 0.0
+
+
+@contextlib.contextmanager
+def _heartbeats(study, trial, runner: Runner):
+    """Record the trial's heartbeat now and every heartbeat interval while its experiment runs. A
+    heartbeat the database does not take (a server restarting) is not an error here, as the trial goes
+    on; the worker only judges others' heartbeats a grace period after its own went through again."""
+    interval = getattr(study._storage, "get_heartbeat_interval", lambda: None)()
+    if not interval:
+        yield
+        return
+    study._storage.record_heartbeat(trial._trial_id)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            try:
+                study._storage.record_heartbeat(trial._trial_id)
+            except Exception:  # the database is away: the trial's end says so, or tells its result
+                runner.trust_heartbeats_from = time.monotonic() + _grace_s(study) + interval
+
+    thread = threading.Thread(target=beat, name="search-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _claimed(study, trial) -> bool:
+    """Take over an abandoned trial of this machine: its heartbeat recorded at once, so that no worker
+    elsewhere judges it lost while it runs again, and still running once recorded (not failed meanwhile
+    by a worker that found it silent)."""
+    import optuna
+
+    storage = study._storage
+    if getattr(storage, "get_heartbeat_interval", lambda: None)():
+        storage.record_heartbeat(trial._trial_id)
+    return storage.get_trial(trial._trial_id).state == optuna.trial.TrialState.RUNNING
 
 
 CLAIM_GRACE_S = 60  # a trial asked for but not yet claimed is another process's for this long

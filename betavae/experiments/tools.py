@@ -27,6 +27,10 @@ _ADVICE = ("Having any troubles?", "Hit us up at", "dvc.org/support", "dvc.org/d
            "Please make sure you have the correct access rights", "and the repository exists.",
            "To see the full output", "Use `-v`", "use -v")
 
+# Where the commands write by default, ignored by git (.gitignore): a committed report (reports/...) is
+# only written when its path is given.
+OUT_DIR = Path("out")
+
 
 class ToolError(BetaVAEError, RuntimeError):
     """A tool, repository, remote or directory a command needs is missing or failed; the message says which."""

@@ -11,6 +11,11 @@ process with `srun <its options> python -m stages.train ...`, whose copy on each
 torchrun. An option value may name an environment variable (`--nnodes $SLURM_NNODES`), which is
 looked up, not evaluated. Nothing else in the value can run: there is no shell, and an option that
 would choose what is executed (torchrun's --no-python, --run-path, a script) is refused.
+
+Values are checked for form where params are checked (`parse`), and against the machine where the
+run starts (`check_machine`: a GPU for `gpu`, enough cores or GPUs, host names that resolve, ...).
+A run of several machines stops in one line, on each machine, when one of them stops or the network
+between them fails (`run_torchrun`): a process waits BETAVAE_PEER_TIMEOUT seconds for the others.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import re
 import shlex
 import signal
 import sys
+from pathlib import Path
 
 from betavae.errors import BetaVAEError
 
@@ -283,47 +289,291 @@ def exec_srun(launcher: Launcher, module: str, arguments: list[str]) -> None:
 
 
 PEER_LOST_STATUS = 3  # a process that stops because another one did: a consequence, not the cause
+# How long a process waits in a collective for the others (a machine gone, a network cut) before the run
+# stops; read from the environment, not params.yaml, as it changes no output: only how soon a broken run ends.
+PEER_TIMEOUT_VARIABLE = "BETAVAE_PEER_TIMEOUT"
+DEFAULT_PEER_TIMEOUT_S = 300  # the longest process 0's validation between two epochs may keep the others waiting
+MAX_PEER_TIMEOUT_S = 86_400
+AGENT_GRACE_S = 10  # after this machine's processes stopped for a lost peer, torchrun's agent has this long to end
+_ERROR_FILE_VARIABLE = "TORCHELASTIC_ERROR_FILE"  # where torchrun's agent reads a process's last words
 
 
 class ProcessStopped(BetaVAEError, RuntimeError):
-    """A process of a data-parallel run died; torchrun stopped the others."""
+    """A process of a data-parallel run died, or lost the others; torchrun stopped this machine's processes."""
 
 
-def run_torchrun(launcher: Launcher, module: str, arguments: list[str]) -> None:
+class MachineMismatch(LauncherError):
+    """A launcher value of the right form that this machine cannot run (no GPU for `gpu`, a host that
+    does not resolve, ...): found where the run starts, before any process does."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"launcher cannot run on this machine: {reason}")
+
+
+def peer_timeout(environ: dict[str, str]) -> int:
+    """Seconds a process of a data-parallel run waits for the others in a collective ($BETAVAE_PEER_TIMEOUT)."""
+    value = environ.get(PEER_TIMEOUT_VARIABLE, str(DEFAULT_PEER_TIMEOUT_S))
+    if not (value.isdecimal() and 1 <= int(value) <= MAX_PEER_TIMEOUT_S):
+        raise LauncherError(f"the environment sets {PEER_TIMEOUT_VARIABLE}={_shown(value)}: it must be a number of "
+                            f"seconds, 1 to {MAX_PEER_TIMEOUT_S}, or unset ({DEFAULT_PEER_TIMEOUT_S})")
+    return int(value)
+
+
+def check_machine(launcher: Launcher, environ: dict[str, str], device: str) -> None:
+    """The launcher's values against this machine, where the run starts (params may be checked on a
+    laptop and run on a GPU host): MachineMismatch naming the value and what this machine has."""
+    import shutil
+
+    if needs_srun(launcher, environ):  # the rest is checked by srun's copies, on the machines that run them
+        if shutil.which("srun") is None:
+            raise MachineMismatch("launcher starts with srun, but srun (Slurm) is not installed on this machine: "
+                                  "run it on a Slurm cluster's node, or use torchrun alone")
+        return
+    if not launcher.uses_torchrun:
+        return
+    peer_timeout(environ)
+    options = {name: (None if value is None else expand(value, environ)) for name, value in launcher.torchrun}
+    _check_processes(options.get("nproc-per-node") or "1", device)
+    backend = options.get("rdzv-backend") or "static"
+    if backend.startswith("etcd") and not _importable("etcd"):
+        raise MachineMismatch(f"torchrun's --rdzv-backend {backend} needs the python-etcd package, which is not "
+                              "installed here; use --rdzv-backend c10d")
+    for name in ("rdzv-endpoint", "master-addr", "local-addr"):
+        if options.get(name):
+            _check_resolves(name, options[name])
+
+
+def _check_processes(per_node: str, device: str) -> None:
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    on_gpus = device == "cuda" or (device == "auto" and gpus > 0)
+    if per_node == "gpu" and not gpus:
+        raise MachineMismatch("torchrun's --nproc-per-node gpu starts one process per GPU, but this machine has no "
+                              f"CUDA device (torch {torch.__version__}): use a number of processes, or run it on a "
+                              "GPU machine")
+    if not per_node.isdecimal():
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if on_gpus and int(per_node) > gpus:
+        raise MachineMismatch(f"torchrun's --nproc-per-node {per_node} starts a process per GPU, but this machine "
+                              f"has {gpus} GPU{'s' if gpus != 1 else ''}")
+    if not on_gpus and int(per_node) > cores:
+        raise MachineMismatch(f"torchrun's --nproc-per-node {per_node} starts more processes than the {cores} "
+                              f"CPU core{'s' if cores != 1 else ''} this process may use: each would wait for "
+                              "the others' turn on a core")
+
+
+def _check_resolves(name: str, value: str) -> None:
+    import socket
+
+    host = value.rsplit(":", 1)[0] if ":" in value.lstrip("[") and not value.startswith("[") else value
+    host = host.split("]")[0].lstrip("[") if host.startswith("[") else host
+    try:
+        socket.getaddrinfo(host, None)
+    except (OSError, UnicodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise MachineMismatch(f"torchrun's --{name} {value}: {host} does not resolve to an address on this "
+                              f"machine ({reason})") from None
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def report_to_launcher(message: str) -> None:
+    """Leave a process's reason for stopping where torchrun's agent reads it (its error file), for the
+    launcher's one line; nothing outside torchrun."""
+    import json
+    import time
+
+    path = os.environ.get(_ERROR_FILE_VARIABLE)
+    if path:
+        try:
+            with open(path, "w", encoding="utf-8") as file:
+                json.dump({"message": message, "timestamp": int(time.time()), "rank": os.environ.get("RANK"),
+                           "pid": os.getpid()}, file)
+        except OSError:
+            pass  # the launcher still says the process lost its peers, without the detail
+
+
+def run_torchrun(launcher: Launcher, module: str, arguments: list[str], hint: str = "") -> None:
     """Start the run's processes with PyTorch's launcher (what the torchrun command calls) and wait.
 
-    A process killed or failing without its own message becomes one ProcessStopped line naming it;
-    processes that reported their own error (exit status 1) leave the talking to it; Ctrl-C or
-    SIGTERM to this process stops them all and raises KeyboardInterrupt."""
+    A process killed or failing without its own message, the loss of another machine (its
+    processes' connections broken, or no answer within BETAVAE_PEER_TIMEOUT seconds) and nodes that
+    never meet become one ProcessStopped line saying which, ending with hint; processes that reported
+    their own error (exit status 1) leave the talking to it; Ctrl-C or SIGTERM to this process stops
+    them all and raises KeyboardInterrupt. When this machine's processes have stopped for a lost peer
+    and torchrun's agent cannot reach the rendezvous to end the run (a cut network), the line is said
+    AGENT_GRACE_S later and this process ends."""
     import logging
+    import tempfile
 
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousError, RendezvousTimeoutError
 
-    args = torchrun.parse_args([*launcher.torchrun_arguments(dict(os.environ)), "-m", module, *arguments])
+    environ = dict(os.environ)
+    if hint and launcher.meeting(environ) is not None:
+        hint = f"{hint}, on every machine of the run"
+    args = torchrun.parse_args([*launcher.torchrun_arguments(environ), "-m", module, *arguments])
     # torchrun logs a summary per failed process; the one line below says what happened instead.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
-    try:
-        torchrun.run(args)
-    except ChildFailedError as error:
-        raise _stopped(error.failures, launcher.world_size) from None
-    except SignalException:
-        raise KeyboardInterrupt from None
+    with tempfile.TemporaryDirectory(prefix="betavae-torchrun-") as scratch:
+        args.log_dir = args.log_dir or scratch
+        watchdog = _Watchdog(Path(args.log_dir), module.rsplit(".", 1)[-1], launcher.world_size, hint)
+        if not args.max_restarts:  # a restart stops and starts the processes again: the agent is not stuck
+            watchdog.start()
+        try:
+            torchrun.run(args)
+        except ChildFailedError as error:
+            raise stop_reason(error.failures, launcher.world_size, hint) from None
+        except SignalException:
+            raise KeyboardInterrupt from None
+        except RendezvousTimeoutError:
+            raise ProcessStopped(_unmet(launcher, environ) + _then(hint)) from None
+        except (RendezvousError, _dist_error()) as error:
+            place = dict(launcher.torchrun).get("rdzv-endpoint") or dict(launcher.torchrun).get("master-addr")
+            raise ProcessStopped(f"the rendezvous at {expand(place or 'localhost', environ)} failed: "
+                                 f"{_cause(error)}{_then(hint)}") from None
+        finally:
+            watchdog.stop.set()
 
 
-def _stopped(failures: dict, size: int | None) -> BaseException:
-    """The cause among the failed processes: one killed by a signal other than the SIGTERM with which
-    torchrun stops the rest, or that exited with a status other than an error it reported itself (1)
-    or the loss of a peer."""
+def _dist_error() -> type:
+    import torch.distributed
+
+    return torch.distributed.DistError
+
+
+def _cause(error: BaseException) -> str:
+    """The innermost message of an exception chain, the one that says what failed."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text[:200]
+
+
+def _then(hint: str) -> str:
+    return f"; {hint}" if hint else ""
+
+
+def _unmet(launcher: Launcher, environ: dict[str, str]) -> str:
+    options = dict(launcher.torchrun)
+    nodes = expand(options.get("nnodes") or "1", environ)
+    conf = dict(pair.split("=", 1) for pair in (options.get("rdzv-conf") or "").split(",") if "=" in pair)
+    wait = conf.get("join_timeout", str(DEFAULT_JOIN_TIMEOUT_S))
+    place = options.get("rdzv-endpoint") or options.get("master-addr") or "localhost"
+    return (f"the {nodes} nodes did not all come to {expand(place, environ)} within {wait} s (--rdzv-conf "
+            "join_timeout): start the run on every machine, each able to reach that address")
+
+
+def stop_reason(failures: dict, size: int | None, hint: str = "") -> BaseException:
+    """The cause among this machine's failed processes: one killed by a signal other than the SIGTERM
+    with which torchrun stops the rest, or that exited with a status other than an error it reported
+    itself (1) or the loss of a peer; else the peer this machine lost; else (an error reported by
+    process 0 on another machine) a line pointing there."""
     causes = {rank: failure for rank, failure in failures.items() if failure.exitcode not in (1, PEER_LOST_STATUS)}
-    if not causes:
-        return SystemExit(1)  # the processes said what went wrong themselves
-    stopped_by_torchrun = -signal.SIGTERM
-    rank, failure = min(causes.items(), key=lambda item: (item[1].exitcode == stopped_by_torchrun, item[0]))
-    if failure.exitcode < 0:
-        how = f"was killed by {signal.Signals(-failure.exitcode).name}"
-    else:
-        how = f"exited with status {failure.exitcode}"
     of = f" of {size}" if size else ""
-    return ProcessStopped(f"process {rank}{of} (pid {failure.pid}) {how}; torchrun stopped the others")
+    if causes:
+        stopped_by_torchrun = -signal.SIGTERM
+        rank, failure = min(causes.items(), key=lambda item: (item[1].exitcode == stopped_by_torchrun, item[0]))
+        if failure.exitcode < 0:
+            how = f"was killed by {signal.Signals(-failure.exitcode).name}"
+        else:
+            how = f"exited with status {failure.exitcode}"
+        return ProcessStopped(f"process {rank}{of} (pid {failure.pid}) {how}; torchrun stopped the others{_then(hint)}")
+    lost = {rank: failure for rank, failure in failures.items() if failure.exitcode == PEER_LOST_STATUS}
+    if lost and not any(failure.exitcode == 1 for failure in failures.values()):
+        rank, failure = min(lost.items())
+        return ProcessStopped(f"process {rank}{of} (pid {failure.pid}) on this machine {lost_peer(failure.message)}; "
+                              f"torchrun stopped this machine's processes{_then(hint)}")
+    if 0 not in failures:
+        rank = min(failures)
+        return ProcessStopped(f"process {rank}{of} stopped with an error, which process 0 reports on its machine"
+                              f"{_then(hint)}")
+    return SystemExit(1)  # the processes said what went wrong themselves
+
+
+def lost_peer(message: object) -> str:
+    """What a process's transport error says was lost, in words: "lost its connection to 10.0.0.2
+    (Connection reset by peer)", or "heard nothing from the other processes for 20 s (...)"."""
+    text = re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", message if isinstance(message, str) else "")
+    waited = re.search(r"Timed out waiting (\d+)ms", text)
+    if waited:
+        return (f"heard nothing from the other processes for {int(waited[1]) // 1000} s ({PEER_TIMEOUT_VARIABLE}): "
+                "another machine stopped or the network to it failed")
+    peer = re.search(r"\[([0-9A-Fa-f.:]+)\]:\d+", text)
+    reason = re.search(r"(Connection (reset|closed|refused)[a-z ]*|Broken pipe|No route to host)", text)
+    if peer:
+        why = f" ({reason[1].strip()})" if reason else ""
+        return f"lost its connection to {peer[1]}{why}: that machine's processes stopped or the network to it failed"
+    detail = f" ({text[:120]})" if text else ""
+    return f"lost the other processes{detail}: another machine stopped or the network to it failed"
+
+
+class _Watchdog:
+    """Ends this process with the one line once every process torchrun started here has stopped after
+    losing its peers and torchrun's agent, waiting on a rendezvous it cannot reach, has not ended
+    within AGENT_GRACE_S."""
+
+    def __init__(self, logs: Path, name: str, size: int | None, hint: str):
+        import threading
+
+        self.logs, self.name, self.size, self.hint = logs, name, size, hint
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="betavae-torchrun-watchdog", daemon=True)
+
+    def start(self) -> None:
+        if Path("/proc").is_dir():
+            self.thread.start()
+
+    def _watch(self) -> None:
+        import time
+
+        quiet_since = None
+        while not self.stop.wait(0.5):
+            if _children(os.getpid()) or not any(self.logs.rglob("error.json")):
+                quiet_since = None
+                continue
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since > AGENT_GRACE_S and not self.stop.is_set():
+                self._end()
+
+    def _end(self) -> None:
+        import json
+
+        from betavae import errors
+
+        reports = []
+        for path in sorted(self.logs.rglob("error.json")):
+            try:
+                report = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(report, dict) and isinstance(report.get("message"), str):
+                reports.append(report)
+        report = min(reports, key=lambda found: str(found.get("rank")), default={})
+        of = f" of {self.size}" if self.size else ""
+        who = f"process {report.get('rank')}{of} (pid {report.get('pid')})" if report else f"a process{of}"
+        errors.tell(errors.line(self.name, f"{who} on this machine {lost_peer(report.get('message'))}; torchrun "
+                                           f"stopped this machine's processes{_then(self.hint)}"))
+        os._exit(1)
+
+
+def _children(pid: int) -> list[int]:
+    """The running processes whose parent is pid (torchrun's agent starts each worker as a child of this
+    process); a worker that ended and that the agent, stuck, has not reaped (a zombie) does not count."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, parent = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == str(pid) and state != "Z":
+            found.append(int(stat.parent.name))
+    return found

@@ -1,17 +1,18 @@
 """models/model.pt, the deliverable, as a typed record that writes and reads it; and the one safe way
 this project reads any torch file (the model, and the training state of betavae/training/resume.py).
 
-A model file holds (format 3):
+A model file holds (format 4):
     format, architecture    what kind of file and network it is (checked on reading)
     model_config            the network's shape (latent_dim, dropout)
     params                  the training params that produced it (params.yaml's train keys)
     epoch, selection        the epoch it is from, and the validation metric that chose it
     latent_kl               the validation KL of each latent dimension at that epoch
-    provenance              where it was trained: torch version, device, precision, processes, step
+    provenance              where it was trained: torch version, device, precision, processes, step,
+                            and the code: a SHA-256 of each module training ran (code_dependencies)
     model                   the weights
-It loads with torch.load(weights_only=True) alone. Files of format 2 (before the selection and the
-provenance; the committed reference run's until it was rewritten) still load: their selection is
-the validation loss, and params they lack read as the schema's defaults, which is how they trained.
+It loads with torch.load(weights_only=True) alone. Older files still load: format 3's provenance
+names no code; format 2 (before the selection and the provenance) has the validation loss as its
+selection, and params it lacks read as the schema's defaults, which is how such files trained.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from betavae.errors import BetaVAEError, one_line
 from betavae.pipeline import atomic, dotted
 from betavae.pipeline.params import Params, ParamsError, parse_params
 
-MODEL_FORMAT = "betavae-model/3"  # 3: the selection metric and the provenance
-OLDER_FORMATS = ("betavae-model/2",)  # still read
+MODEL_FORMAT = "betavae-model/4"  # 4: the provenance names the training code; 3: the selection and provenance
+OLDER_FORMATS = ("betavae-model/3", "betavae-model/2")  # still read
 MAX_TORCH_BYTES = 2**30  # the spec's model is 4 MB, its training state (with AdamW's moments) 13 MB
 
 
@@ -52,6 +53,9 @@ class Provenance:
     precision: str  # fp32, or bf16 autocast
     processes: int  # data-parallel processes
     step: str  # how the training step ran: eager, or cuda-graph (betavae/training/step.py)
+    # {module path: SHA-256 of its source} of the code training ran (code_dependencies.code_fingerprint);
+    # None in files written before format 4
+    code: dict[str, str] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,11 +102,14 @@ class ModelFile:
             params = parse_params(dotted.nest({**dotted.flatten(defaults), **given}), "its params")
         except ParamsError as error:
             raise ValueError(str(error)) from None
-        if record["format"] in OLDER_FORMATS:
+        if record["format"] == "betavae-model/2":
             selection, provenance = Selection("loss", float(record["val_loss"])), None
         else:
             selection = Selection(str(record["selection"]["metric"]), float(record["selection"]["value"]))
             provenance = None if record["provenance"] is None else Provenance(**record["provenance"])
+            if provenance is not None and provenance.code is not None:
+                provenance = dataclasses.replace(provenance, code={str(name): str(digest) for name, digest
+                                                                   in provenance.code.items()})
         weights = record["model"]
         if not isinstance(weights, dict) or not all(torch.is_tensor(value) for value in weights.values()):
             raise ValueError("its weights are not a mapping of tensors")

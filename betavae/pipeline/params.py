@@ -151,8 +151,8 @@ def _one_of(key: str, choices: tuple[str, ...]):
     return key, lambda p: p.get(key) in choices, f"must be one of {', '.join(choices)}"
 
 
-# (key, predicate, what the value must be): checked after the types, in this order.
-_RULES: list[tuple[str, typing.Callable[[Params], bool], str | typing.Callable[[Params], str]]] = [
+# (key, predicate, what the value must be[, what to set to fix it]): checked after the types, in this order.
+_RULES: list[tuple] = [
     _between("seed", 0, MAX_SEED, " (a 64-bit seed)"),
     _between("epochs", 1, MAX_EPOCHS),
     ("beta", lambda p: p.beta >= 0, "must be >= 0"),
@@ -160,7 +160,8 @@ _RULES: list[tuple[str, typing.Callable[[Params], bool], str | typing.Callable[[
     _between("z_dim", 1, MAX_LATENT_DIM),
     ("base_lr", lambda p: p.base_lr > 0, "must be > 0"),
     ("max_lr", lambda p: p.max_lr > 0, "must be > 0"),
-    ("base_lr", lambda p: p.base_lr <= p.max_lr, "must be <= max_lr"),
+    ("base_lr", lambda p: p.base_lr <= p.max_lr, lambda p: f"must be <= max_lr ({p.max_lr!r})",
+     lambda p: f"set it to at most {p.max_lr!r} (-S base_lr={p.max_lr!r}), or max_lr to at least {p.base_lr!r}"),
     ("batch_size", lambda p: p.batch_size >= 1, "must be >= 1"),
     _between("warmup_epochs", 0, MAX_EPOCHS),
     _between("kl_anneal_epochs", 0, MAX_EPOCHS),
@@ -170,12 +171,17 @@ _RULES: list[tuple[str, typing.Callable[[Params], bool], str | typing.Callable[[
     _between("augment.rotation", 0, 180, " degrees"),
     ("augment.translate", lambda p: 0 <= p.augment.translate < 1, "must be in [0, 1)"),
     _one_of("augment.interpolation", INTERPOLATIONS),
-    ("data.limit", lambda p: 0 <= p.data.limit <= MNIST_TRAIN_IMAGES,
-     f"must be 0 (all) or in [1, {MNIST_TRAIN_IMAGES}]"),
+    ("data.limit", lambda p: p.data.limit == 0 or 2 <= p.data.limit <= MNIST_TRAIN_IMAGES,
+     f"must be 0 (all) or in [2, {MNIST_TRAIN_IMAGES}] (an image to train on, one to validate on)"),
     ("data.val_size", lambda p: 1 <= p.data.val_size < p.pool_images,
-     "must be >= 1 and smaller than the training images (60000, or data.limit)"),
+     lambda p: f"must be >= 1 and smaller than {_pool(p)}",
+     lambda p: f"set it between 1 and {p.pool_images - 1}, e.g. -S data.val_size={(p.pool_images + 7) // 8}"),
     ("batch_size", lambda p: p.batch_size <= p.train_images,
-     "must not exceed the training images left after data.val_size"),
+     lambda p: f"must not exceed the {p.train_images} training images, {_pool(p)} less data.val_size "
+               f"({p.data.val_size})",
+     lambda p: f"set it to at most {p.train_images}, e.g. -S batch_size={2 ** (p.train_images.bit_length() - 1)}"
+               + (f", or data.val_size to at most {p.pool_images - p.batch_size}" if p.pool_images > p.batch_size
+                  else "")),
     _one_of("data.binarize", BINARIZATIONS),
     _one_of("select.metric", SELECTION_METRICS),
     _between("select.samples", 1, MAX_IW_SAMPLES),
@@ -187,8 +193,14 @@ _RULES: list[tuple[str, typing.Callable[[Params], bool], str | typing.Callable[[
     _one_of("precision", PRECISIONS),
     ("launcher", lambda p: _launcher_problem(p.launcher) is None, lambda p: _launcher_problem(p.launcher)),
     ("batch_size", lambda p: p.world_size is None or p.batch_size % p.world_size == 0,
-     lambda p: f"must be divisible by the {p.world_size} processes the launcher starts"),
+     lambda p: f"must be divisible by the {p.world_size} processes the launcher starts",
+     lambda p: f"set it to a multiple of {p.world_size}, e.g. -S batch_size="
+               f"{max(p.world_size, p.batch_size - p.batch_size % p.world_size)}"),
 ]
+
+
+def _pool(p: Params) -> str:  # what the validation images are held out of
+    return f"data.limit ({p.data.limit})" if p.data.limit else f"MNIST's {MNIST_TRAIN_IMAGES} training images"
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
@@ -205,10 +217,11 @@ def parse_params(raw: object, source: str = "params") -> Params:
         raise ParamsError(f"{source}: the file is empty; it must set the pipeline's parameters "
                           "(the committed params.yaml lists them all)")
     params = typed.build(Params, raw, source, ParamsError)
-    for key, holds, requirement in _RULES:
+    for key, holds, requirement, *fix in _RULES:  # fix: what to set to what, for a rule between keys
         if not holds(params):
             requirement = requirement(params) if callable(requirement) else requirement
-            raise ParamsError(f"{source}: {key} {requirement} (got {typed.short(params.get(key))})")
+            raise ParamsError(f"{source}: {key} {requirement} (got {typed.short(params.get(key))})"
+                              + "".join(f": {advice(params)}" for advice in fix))
     return params
 
 

@@ -8,10 +8,14 @@ import ctypes
 import dataclasses
 import os
 import platform
+import resource
+import typing
+from pathlib import Path, PurePosixPath
 
 import torch
 from torch import nn
 
+from betavae import errors
 from betavae.errors import BetaVAEError
 
 GIB = 1024**3
@@ -53,16 +57,31 @@ def resolve(device: str, precision: str, channels_last: bool, compile: bool = Fa
                    channels_last=channels_last, compile=compile)
 
 
-def resolve_device(name: str) -> torch.device:
-    """auto (CUDA when present, else the CPU), cpu or cuda: the device param's choices."""
+class DeviceSetting(typing.NamedTuple):
+    """How a caller's user chooses the device, so that a refusal names the setting as they write it."""
+
+    spelling: str  # the setting, {} for the value
+    where: str = ""  # where it is set, if the spelling does not say
+
+
+PARAMS_DEVICE = DeviceSetting("device: {}", " in params.yaml")  # the stages
+COMMAND_LINE_DEVICE = DeviceSetting("--device {}")  # the `betavae` command
+API_DEVICE = DeviceSetting('device="{}"')  # betavae.uses.api.load
+
+
+def resolve_device(name: str, setting: DeviceSetting = PARAMS_DEVICE) -> torch.device:
+    """auto (CUDA when present, else the CPU), cpu or cuda: the device param's choices; a refusal names
+    the setting as `setting` spells it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    spelled = setting.spelling.format
     if name == "cuda" and not torch.cuda.is_available():
-        raise DeviceError("device: cuda was requested, but CUDA is not available on this machine "
-                          "(use device: auto or cpu)")
+        raise DeviceError(f"{spelled('cuda')} was requested, but CUDA is not available on this machine "
+                          f"(use {spelled('auto')} or {spelled('cpu')}{setting.where})")
     if name in ("cpu", "cuda"):
         return torch.device(name)
-    raise DeviceError(f"device {name!r} is not one this project runs on")
+    raise DeviceError(f"{spelled(name)} is not a device this project runs on (use {spelled('auto')}, "
+                      f"{spelled('cpu')} or {spelled('cuda')}{setting.where})")
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -111,26 +130,135 @@ def compiled(function):
 
 
 def check_memory(needed_bytes: int, what: str, device: torch.device) -> None:
-    """Refuse, before allocating, a run whose estimated need exceeds the device's free memory."""
-    available = available_memory(device)
-    if available is not None and needed_bytes > available:
+    """Refuse, before allocating, a run whose estimated need exceeds the memory this process can still
+    have on the device, under every limit that applies to it (memory_limits); `what` names the
+    settings that ask for it, and an allocation that fails anyway is reported as theirs too
+    (betavae.errors.out_of_memory)."""
+    errors.memory_asked_by(what)
+    limits = memory_limits(device)
+    if not limits:
+        return
+    tightest = min(limits, key=lambda limit: limit.available)
+    if needed_bytes > tightest.available:
         raise DeviceError(f"{what} needs about {needed_bytes / GIB:.1f} GiB of memory, more than the "
-                          f"{available / GIB:.1f} GiB free on {device.type}")
+                          f"{max(tightest.available, 0) / GIB:.1f} GiB free on {device.type}{tightest.where}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryLimit:
+    """Bytes this process can still allocate under one limit, and which limit, as a message says it."""
+
+    available: int
+    where: str  # "" for the device's free memory, else the limit: " under this process's ..."
 
 
 def available_memory(device: torch.device) -> int | None:
-    """Free bytes on the device, or None where it cannot be told."""
+    """Bytes this process can still allocate on the device under every limit, or None where none can be told."""
+    limits = memory_limits(device)
+    return min(limit.available for limit in limits) if limits else None
+
+
+def memory_limits(device: torch.device, proc: Path = Path("/proc"), cgroup: Path = Path("/sys/fs/cgroup"),
+                  rlimit: typing.Callable[[int], tuple[int, int]] = resource.getrlimit) -> list[MemoryLimit]:
+    """Every limit on what this process can still allocate on the device: on CUDA the GPU's free
+    memory; on the CPU the machine's (MemAvailable), the process's own address-space and data-size
+    limits (`ulimit -v`, `ulimit -d`, less what it already maps), and the memory limit of its control
+    group and of each group above it (cgroup v2 memory.max less memory.current, v1
+    memory.limit_in_bytes less memory.usage_in_bytes, the page cache it could drop not counted as
+    used). proc and cgroup are where /proc and /sys/fs/cgroup are read (tests give others)."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        return [MemoryLimit(torch.cuda.mem_get_info(device)[0], "")]
+    found = [*_machine_memory(proc), *_process_limits(proc, rlimit)]
+    for hierarchy, path in _cgroups(proc):
+        if hierarchy == "v2":
+            for base in (cgroup, cgroup / "unified"):
+                found += _cgroup_limits(base, path, "memory.max", "memory.current", "inactive_file")
+        else:
+            found += _cgroup_limits(cgroup / "memory", path, "memory.limit_in_bytes", "memory.usage_in_bytes",
+                                    "total_inactive_file")
+    return found
+
+
+def _machine_memory(proc: Path) -> list[MemoryLimit]:
+    available = _fields(proc / "meminfo").get("MemAvailable")
+    if available is None:
+        pages, size = os.sysconf_names.get("SC_AVPHYS_PAGES"), os.sysconf_names.get("SC_PAGE_SIZE")
+        available = os.sysconf(pages) * os.sysconf(size) if pages and size else None
+    return [] if available is None else [MemoryLimit(available, "")]
+
+
+def _process_limits(proc: Path, rlimit) -> list[MemoryLimit]:
+    status = _fields(proc / "self" / "status")
+    found = []
+    for limit, used, name in ((resource.RLIMIT_AS, "VmSize", "address-space limit (`ulimit -v`)"),
+                              (resource.RLIMIT_DATA, "VmData", "data-size limit (`ulimit -d`)")):
+        soft = rlimit(limit)[0]
+        if soft != resource.RLIM_INFINITY and used in status:
+            found.append(MemoryLimit(soft - status[used], f" under this process's {name} of {soft / GIB:.1f} GiB"))
+    return found
+
+
+def _fields(path: Path) -> dict[str, int]:
+    """A /proc file of `Name: value kB` lines as {name: bytes}; {} where it cannot be read."""
+    found = {}
     try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+        text = path.read_text()
     except OSError:
-        pass
-    pages, size = os.sysconf_names.get("SC_AVPHYS_PAGES"), os.sysconf_names.get("SC_PAGE_SIZE")
-    return os.sysconf(pages) * os.sysconf(size) if pages and size else None
+        return found
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        words = value.split()
+        if len(words) == 2 and words[0].isdecimal() and words[1] == "kB":
+            found[name] = int(words[0]) * 1024
+    return found
+
+
+def _cgroups(proc: Path) -> list[tuple[str, str]]:
+    """("v2", path) and ("v1", path) of this process's control groups that can hold a memory limit."""
+    try:
+        lines = (proc / "self" / "cgroup").read_text().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) == 3 and parts[1] == "":
+            found.append(("v2", parts[2]))
+        elif len(parts) == 3 and "memory" in parts[1].split(","):
+            found.append(("v1", parts[2]))
+    return found
+
+
+_V1_UNLIMITED = 2**62  # cgroup v1 writes "no limit" as the largest page-aligned 63-bit number
+
+
+def _cgroup_limits(base: Path, path: str, limit_file: str, usage_file: str, cache_key: str) -> list[MemoryLimit]:
+    """The limit of the group at path under base and of every group above it. Inside a cgroup namespace,
+    or a container that mounts only its own group, base itself is the process's group."""
+    relative = PurePosixPath(path.lstrip("/"))
+    found = []
+    for directory in dict.fromkeys([relative, *relative.parents]):
+        group = base / directory
+        try:
+            text = (group / limit_file).read_text().strip()
+            limit = None if text == "max" else int(text)
+            used = int((group / usage_file).read_text())
+        except (OSError, ValueError):
+            continue
+        if limit is None or limit >= _V1_UNLIMITED:
+            continue
+        cache = _stat(group / "memory.stat").get(cache_key, 0)
+        found.append(MemoryLimit(limit - (used - min(cache, used)),
+                                 f" under its control group's limit of {limit / GIB:.1f} GiB ({group / limit_file})"))
+    return found
+
+
+def _stat(path: Path) -> dict[str, int]:
+    try:
+        words = [line.split() for line in path.read_text().splitlines()]
+    except OSError:
+        return {}
+    return {pair[0]: int(pair[1]) for pair in words if len(pair) == 2 and pair[1].isdecimal()}
 
 
 # glibc's mallopt parameters (malloc.h)

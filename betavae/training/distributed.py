@@ -11,7 +11,13 @@ processes:
   summed across processes once per epoch; a non-finite loss on any process stops all of them at
   the end of that epoch;
 - process 0 alone validates and writes (checkpoints, DVCLive logs, snapshots, the model); a DDP
-  forward is a collective, so it validates the unwrapped model;
+  forward is a collective, so it validates the unwrapped model. On several machines, each with its
+  own disk, every process resumes process 0's checkpoint (`from_main`), and each machine's first
+  process writes the finished model and logs too, so that every machine's DVC run has its outputs;
+- every process checks at the start that it trains the same params with the same code as process 0
+  (`check_same_run`): several machines each run their own checkout;
+- a collective that waits longer than BETAVAE_PEER_TIMEOUT seconds for a peer (a machine gone, a
+  network cut) fails, and the run stops with one line naming it (betavae/pipeline/launch.py);
 - batch norm: SyncBatchNorm on CUDA (statistics over the whole global batch); under gloo on the
   CPU, where SyncBatchNorm does not run, each process normalises with its share's statistics and
   the running statistics of process 0 are kept (DDP copies them to the others at every step).
@@ -21,6 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
+import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +38,7 @@ import torch.distributed as dist
 from torch import nn
 
 from betavae.errors import RANK_VARIABLE, WORLD_SIZE_VARIABLE, BetaVAEError, environment_integer, one_line
+from betavae.pipeline import dotted, launch
 
 
 class OutOfSync(BetaVAEError, RuntimeError):
@@ -85,7 +95,8 @@ def world_from_environment() -> World:
 def join(world: World, device: torch.device) -> None:
     """Join the process group of a data-parallel run (nothing for one process)."""
     if world.size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        timeout = datetime.timedelta(seconds=launch.peer_timeout(dict(os.environ)))
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout)
 
 
 def leave(world: World) -> None:
@@ -133,6 +144,33 @@ def gather(value: Any, world: World) -> list:
     gathered = [None] * world.size
     dist.all_gather_object(gathered, value)
     return gathered
+
+
+def from_main(value: Any, world: World) -> Any:
+    """Process 0's value, on every process (the value the others pass is ignored)."""
+    if world.size == 1:
+        return value
+    box = [value if world.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def check_same_run(params: dict, code: dict, world: World) -> None:
+    """Every process must train process 0's params with process 0's code: on several machines each
+    runs its own checkout, and a difference would train a model that none of them describes."""
+    if world.size == 1:
+        return
+    with peers_watched(world):
+        found = gather((socket.gethostname(), params, code), world)
+    main_host, main_params, main_code = found[0]
+    for rank, (host, other_params, other_code) in enumerate(found[1:], start=1):
+        for what, differing in (("params", dotted.differing(main_params, other_params)),
+                                ("code", sorted(name for name in main_code.keys() | other_code.keys()
+                                                if main_code.get(name) != other_code.get(name)))):
+            if differing:
+                raise OutOfSync(f"process {rank} (on {host}) trains with other {what} than process 0 (on "
+                                f"{main_host}): {', '.join(differing[:5])} differ; every machine needs the same "
+                                "commit and params.yaml")
 
 
 def check_in_sync(model: nn.Module, world: World) -> None:

@@ -19,6 +19,7 @@ leaves every committed output as it was.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -27,12 +28,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from betavae.compat.code_dependencies import code_fingerprint
 from betavae.core import grids, metrics, schedules
 from betavae.core.data import INFERENCE_BATCH, Split, load_train_val, ordered_batches, to_float
 from betavae.core.footprint import training_memory_bytes
 from betavae.core.model import ConvVAE, ModelConfig
 from betavae.core.objective import beta_weighted, kl_per_dimension, reconstruction_per_image
-from betavae.errors import BetaVAEError
+from betavae.errors import BetaVAEError, os_reason
 from betavae.pipeline import atomic, modelfile
 from betavae.pipeline.params import Params
 from betavae.speed import runtime
@@ -56,19 +58,43 @@ def train(params: Params, data_dir: Path, outputs: Outputs, resume_mode: str = "
     trainer = prepare(params, data_dir, world)
     quiet_unless_main = log if world.is_main else _quiet
     try:
-        progress = resume.restore(trainer, outputs.checkpoint, resume_mode, quiet_unless_main)
-        step = make_step(trainer, quiet_unless_main)
         with distributed.peers_watched(world):
+            progress = resume.restore(trainer, outputs.checkpoint, resume_mode, quiet_unless_main)
+            step = make_step(trainer, quiet_unless_main)
             _run_epochs(trainer, step, progress, outputs, between_epochs, quiet_unless_main)
             distributed.check_in_sync(trainer.model, world)
-        if world.is_main:
-            with atomic.Together() as finished:
-                finished.bytes(outputs.model, _model_file(trainer, step, progress).to_bytes())
-                finished.directory(outputs.live_dir, resume.live_directory(outputs))
+            model_bytes = _model_file(trainer, step, progress).to_bytes() if world.is_main else None
+            if world.is_main:
+                with atomic.Together() as finished:
+                    finished.bytes(outputs.model, model_bytes)
+                    finished.directory(outputs.live_dir, resume.live_directory(outputs))
+            _write_on_every_machine(outputs, model_bytes, world)
+        if world.local_rank == 0:
             resume.discard(outputs)  # finished: a later run starts afresh (resume.py)
     finally:
         distributed.leave(world)
     return progress
+
+
+def _write_on_every_machine(outputs: Outputs, model_bytes: bytes | None, world: distributed.World) -> None:
+    """Process 0's model and logs, written by the first process of every other machine too, so that
+    each machine's DVC run has its outputs; a machine that shares process 0's disk already has them."""
+    if world.size == 1:
+        return
+    files = {path.relative_to(outputs.live_dir).as_posix(): path.read_bytes()
+             for path in sorted(outputs.live_dir.rglob("*")) if path.is_file()} if world.is_main else None
+    model_bytes, files = distributed.from_main((model_bytes, files), world)  # after process 0 has written
+    if world.is_main or world.local_rank != 0:
+        return
+    if outputs.model.is_file() and outputs.model.read_bytes() == model_bytes:
+        return
+    staged = resume.live_directory(outputs)
+    atomic.remove_directory(staged)
+    for name, data in files.items():
+        atomic.write_bytes(staged / name, data)
+    with atomic.Together() as finished:
+        finished.bytes(outputs.model, model_bytes)
+        finished.directory(outputs.live_dir, staged)
 
 
 def make_step(trainer: Trainer, log: Callable[[str], None] = print) -> Step:
@@ -102,6 +128,7 @@ def prepare(params: Params, data_dir: Path, world: distributed.World) -> Trainer
                          f"training with z_dim {params.z_dim}, batch_size {params.batch_size} and train_samples "
                          f"{params.train_samples}", compute.device)
     distributed.join(world, compute.device)
+    distributed.check_same_run(params.training(), code_fingerprint(), world)
     runtime.make_deterministic(distributed.rank_seed(params.seed, world.rank), compute.device)
     train_split, val_split = load_train_val(data_dir, params.seed, params.data.limit, params.data.val_size,
                                            params.data.binarize)
@@ -121,7 +148,8 @@ def prepare(params: Params, data_dir: Path, world: distributed.World) -> Trainer
 def _run_epochs(trainer: Trainer, step: Step, progress: Progress, outputs: Outputs,
                 between_epochs: Callable[[], None], log: Callable[[str], None]) -> None:
     params, steps = trainer.params, trainer.steps_per_epoch
-    live = _open_live(resume.live_directory(outputs), progress, params.select.metric) if trainer.world.is_main else None
+    live = (TrainingLog(resume.live_directory(outputs), progress, params.select.metric)
+            if trainer.world.is_main else None)
     bar = tqdm(total=params.epochs * steps, initial=progress.epochs_done * steps, unit="step",
                dynamic_ncols=True, mininterval=1.0, disable=not trainer.world.is_main)
     try:
@@ -140,8 +168,8 @@ def _run_epochs(trainer: Trainer, step: Step, progress: Progress, outputs: Outpu
                 bar.set_postfix(epoch=epoch, val=f"{epoch_log[f'val/{params.select.metric}']:.2f}", refresh=False)
     finally:
         bar.close()
-        if live is not None:
-            live.end()
+    if live is not None:  # not after a failure: each epoch's log is complete when it is written
+        live.end()
     if stopping_early(params, progress) and progress.epochs_done < params.epochs:
         log(f"stopped early after epoch {progress.epochs_done}: no better validation {params.select.metric} "
             f"in the {params.select.patience} epochs since epoch {progress.best.epoch}")
@@ -212,7 +240,7 @@ def _epoch_log(trainer: Trainer, epoch: int, train_metrics: dict, started: float
     val_metrics, latent_kl = validate(trainer.model, trainer.val, params.beta, trainer.compute)
     if params.select.metric == "nll":
         val_metrics["nll"] = validation_nll(trainer, epoch)
-    last_step = epoch - 1 / trainer.steps_per_epoch  # the schedules' position at the epoch's last step
+    last_step = schedules.last_step(epoch, trainer.steps_per_epoch)
     epoch_log = {
         "epoch": epoch,
         **{f"train/{key}": value for key, value in train_metrics.items()},
@@ -224,7 +252,8 @@ def _epoch_log(trainer: Trainer, epoch: int, train_metrics: dict, started: float
     return epoch_log, latent_kl
 
 
-def _finish_epoch(trainer: Trainer, progress: Progress, epoch_log: dict, latent_kl: list[float], live) -> None:
+def _finish_epoch(trainer: Trainer, progress: Progress, epoch_log: dict, latent_kl: list[float],
+                  live: TrainingLog) -> None:
     epoch, metric = epoch_log["epoch"], trainer.params.select.metric
     progress.epochs_done = epoch
     progress.history.append(epoch_log)
@@ -234,7 +263,7 @@ def _finish_epoch(trainer: Trainer, progress: Progress, epoch_log: dict, latent_
     last = epoch == trainer.params.epochs or stopping_early(trainer.params, progress)
     if epoch % trainer.params.snapshot_every == 0 or last:
         progress.snapshots.update(_snapshots(trainer, epoch))
-    _log(live, progress, metric, upto=epoch)
+    live.write(progress, upto=epoch)
 
 
 @torch.no_grad()
@@ -248,14 +277,37 @@ def _snapshots(trainer: Trainer, epoch: int) -> dict[str, torch.Tensor]:
             f"reconstructions/{epoch}.png": grids.mosaic(grids.reconstructions(model, x))}
 
 
-def _open_live(live_dir: Path, progress: Progress, metric: str):
-    from dvclive import Live  # heavy import, and only training needs it
+class TrainingLog:
+    """The unfinished run's DVCLive log, beside the checkpoint: every write DVCLive makes is made through
+    here, and one that fails (a full disk, a quota, the file size limit) is an OutputError naming the
+    log, never a traceback from inside DVCLive. The committed model and logs are untouched: they are
+    replaced only when the run finishes (`train`), and a rerun resumes after the last epoch saved."""
 
-    # Metrics and plots are declared in dvc.yaml; DVC, not DVCLive, owns experiments.
-    live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
-    for epoch_log in progress.history:  # a resumed run rewrites the logs of the epochs it skips
-        _log(live, progress, metric, upto=epoch_log["epoch"])
-    return live
+    def __init__(self, directory: Path, progress: Progress, metric: str):
+        self.directory, self.metric = directory, metric
+        with self._writing():
+            from dvclive import Live  # heavy import, and only training needs it
+
+            # Metrics and plots are declared in dvc.yaml; DVC, not DVCLive, owns experiments.
+            self.live = Live(dir=str(directory), dvcyaml=False, save_dvc_exp=False, report=None)
+            for epoch_log in progress.history:  # a resumed run rewrites the logs of the epochs it skips
+                _log(self.live, progress, metric, upto=epoch_log["epoch"])
+
+    def write(self, progress: Progress, upto: int) -> None:
+        with self._writing():
+            _log(self.live, progress, self.metric, upto)
+
+    def end(self) -> None:
+        with self._writing():
+            self.live.end()
+
+    @contextlib.contextmanager
+    def _writing(self):
+        try:
+            yield
+        except OSError as error:
+            raise atomic.OutputError(f"cannot write the training log in {self.directory}: {os_reason(error)}; the "
+                                     "committed model and logs were left as they were") from None
 
 
 def _log(live, progress: Progress, metric: str, upto: int) -> None:
@@ -278,7 +330,8 @@ def _model_file(trainer: Trainer, step: Step, progress: Progress) -> modelfile.M
     best, compute = progress.best, trainer.compute
     provenance = modelfile.Provenance(torch=str(torch.__version__), device=compute.device.type,
                                       precision="fp32" if compute.autocast_dtype is None else "bf16",
-                                      processes=trainer.world.size, step="cuda-graph" if step.captured else "eager")
+                                      processes=trainer.world.size, step="cuda-graph" if step.captured else "eager",
+                                      code=code_fingerprint())
     return modelfile.ModelFile(trainer.model.config, trainer.params, best.epoch,
                                modelfile.Selection(trainer.params.select.metric, best.value), tuple(best.latent_kl),
                                provenance, best.weights)

@@ -10,9 +10,10 @@ the model architecture and the number of processes.
 
 When it is resumed. With resume mode "auto" (the default), a run continues after the last complete
 epoch of a checkpoint written by the same training params, code, architecture and number of
-processes. The whole state is checked by loading it into scratch copies before any of it is
-applied, so a resumed run trains exactly the epochs that are missing and ends with the same bytes
-as an uninterrupted run.
+processes; process 0 reads it and sends it to the others, so that on several machines, where only
+process 0's has the file, every process resumes the same state. The whole state is checked by loading
+it into scratch copies before any of it is applied, so a resumed run trains exactly the epochs that
+are missing and ends with the same bytes as an uninterrupted run.
 
 When it is refused or ignored. A checkpoint that differs in any of those, is damaged, or holds a
 state that does not load is refused: "auto" says why and starts fresh, exactly as if there were no
@@ -82,10 +83,15 @@ def restore(trainer: Trainer, path: Path, mode: str, log: Callable[[str], None])
     """The progress to continue from: the checkpoint's, applied to trainer, or none."""
     if mode not in MODES:
         raise ValueError(f"resume mode must be one of {MODES}, got {mode!r}")
-    if mode == "never" or (mode == "auto" and not path.exists()):
+    if mode == "never":
+        return Progress()
+    # Every process resumes process 0's checkpoint: on several machines, only process 0's has one.
+    state, problem = distributed.from_main(_read(path, mode) if trainer.world.is_main else None, trainer.world)
+    if state is None and problem is None:
         return Progress()
     try:
-        state = modelfile.read_torch_file(path, (FORMAT,))
+        if problem is not None:
+            raise modelfile.CheckpointError(problem)
         _check_same_run(state, trainer)
         progress = _check_state(state, trainer)
     except (BetaVAEError, KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
@@ -96,6 +102,17 @@ def restore(trainer: Trainer, path: Path, mode: str, log: Callable[[str], None])
     _apply(state, trainer)
     log(f"resuming from {path} after epoch {progress.epochs_done} of {trainer.params.epochs}")
     return progress
+
+
+def _read(path: Path, mode: str) -> tuple[dict | None, str | None]:
+    """(the state at path, None), (None, why it cannot be read), or (None, None) where there is none to
+    resume in mode auto."""
+    if mode == "auto" and not path.exists():
+        return None, None
+    try:
+        return modelfile.read_torch_file(path, (FORMAT,)), None
+    except BetaVAEError as error:
+        return None, one_line(error)
 
 
 def live_directory(outputs: Outputs) -> Path:

@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 
 from betavae.core import files, grids, idx
 from betavae.core.data import INFERENCE_BATCH
-from betavae.errors import BetaVAEError, one_line
+from betavae.errors import BetaVAEError, counted, one_line
 from betavae.pipeline.modelfile import ModelFile, load_model
 from betavae.pipeline.params import DEVICES, MAX_SEED
 from betavae.speed import runtime
@@ -87,7 +87,7 @@ class TrainedModel:
     def encode(self, images) -> tuple[torch.Tensor, torch.Tensor]:
         """images -> posterior mean and log-variance, each (N, Z), on the CPU."""
         batch = as_batch(images)
-        check_images_fit(len(batch), "encoding")
+        check_images_fit(len(batch), f"encoding {counted(len(batch), 'image')}")
         parts = [self.model.encode(x.to(self.device)) for x in batch.split(INFERENCE_BATCH)]
         return (torch.cat([mean for mean, _ in parts]).cpu(), torch.cat([logvar for _, logvar in parts]).cpu())
 
@@ -95,7 +95,7 @@ class TrainedModel:
     def decode(self, latents) -> torch.Tensor:
         """latents (N, Z) -> pixel probabilities (N, 1, 28, 28), on the CPU."""
         latents = self._latents(latents, "latents", (-1, self.latent_dim))
-        check_images_fit(len(latents), "decoding")
+        check_images_fit(len(latents), f"decoding {counted(len(latents), 'latent')}")
         return torch.cat([self.model.pixel_probabilities(z.to(self.device)).cpu()
                           for z in latents.split(INFERENCE_BATCH)])
 
@@ -124,7 +124,8 @@ class TrainedModel:
             raise LatentError(f"dimensions must be a non-empty list of integers in [0, {self.latent_dim}); got "
                               f"{dimensions!r}")
         values = self._latents(values, "values", (-1,))
-        check_images_fit(len(dimensions) * len(values), "the traversal")
+        images = len(dimensions) * len(values)
+        check_images_fit(images, f"a traversal of {counted(images, 'image')}")
         return grids.traversal(self.model, base.to(self.device), dimensions, values).cpu()
 
     def _latents(self, given, name: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -174,7 +175,7 @@ def load(path: str | Path, device: str = "auto") -> TrainedModel:
         raise ArgumentError(f"path must be the model file's path; got {_shown(path)}")
     if device not in DEVICES:
         raise ArgumentError(f"device must be one of {', '.join(DEVICES)}; got {_shown(device)}")
-    model, model_file = load_model(path, runtime.resolve_device(device))
+    model, model_file = load_model(path, runtime.resolve_device(device, runtime.API_DEVICE))
     return TrainedModel(model, model_file)
 
 

@@ -5,7 +5,7 @@
     betavae encode      --model models/model.pt --images data/mnist/t10k-images-idx3-ubyte --out latents.csv
     betavae traverse    --model models/model.pt --out traversal.png [--images digit.png --index 0]
     betavae digits      --images data/mnist/t10k-images-idx3-ubyte --first 8 --out-dir digits/
-    betavae check-params [--params params.yaml]
+    betavae check-params [--params params.yaml] [-S KEY=VALUE ...]
     betavae explore     [--port 8000] [--open]       the latent explorer page, on 127.0.0.1
 
 Every subcommand has --help. Every argument is bounded by what the code can do, and errors are one
@@ -21,12 +21,15 @@ from pathlib import Path
 
 from betavae import errors
 from betavae.errors import ArgumentParser, BetaVAEError, counted, integer_in, say
+from betavae.pipeline import pictures
 from betavae.pipeline.params import DEVICES, MAX_SEED, PARAMS_FILE
 
 PROGRAM = "betavae"
 DEFAULT_MODEL = Path("models/model.pt")
 DEFAULT_IMAGES = Path("data/mnist/t10k-images-idx3-ubyte")
 DEFAULT_PAGE = Path("reports/explorer")
+REPOSITORY_FILE = Path("dvc.yaml")  # in the directory the default paths are relative to: the repository's root
+LATENT_FORMATS = (".csv", ".npy")  # what `encode` writes
 DEFAULT_PORT = 8000
 MAX_GRID_IMAGES = 10_000  # a grid PNG beyond this is too large to look at
 MAX_DIGITS = 10_000  # PNG files `digits` writes at once
@@ -37,31 +40,35 @@ class UsageError(BetaVAEError):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    errors.run(lambda: args.command(args), PROGRAM)
+    def command() -> None:  # the command line is read inside errors.run, after the environment is checked
+        args = _parser().parse_args(argv)
+        args.command(args)
+
+    errors.run(command, PROGRAM)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog=PROGRAM, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog=PROGRAM, description=__doc__)
     commands = parser.add_subparsers(required=True, metavar="COMMAND", parser_class=ArgumentParser)
 
-    sample = _model_command(commands, "sample", _sample, "decode prior samples into a grid PNG")
+    picture_formats, figure_formats = tuple(pictures.PIXEL_FORMATS), pictures.FIGURE_FORMATS
+    sample = _model_command(commands, "sample", _sample, "decode prior samples into a grid PNG", picture_formats)
     sample.add_argument("-n", "--count", type=integer_in(1, MAX_GRID_IMAGES),
                         help=f"images, 1 to {MAX_GRID_IMAGES} (default: as many as reports/figures/samples.png)")
     sample.add_argument("--seed", type=integer_in(0, MAX_SEED), default=0,
                         help="seed of the prior draws (default: %(default)s)")
 
     reconstruct = _model_command(commands, "reconstruct", _reconstruct,
-                                 "a grid PNG: rows of images, each above their reconstructions")
+                                 "a grid PNG: rows of images, each above their reconstructions",
+                                 picture_formats)
     _images_argument(reconstruct, required=True)
 
     encode = _model_command(commands, "encode", _encode, "posterior mean and log-variance of each image, "
-                            "to .csv (a row per image) or .npy (float32, shape (N, 2, Z))")
+                            "to .csv (a row per image) or .npy (float32, shape (N, 2, Z))", LATENT_FORMATS)
     _images_argument(encode, required=True)
 
     traverse = _model_command(commands, "traverse", _traverse, "decodings as each of the most informative "
-                              "latent dimensions moves from -3 to +3, the others fixed")
+                              "latent dimensions moves from -3 to +3, the others fixed", figure_formats)
     _images_argument(traverse, required=False)
     traverse.add_argument("--index", type=integer_in(0, None), default=0,
                           help="which of --images to traverse around (default: 0; without --images, the prior mean)")
@@ -79,8 +86,11 @@ def _parser() -> argparse.ArgumentParser:
     digits.set_defaults(command=_digits)
 
     check = commands.add_parser("check-params", help="validate a params file without running anything",
-                                description="Validate a params file and print its warnings.")
-    check.add_argument("--params", type=Path, default=Path(PARAMS_FILE))
+                                description="Validate a params file and print its warnings; with -S, the params "
+                                            "that `dvc exp run -S KEY=VALUE ...` would run (the file is not changed).")
+    check.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help="the params file (default: %(default)s)")
+    check.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                       help="a value to check in place of the file's, as `dvc exp run -S` takes it (repeatable)")
     check.set_defaults(command=_check_params)
 
     explore = commands.add_parser("explore", help="serve the latent explorer page on 127.0.0.1",
@@ -94,11 +104,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_command(commands, name: str, function, summary: str) -> argparse.ArgumentParser:
+def _model_command(commands, name: str, function, summary: str, formats: tuple[str, ...]) -> argparse.ArgumentParser:
     parser = commands.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="trained model file (default: %(default)s)")
     parser.add_argument("--out", type=Path, required=True,
-                        help="output file, in the format its suffix names (.png, .jpg, ...; .csv or .npy for encode)")
+                        help=f"output file, in the format its suffix names: {', '.join(formats)}")
     parser.add_argument("--device", default="auto", choices=DEVICES,
                         help="auto (CUDA if present), cpu or cuda")
     parser.set_defaults(command=function)
@@ -112,10 +122,9 @@ def _images_argument(parser: argparse.ArgumentParser, required: bool) -> None:
 
 def _sample(args) -> None:
     from betavae.core import grids
-    from betavae.uses import api
 
     _check_out(args.out, "pixels")
-    _write_grid(args.out, api.load(args.model, args.device).sample(args.count or grids.SAMPLES, args.seed))
+    _write_grid(args.out, _load(args).sample(args.count or grids.SAMPLES, args.seed))
 
 
 def _reconstruct(args) -> None:
@@ -124,7 +133,7 @@ def _reconstruct(args) -> None:
 
     _check_out(args.out, "pixels")
     images = _read_images(args.images)
-    outputs = api.load(args.model, args.device).reconstruct(images)
+    outputs = _load(args).reconstruct(images)
     columns = min(grids.COLUMNS, len(images))
     _write_grid(args.out, grids.interleave_rows(api.as_batch(images), outputs, columns), columns)
 
@@ -138,10 +147,10 @@ def _encode(args) -> None:
     from betavae.pipeline import atomic
     from betavae.uses import api
 
-    if args.out.suffix.lower() not in (".csv", ".npy"):
-        raise UsageError(f"--out {args.out}: latents are written as .csv or .npy")
+    if args.out.suffix.lower() not in LATENT_FORMATS:
+        raise UsageError(f"--out {args.out}: latents are written as {' or '.join(LATENT_FORMATS)}")
     images = api.read_images(args.images)
-    mean, logvar = api.load(args.model, args.device).encode(images)
+    mean, logvar = _load(args).encode(images)
     if args.out.suffix.lower() == ".npy":
         buffer = io.BytesIO()
         np.save(buffer, torch.stack([mean, logvar], 1).numpy().astype(np.float32))
@@ -152,11 +161,11 @@ def _encode(args) -> None:
 
 
 def _traverse(args) -> None:
-    from betavae.pipeline import atomic, pictures
+    from betavae.pipeline import atomic
     from betavae.uses import api
 
     _check_out(args.out, "figures")
-    vae = api.load(args.model, args.device)
+    vae = _load(args)
     if args.rows is not None and args.rows > vae.latent_dim:
         raise UsageError(f"--rows {args.rows}: the model has {vae.latent_dim} latent dimensions")
     base, around = None, "the prior mean"
@@ -172,12 +181,12 @@ def _traverse(args) -> None:
 
 
 def _digits(args) -> None:
-    from betavae.pipeline import atomic, pictures
+    from betavae.pipeline import atomic
     from betavae.uses import api
 
     if args.out_dir.exists() and not args.out_dir.is_dir():
         raise UsageError(f"--out-dir {args.out_dir}: not a directory")
-    images = api.read_images([args.images])[:args.first]
+    images = api.read_images([_found(args.images, DEFAULT_IMAGES, "--images")])[:args.first]
     with atomic.Together() as outputs:  # every digit, or none when one cannot be written
         for index, image in enumerate(images):
             outputs.bytes(args.out_dir / f"digit-{index:04d}.png", pictures.pixels_bytes(image))
@@ -186,11 +195,23 @@ def _digits(args) -> None:
 
 def _check_params(args) -> None:
     from betavae.core import schedules
-    from betavae.pipeline.params import load_params
+    from betavae.pipeline import overrides, yamlfile
+    from betavae.pipeline.params import ParamsError, load_params
 
-    for warning in schedules.warnings(load_params(args.params)):
+    path = _found(args.params, Path(PARAMS_FILE), "--params")
+    params = load_params(path)  # the file itself first: a fault there is named as the file's
+    if args.overrides:
+        values = dict(overrides.assignment(text, f"-S {text}") for text in args.overrides)
+        given = {key: overrides.scalar(text, key, f"-S {key}={text}") for key, text in values.items()}
+        try:
+            raw = yamlfile.read(path)
+        except yamlfile.YamlError as error:
+            raise ParamsError(str(error)) from None
+        params = overrides.run_params(raw, given, f"{path} with {' '.join(f'-S {t}' for t in args.overrides)}")
+    for warning in schedules.warnings(params):
         say(f"{PROGRAM}: warning: {warning}")
-    say(f"{PROGRAM}: {args.params} is valid")
+    changed = f" with {', '.join(args.overrides)}" if args.overrides else ""
+    say(f"{PROGRAM}: {args.params}{changed} is valid")
 
 
 def _explore(args) -> None:
@@ -198,7 +219,7 @@ def _explore(args) -> None:
 
     from betavae.uses import explorer
 
-    running = explorer.server(args.dir, args.port)
+    running = explorer.server(_found(args.dir, DEFAULT_PAGE, "--dir"), args.port)
     say(f"{PROGRAM}: the explorer is at {explorer.url(running)} (Ctrl-C stops it)")
     if args.open:
         webbrowser.open(explorer.url(running))
@@ -208,6 +229,24 @@ def _explore(args) -> None:
         say(f"{PROGRAM}: explorer stopped")
     finally:
         running.server_close()
+
+
+def _load(args):
+    """The model of --model on --device; a device that cannot be used is refused as --device names it."""
+    from betavae.speed import runtime
+    from betavae.uses import api
+
+    runtime.resolve_device(args.device, runtime.COMMAND_LINE_DEVICE)
+    return api.load(_found(args.model, DEFAULT_MODEL, "--model"), args.device)
+
+
+def _found(path: Path, default: Path, option: str) -> Path:
+    """path; where it is the option's default (relative to the repository's root) and missing because
+    the current directory is not the repository's root, a UsageError that says so and what to do."""
+    if path == default and not path.exists() and not REPOSITORY_FILE.exists():
+        raise UsageError(f"{path}: not in the current directory ({Path.cwd()}); the default {option} is relative "
+                         f"to the repository's root: run {PROGRAM} there, or pass {option} PATH")
+    return path
 
 
 def _read_images(paths: list[Path]):
@@ -222,8 +261,6 @@ def _read_images(paths: list[Path]):
 def _check_out(path: Path, kind: str) -> None:
     """Refuse, before any work, an output name whose format cannot be written (pictures.check_name),
     or whose directory is a file; a missing directory is created when the file is written."""
-    from betavae.pipeline import pictures
-
     pictures.check_name(path, kind)
     for parent in path.parents:
         if parent.exists() and not parent.is_dir():
@@ -232,7 +269,7 @@ def _check_out(path: Path, kind: str) -> None:
 
 def _write_grid(path: Path, images, columns: int | None = None) -> None:
     from betavae.core import grids
-    from betavae.pipeline import atomic, pictures
+    from betavae.pipeline import atomic
 
     atomic.write_bytes(path, pictures.pixels_bytes(grids.mosaic(images, columns or grids.COLUMNS), path))
     say(f"{PROGRAM}: {counted(len(images), 'image')} written to {path}")

@@ -126,10 +126,12 @@ def _largest(onnx: np.ndarray, torch_value: torch.Tensor) -> float:
     return float(np.max(np.abs(onnx.astype(np.float64) - torch_value.double().numpy())))
 
 
-def explorer_page(trained: ModelFile, digits: Split, differences: dict[str, float]) -> dict:
+def explorer_page(trained: ModelFile, digits: Split, checked_images: int) -> dict:
     """What the page needs beside the graphs: the latent dimensions ordered by their validation KL
-    (the model file's), the first EXPLORER_DIGITS test digits (uint8, base64, row-major), and where
-    the model came from."""
+    (the model file's), the first EXPLORER_DIGITS test digits (uint8, base64, row-major), where the
+    model came from, and the check it passed: onnxruntime agreed with PyTorch within TOLERANCE on
+    checked_images test images. The differences measured are printed, not written: their last digits
+    depend on the CPU's vector width, and the page's bytes must be what the code writes anywhere."""
     kl = trained.latent_kl
     order = sorted(range(len(kl)), key=lambda dimension: (-kl[dimension], dimension))
     shown = digits.images[:EXPLORER_DIGITS].contiguous()
@@ -142,5 +144,5 @@ def explorer_page(trained: ModelFile, digits: Split, differences: dict[str, floa
                    "pixels": base64.b64encode(shown.numpy().tobytes()).decode("ascii"),
                    "labels": digits.labels[:EXPLORER_DIGITS].tolist()},
         "model": {"epoch": trained.epoch, "beta": trained.params.beta, "binarize": trained.params.data.binarize},
-        "check": {"tolerance": TOLERANCE, **{part: float(f"{value:.3g}") for part, value in differences.items()}},
+        "check": {"tolerance": TOLERANCE, "images": checked_images},
     }

@@ -44,7 +44,7 @@ lint: setup
 	actionlint .github/workflows/ci.yml
 
 test: lint
-	python -m pytest -m "not slow"
+	python -m pytest -m "not slow" -n auto --dist worksteal
 
 test-all: lint
 	python -m pytest -n auto --dist worksteal

@@ -11,7 +11,9 @@ writes
   --figure     KL (rate) against reconstruction (distortion), labelled by β; neg_elbo and nll
                against β; and what β does to the latent code: active units and the dimensions
                that hold 90% of the KL
-by default in out/, which git ignores: a committed report is only written when named.
+by default in out/, which git ignores: a committed report is only written when named. A figure
+compares one training budget: without --epochs, the runs of the length most of them have (the shorter
+on a tie) are kept and the others named.
 Only neg_elbo and nll compare across β; `loss` is each run's own β-weighted objective.
 """
 
@@ -38,9 +40,8 @@ CSV = tools.OUT_DIR / "rate_distortion.csv"
 FIGURE = tools.OUT_DIR / "rate_distortion.png"
 
 
-def collect(repo: str | None = None, num: int = 1, epochs: int | None = None) -> list[dict]:
-    """One dict per finished run with test metrics (of `epochs` epochs, if given): name, the
-    PARAMS and the test METRICS, sorted by β."""
+def collect(repo: str | None = None, num: int = 1) -> list[dict]:
+    """One dict per finished run with test metrics: name, the PARAMS and the test METRICS, sorted by β."""
     runs = []
     for row in table.exp_show(repo, num=num):
         # A failed run can still show the metrics files it found, from an earlier run: skip it.
@@ -53,9 +54,17 @@ def collect(repo: str | None = None, num: int = 1, epochs: int | None = None) ->
         run.update({key: int(run[key]) for key in INTEGERS if run[key] is not None})
         run = {"name": row.get("Experiment") or row.get("rev"), **run}
         # The same params and metrics at several commits (--num) are one run: keep the newest.
-        if (epochs is None or run["epochs"] == epochs) and not any(_same(run, kept) for kept in runs):
+        if not any(_same(run, kept) for kept in runs):
             runs.append(run)
     return sorted(runs, key=lambda run: (run["beta"], run["seed"], run["name"]))
+
+
+def one_budget(runs: list[dict], epochs: int | None) -> tuple[list[dict], list[dict]]:
+    """(the runs of `epochs` epochs, or of the length most runs have, the shorter on a tie; the others)."""
+    if epochs is None and runs:
+        lengths = [run["epochs"] for run in runs]
+        epochs = min(set(lengths), key=lambda length: (-lengths.count(length), length))
+    return ([run for run in runs if run["epochs"] == epochs], [run for run in runs if run["epochs"] != epochs])
 
 
 def _same(run: dict, other: dict) -> bool:
@@ -127,9 +136,12 @@ def _main() -> None:
     tools.require_repository(args.repo)
     if args.figure:
         pictures.check_name(args.figure, "figures")
-    runs = collect(args.repo, args.num, args.epochs)
+    runs, other_lengths = one_budget(collect(args.repo, args.num), args.epochs)
     if not runs:
-        raise BetaVAEError("no experiment with test metrics; run `dvc exp run` first")
+        raise BetaVAEError(f"no experiment of {args.epochs} epochs with test metrics; run `dvc exp run` first")
+    if other_lengths:
+        names = ", ".join(f"{run['name']} ({run['epochs']})" for run in other_lengths)
+        say(f"compare: runs of {runs[0]['epochs']} epochs; left out, of other lengths: {names} (--epochs picks one)")
     written = [args.csv]
     with atomic.Together() as outputs:  # the table and its figure: of the same runs
         outputs.text(args.csv, to_csv(runs))

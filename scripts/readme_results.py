@@ -121,9 +121,9 @@ def sweep_table(runs: list[dict]) -> str:
 
 def tests_text(times: dict) -> str:
     fast, full = times["fast"], times["full"]
-    return (f"`make test` (the fast tier, {fast['tests']} tests in this process) took {_duration(fast['seconds'])} "
-            f"and `make test-all` (all {full['tests']}, with DVC, git and torchrun runs, a worker per core) "
-            f"{_duration(full['seconds'])} "
+    return (f"`make test` (the fast tier, {fast['tests']} tests, none starting DVC or git) took "
+            f"{_duration(fast['seconds'])} and `make test-all` (all {full['tests']}, with DVC, git and torchrun "
+            f"runs) {_duration(full['seconds'])}, each with a pytest-xdist worker per core, "
             f"on {times['machine']}.")
 
 

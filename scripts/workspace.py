@@ -21,6 +21,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from betavae.compat.dvc_workspace import RECORD as FAILED_RUN_RECORD
 from betavae.errors import ArgumentParser, BetaVAEError, one_line, run, say
 from betavae.pipeline import yamlfile
 from betavae.pipeline.params import PARAMS_FILE, load_params
@@ -59,6 +60,7 @@ def reference(root: Path) -> None:
     if folders:
         _git(root, "clean", "-fdq", "--", *folders)
     _tool(root, "dvc", "checkout", "--quiet")
+    (root / FAILED_RUN_RECORD).unlink(missing_ok=True)  # what a failed run left is restored with the rest
     left = _tool(root, "dvc", "status", "--quiet", check=False)
     state = "; `dvc status` is clean" if left.returncode == 0 else "; `dvc status` still lists changes"
     say(f"reference: {PARAMS_FILE}, {DVC_LOCK} and {len(kept_in_git)} outputs are HEAD's{state}")

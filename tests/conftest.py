@@ -3,7 +3,8 @@ processes, and throwaway git + DVC copies of this repository on them. Every test
 needs from these, so each one runs alone.
 
 Two tiers (pyproject.toml): tests marked `slow` start DVC, git, torchrun or a stage as a process
-(`make test-all`); everything else runs in this process (`make test`)."""
+(`make test-all`); everything else runs in the test process (`make test`). Both tiers run a
+pytest-xdist worker per core."""
 
 from __future__ import annotations
 

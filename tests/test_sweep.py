@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from betavae.pipeline import yamlfile
-from scripts import sweep
+from scripts import compare, sweep
 
 GRID = ["--grid", "beta=0.5,2"]  # two runs: one for each of two machines
 
@@ -22,6 +22,16 @@ def test_shards_cover_the_grid_exactly_once_with_names_from_the_params():
     assert sorted(map(str, sum(shards, []))) == sorted(map(str, runs))
     assert sweep.run_name({"epochs": "10", "beta": "0.5"}) == "epochs-10_beta-0.5"
     assert sweep.run_name({"launcher": "torchrun --nproc-per-node 2"}) == "launcher-torchrun---nproc-per-node-2"
+
+
+def test_compare_draws_one_training_budget_and_names_the_runs_it_leaves_out():
+    def run(name: str, epochs: int) -> dict:
+        return {"name": name, "epochs": epochs}
+    smoke = [run("main", 120), run("exp-a", 2), run("exp-b", 2)]  # the reference and two smoke-sized runs
+    assert compare.one_budget(smoke, None) == ([run("exp-a", 2), run("exp-b", 2)], [run("main", 120)])
+    assert compare.one_budget(smoke, 120) == ([run("main", 120)], [run("exp-a", 2), run("exp-b", 2)])
+    assert compare.one_budget([run("main", 120), run("exp", 10)], None)[0] == [run("exp", 10)]  # a tie: the shorter
+    assert compare.one_budget([], None) == ([], [])
 
 
 @pytest.fixture

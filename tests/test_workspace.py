@@ -89,6 +89,55 @@ def test_a_stage_refuses_params_that_its_own_dvc_exp_run_did_not_set(tmp_path, m
             dvc_workspace.refuse_other_values()
 
 
+def _failed_run_in(repo, monkeypatch, command: list[str]) -> None:
+    """As DVC leaves a workspace after `command` failed: its baseline commit, and params.yaml holding
+    the workspace's own edit (epochs 2, as `make smoke` writes) and the failed run's -S (beta -1)."""
+    identity = ["-c", "user.name=t", "-c", "user.email=t@t"]
+    for git in (["init", "-q"], ["add", PARAMS_FILE], [*identity, "commit", "-qm", "p"]):
+        subprocess.run(["git", *git], cwd=repo, check=True, capture_output=True)
+    baseline = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    (repo / PARAMS_FILE).write_text("seed: 7\nbeta: -1\nepochs: 2\n")
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv(dvc_workspace.BASELINE_VARIABLE, baseline)
+    monkeypatch.setenv(dvc_workspace.ROOT_VARIABLE, str(repo))
+    monkeypatch.setattr(dvc_workspace, "_dvc_command", lambda: command)
+    dvc_workspace.after_failure()
+
+
+def test_a_failed_run_records_only_what_its_own_set_and_the_refusal_says_how_to_set_it_back(
+        tmp_path, monkeypatch, capsys):
+    (tmp_path / PARAMS_FILE).write_text("seed: 7\nbeta: 1.0\nepochs: 120\n")
+    _failed_run_in(tmp_path, monkeypatch, ["dvc", "exp", "run", "-S", "beta=-1"])
+    assert "keeps this failed experiment's values (beta)" in capsys.readouterr().err  # not the user's epochs: 2
+
+    monkeypatch.setattr(dvc_workspace, "_dvc_command", lambda: ["dvc", "exp", "run", "-S", "seed=8"])
+    with pytest.raises(ParamsError, match=r"still holds beta: -1 from a failed `dvc exp run`, not from this "
+                                          r"run's -S: set it again in this run \(-S beta=1\.0 is HEAD's\)"):
+        dvc_workspace.refuse_leftovers()
+
+    (tmp_path / PARAMS_FILE).write_text("seed: 7\nbeta: 2.0\nepochs: 2\n")  # -S beta=2.0: the smoke epochs stay
+    monkeypatch.setattr(dvc_workspace, "_dvc_command", lambda: ["dvc", "exp", "run", "-S", "beta=2.0"])
+    dvc_workspace.refuse_leftovers()
+    assert not (tmp_path / dvc_workspace.RECORD).exists()
+
+
+def test_the_same_failed_run_again_resumes_whatever_the_workspace_held_before(tmp_path, monkeypatch):
+    (tmp_path / PARAMS_FILE).write_text("seed: 7\nbeta: 1.0\nepochs: 120\n")
+    command = ["dvc", "exp", "run", "-S", "beta=-1"]
+    _failed_run_in(tmp_path, monkeypatch, command)
+    dvc_workspace.refuse_leftovers()  # the same command, with the smoke-sized epochs still in the workspace
+
+
+def test_a_key_a_failed_run_added_is_removed_with_a_tilde(tmp_path, monkeypatch):
+    (tmp_path / PARAMS_FILE).write_text("seed: 7\nbeta: -1\nepochs: 120\n")  # beta: -1 committed, bta not
+    _failed_run_in(tmp_path, monkeypatch, ["dvc", "exp", "run", "-S", "+bta=1.0"])
+    (tmp_path / PARAMS_FILE).write_text("seed: 7\nbeta: -1\nepochs: 2\nbta: 1.0\n")
+    dvc_workspace.after_failure()
+    monkeypatch.setattr(dvc_workspace, "_dvc_command", lambda: ["dvc", "exp", "run", "-S", "seed=8"])
+    with pytest.raises(ParamsError, match=r"still holds bta: 1\.0 .*\(-S '~bta' is HEAD's\)"):
+        dvc_workspace.refuse_leftovers()
+
+
 def _git_sees_params_modified(repo, env, run) -> bool:
     return "params.yaml" in run(["git", "status", "--porcelain"], repo, env).stdout
 
@@ -106,8 +155,9 @@ def test_a_failed_exp_run_leaves_no_invisible_values_and_the_next_run_refuses_th
     # The trap: the next experiment would silently run with epochs 3. It is refused instead.
     stale = run(["dvc", "exp", "run", "-S", "beta=2"], repo, env, check=False)
     assert stale.returncode != 0
-    assert ("params.yaml still holds epochs: 3 from a failed `dvc exp run`, not from this run's -S; "
-            "restore it with `git checkout HEAD -- params.yaml`") in stale.stderr
+    assert ("params.yaml still holds epochs: 3 from a failed `dvc exp run`, not from this run's -S: set it "
+            "again in this run (-S epochs=2 is HEAD's), or restore the file with `git checkout HEAD -- "
+            "params.yaml`") in stale.stderr
     assert run(["dvc", "exp", "list", "--name-only"], repo, env).stdout.strip() == ""
 
     run(["git", "checkout", "HEAD", "--", "params.yaml"], repo, env)  # the one-line recipe now works

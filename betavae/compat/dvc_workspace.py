@@ -19,8 +19,9 @@ in the repository itself, DVC_ROOT, not in a queue's copy):
 - at the start, params.yaml must not hold values recorded from a failed run that this run's `-S`
   does not set again;
 - when a stage fails, it moves params.yaml's mtime past the index's, so git compares contents and
-  shows the file modified; it records the values that differ from the baseline commit in
-  .dvc/tmp/, and says how to restore the file;
+  shows the file modified; it records in .dvc/tmp/ the values this run's -S left there (values the
+  workspace held before the run, `make smoke`'s say, are the user's own and stay), and says how to
+  restore the file;
 - while a stage runs, `Watch` notices params.yaml changing under it.
 Outside an experiment, all of these do nothing but `Watch`.
 """
@@ -96,8 +97,22 @@ def refuse_leftovers() -> None:
         (root / RECORD).unlink(missing_ok=True)  # restored, or set again by this run's own -S
         return
     values = ", ".join(f"{key}: {value!r}" for key, value in stale.items())
+    undo = " ".join(_setting_back(key, leftovers["baseline"], root) for key in stale)
     raise ParamsError(f"{PARAMS_FILE} still holds {values} from a failed `dvc exp run`, not from this "
-                      f"run's -S; restore it with {RESTORE} and rerun (README, When things go wrong)")
+                      f"run's -S: set it again in this run ({undo} is HEAD's), or restore the file with "
+                      f"{RESTORE} and rerun (README, When things go wrong)")
+
+
+def _setting_back(key: str, baseline: str, root: Path) -> str:
+    """The -S that gives key its baseline value back (or removes a key the baseline lacks)."""
+    try:
+        value = dotted.get(_committed(root, baseline), key)
+    except (OSError, subprocess.SubprocessError, ParamsError, ValueError):
+        value = dotted.MISSING
+    if value is dotted.MISSING:
+        return f"-S '~{key}'"
+    text = value if isinstance(value, str) and _scalar(value) == value else json.dumps(value, separators=(",", ":"))
+    return f"-S {shlex.quote(f'{key}={text}')}"
 
 
 def after_failure() -> None:
@@ -110,6 +125,10 @@ def after_failure() -> None:
         values = _differences(root, baseline)
     except (OSError, subprocess.SubprocessError, ParamsError, ValueError, KeyError):
         return  # best effort: the stage's own error is what matters
+    touched = _touched_keys()
+    if touched is not None:  # what the workspace held before this run is the user's, visible to git
+        values = {key: value for key, value in values.items()
+                  if any(key == set_key or key.startswith(set_key + ".") for set_key in touched)}
     if not values:
         return
     try:
@@ -200,9 +219,9 @@ def _dvc_command() -> list[str] | None:
     return None
 
 
-def _overrides() -> dict[str, str] | None:
-    """{key: value text} that this run's `dvc exp run -S key=value` sets; None where the command
-    line cannot be read or the stage was not started by `dvc exp run`."""
+def _assignments() -> list[str] | None:
+    """This run's `dvc exp run -S` assignments as typed; None where the command line cannot be read
+    or the stage was not started by `dvc exp run`."""
     words = _dvc_command()
     if words is None or words[1:3] != ["exp", "run"]:
         return None
@@ -214,13 +233,36 @@ def _overrides() -> dict[str, str] | None:
             assignments.append(word.split("=", 1)[1])
         elif word.startswith("-S") and len(word) > 2:
             assignments.append(word[2:])
+    return assignments
+
+
+def _assigned_key(assignment: str) -> tuple[str, str | None]:
+    """("augment.rotation", "5") from "params.yaml:augment.rotation=5"; "+key=1" and "~key" keep
+    their mark; the value is None where there is none."""
+    key, has_value, value = assignment.partition("=")
+    key = key.split(":", 1)[1] if ":" in key else key
+    return key, value if has_value else None
+
+
+def _overrides() -> dict[str, str] | None:
+    """{key: value text} that this run's `dvc exp run -S key=value` sets; None where the command
+    line cannot be read or the stage was not started by `dvc exp run`."""
+    assignments = _assignments()
+    if assignments is None:
+        return None
     found = {}
-    for assignment in assignments:
-        key, has_value, value = assignment.partition("=")
-        key = key.split(":", 1)[1] if ":" in key else key  # "params.yaml:augment.rotation"
-        if has_value and key and key[0] not in "+~":
+    for key, value in map(_assigned_key, assignments):
+        if value is not None and key and key[0] not in "+~":
             found[key] = value
     return found
+
+
+def _touched_keys() -> set[str] | None:
+    """Every key this run's -S sets, adds (+key) or removes (~key); None as for _overrides."""
+    assignments = _assignments()
+    if assignments is None:
+        return None
+    return {key.lstrip("+~") for key, _ in map(_assigned_key, assignments) if key.lstrip("+~")}
 
 
 def _scalar(text: str) -> object:
@@ -240,11 +282,16 @@ def _same(wanted: object, found: object) -> bool:
     return wanted == found or str(wanted) == str(found)
 
 
-def _differences(root: Path, baseline: str) -> dict[str, object]:
-    """{dotted key: value in params.yaml} for every key whose value differs from the baseline's."""
+def _committed(root: Path, baseline: str) -> dict:
+    """params.yaml as the baseline commit holds it."""
     committed = subprocess.run(["git", "show", f"{baseline}:{PARAMS_FILE}"], cwd=root, capture_output=True,
                                text=True, check=True).stdout
-    before, now = yamlfile.parse(committed, f"{baseline}:{PARAMS_FILE}") or {}, yamlfile.read(root / PARAMS_FILE) or {}
+    return yamlfile.parse(committed, f"{baseline}:{PARAMS_FILE}") or {}
+
+
+def _differences(root: Path, baseline: str) -> dict[str, object]:
+    """{dotted key: value in params.yaml} for every key whose value differs from the baseline's."""
+    before, now = _committed(root, baseline), yamlfile.read(root / PARAMS_FILE) or {}
     return {key: dotted.get(now, key, None) for key in dotted.differing(before, now)}
 
 

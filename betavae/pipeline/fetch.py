@@ -91,7 +91,7 @@ def download(out_dir: Path, log: Callable[[str], None] = print) -> str:
             for name, data in found.items():
                 verify(name, data, checksums[name])
         except SourceError as error:
-            log(f"{source.name}: {error}")
+            log(f"skipped {source.name}: {error}")  # the next source is tried; each is named if all fail
             failures.append(f"{source.name}: {error}")
             continue
         with atomic.Together() as outputs:  # the four files of one source, or none

@@ -90,7 +90,7 @@ def test_an_experiment_with_other_beta_is_compared_by_metrics_diff_exp_show_and_
 def test_a_quick_run_with_schedules_longer_than_training_warns_and_runs(clone, run):
     repo, env = clone
     result = run(["dvc", "exp", "run", "-S", "epochs=1", "-S", "warmup_epochs=3"], repo, env)
-    assert "train: warning: warmup_epochs (3) is longer than training (1 epochs)" in result.stdout
+    assert "train: warning: warmup_epochs (3) is longer than training (1 epoch)" in result.stdout
 
 
 @pytest.mark.parametrize("setting, message", [

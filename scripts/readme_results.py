@@ -4,11 +4,12 @@
     results    reports/metrics.json          the reference run against the spec
     reference  reports/train/                how long the reference run trained, its best epoch
     seed-spread reports/seeds.csv            how much runs that differ only in the seed differ
-    sweep      reports/rate_distortion.csv   the β sweep (scripts/compare.py)
     tests      reports/test_times.json       the two test tiers' measured times
     gpu        reports/bench/gpu_check.json  the default training on a GPU (scripts/gpu_check.py)
+    docs/results.md
     literature reports/binarized_mnist.json  the binarized-MNIST reference run beside published numbers, and
                reports/likelihood.json       the likelihood recipe's run, where it has been made
+    sweep      reports/rate_distortion.csv   the β sweep (scripts/compare.py)
     docs/performance.md
     bench-loops, bench-arithmetic, bench-evaluation   reports/bench/train_speed*.json (benchmarks/train_speed.py)
     profile-steps, profile-passes                     reports/bench/profile_step*.json (benchmarks/profile_step.py)
@@ -397,10 +398,10 @@ def recipe_text(recipe: dict | None) -> str:
     """docs/method.md's account of the likelihood recipe's committed run, or that there is none."""
     if recipe is None:
         return ("**Not made yet.** The recipe's runs need a GPU (hundreds of epochs are minutes there and days on "
-                "two CPU cores), so no `reports/likelihood.json` is committed and the README's literature table "
-                "says so in the recipe's row. `python scripts/likelihood_study.py` prints each variant's `dvc exp "
-                "run`; `scripts/record_experiment.py` records the chosen run in `reports/likelihood.json`, from "
-                "which this paragraph and that row are generated.")
+                "two CPU cores), so no `reports/likelihood.json` is committed and the literature table of "
+                "[results.md](results.md) says so in the recipe's row. `python scripts/likelihood_study.py` prints "
+                "each variant's `dvc exp run`; `scripts/record_experiment.py` records the chosen run in "
+                "`reports/likelihood.json`, from which this paragraph and that row are generated.")
     metrics, params = recipe["metrics"], recipe["params"]
     return (f"The recipe's committed run (`{recipe['command']}`, [`reports/likelihood.json`](../reports/"
             f"likelihood.json)): a {int(params['z_dim'])}-d latent, k = {int(params.get('train_samples', 1))}, up to "
@@ -458,6 +459,15 @@ def _size(count: int) -> str:
     return f"{count / 1e6:.1f} MB" if count >= 1e6 else f"{count / 1e3:.0f} KB"
 
 
+def results_blocks(reports: Path) -> dict[str, str]:
+    """docs/results.md: the likelihood beside the literature, and the committed β sweep."""
+    literature, recipe = reports / "binarized_mnist.json", reports / "likelihood.json"
+    return {"literature": literature_table(json.loads(literature.read_text()) if literature.exists() else None,
+                                           json.loads((reports / "metrics.json").read_text()),
+                                           json.loads(recipe.read_text()) if recipe.exists() else None),
+            "sweep": sweep_table(_rows(reports / "rate_distortion.csv"))}
+
+
 def doc_blocks(reports: Path, reference_run: bool) -> dict[str, dict[str, str]]:
     """docs/<file> -> block name -> text, from the committed records; the blocks about the reference run
     only where the workspace holds it (`reference_run`)."""
@@ -474,6 +484,7 @@ def doc_blocks(reports: Path, reference_run: bool) -> dict[str, dict[str, str]]:
              "method.md": {"binarized-experiment": binarized_experiment_text(
                                json.loads((reports / "binarized_mnist.json").read_text())),
                            "recipe": recipe_text(json.loads(recipe.read_text()) if recipe.exists() else None)},
+             "results.md": results_blocks(reports),
              "investigations.md": {},
              "search.md": {"study": study_text(reports)},
              "explorer.md": {"page-size": page_size_text(reports / "explorer")},
@@ -548,17 +559,10 @@ def blocks(reports: Path, model: Path, params: Path) -> tuple[dict[str, str], st
         low, high = seed_spread(seed_runs(_rows(reports / "seeds.csv"), reference))
         found["seed-spread"] = (f"Between them the test metrics move by {low:.2f} to {high:.2f} nats, so a difference "
                                 "of that size between two single-seed experiments is noise.")
-    if (reports / "rate_distortion.csv").exists():
-        found["sweep"] = sweep_table(_rows(reports / "rate_distortion.csv"))
     if (reports / "test_times.json").exists():
         found["tests"] = tests_text(json.loads((reports / "test_times.json").read_text()))
     check = reports / "bench" / "gpu_check.json"
     found["gpu"] = gpu_text(json.loads(check.read_text()) if check.exists() else None)
-    literature = reports / "binarized_mnist.json"
-    recipe = reports / "likelihood.json"
-    found["literature"] = literature_table(json.loads(literature.read_text()) if literature.exists() else None,
-                                           json.loads((reports / "metrics.json").read_text()),
-                                           json.loads(recipe.read_text()) if recipe.exists() else None)
     return found, skipped
 
 

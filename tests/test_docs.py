@@ -59,7 +59,8 @@ def test_a_record_edited_without_regenerating_the_docs_is_caught(repo_root, tmp_
     speed["project"]["images_per_s"] = 1234.0
     (reports / "bench" / "train_speed.json").write_text(json.dumps(speed))
     found = doc_blocks(reports, reference_run=True)
-    assert _stale(repo_root / "docs", found) == ["performance.md:bench-loops", "method.md:binarized-experiment"]
+    assert _stale(repo_root / "docs", found) == ["performance.md:bench-loops", "method.md:binarized-experiment",
+                                                 "results.md:literature"]
     assert "**88.12**" in found["method.md"]["binarized-experiment"]
     assert "| 1,234 |" in found["performance.md"]["bench-loops"]
 

@@ -195,21 +195,12 @@ def lost_runs(status: str, repo: Path) -> list[str]:
                 record = json.loads(info.read_text())
             except (OSError, ValueError):
                 continue
-            if isinstance(record, dict) and record.get("returncode") is None and not _alive(record.get("pid")):
+            if not isinstance(record, dict) or record.get("returncode") is not None:
+                continue
+            pid = record.get("pid")
+            if isinstance(pid, int) and not tools.process_exists(pid):  # a pid not recorded: not known gone
                 lost.append(words[1])
     return lost
-
-
-def _alive(pid: object) -> bool:
-    if not isinstance(pid, int):
-        return True  # not known to be gone
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _require_clean_workspace() -> None:

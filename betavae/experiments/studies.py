@@ -522,19 +522,8 @@ def _abandoned(trial) -> bool:
     if "host" not in attrs:
         started = trial.datetime_start or datetime.datetime.now()
         return (datetime.datetime.now() - started).total_seconds() > CLAIM_GRACE_S
-    return attrs["host"] == socket.gethostname() and not _alive(attrs.get("pid"))
-
-
-def _alive(pid) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    pid = attrs.get("pid")
+    return attrs["host"] == socket.gethostname() and not (isinstance(pid, int) and tools.process_exists(pid))
 
 
 def _yaml_scalar(value) -> str:

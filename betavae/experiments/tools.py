@@ -36,6 +36,17 @@ class ToolError(BetaVAEError, RuntimeError):
     """A tool, repository, remote or directory a command needs is missing or failed; the message says which."""
 
 
+def process_exists(pid: int) -> bool:
+    """Whether a process of this id runs on this machine (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def error_line(result: subprocess.CompletedProcess) -> str:
     """The line of a failed command's output that says what failed, on one line, secrets hidden."""
     text = "\n".join(part for part in (result.stderr, result.stdout) if isinstance(part, str))

@@ -193,9 +193,23 @@ def os_reason(error: OSError) -> str:
     return reason
 
 
+# SQLite's primary result codes for a write the machine refused (its own words say which): a read-only
+# database, an I/O error (a full disk, the file size limit), an unopenable file, a full disk or database.
+SQLITE_STORAGE_ERRORS = {8: "SQLITE_READONLY", 10: "SQLITE_IOERR", 13: "SQLITE_FULL", 14: "SQLITE_CANTOPEN"}
+
+
 def storage_failure(error: BaseException) -> str | None:
-    """A message for a write that the machine refused (STORAGE_ERRORS) wherever it was made, naming the
-    file, or else the library that wrote it; None for any other error."""
+    """A message for a write that the machine refused (STORAGE_ERRORS, or SQLite's equivalents in a
+    library's database) wherever it was made, naming the file, or else the library that wrote it; None for
+    any other error."""
+    database = _sqlite_refusal(error)
+    if database is not None:
+        library = _library(error) or _library(database)
+        reason = " ".join(str(database).split()) or SQLITE_STORAGE_ERRORS[database.sqlite_errorcode & 0xFF]
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if database.sqlite_errorcode & 0xFF == 10 and soft != resource.RLIM_INFINITY:
+            reason += f" (this process's file size limit, `ulimit -f`, is {soft:,} bytes)"
+        return f"{f'a write by {library} to its' if library else 'a write to a'} SQLite database failed: {reason}"
     if not isinstance(error, OSError) or error.errno not in STORAGE_ERRORS:
         return None
     verb = "open" if error.errno in (errno.EMFILE, errno.ENFILE) else "write"
@@ -203,6 +217,19 @@ def storage_failure(error: BaseException) -> str | None:
         return f"cannot {verb} {os.fsdecode(error.filename)}: {os_reason(error)}"
     library = _library(error)
     return f"{f'a {verb} by {library}' if library else f'a {verb}'} failed: {os_reason(error)}"
+
+
+def _sqlite_refusal(error: BaseException) -> BaseException | None:
+    """The SQLite error behind error (itself, or what a library wrapped: SQLAlchemy's .orig, a raise from)
+    when it is one of SQLITE_STORAGE_ERRORS, else None."""
+    seen: list[BaseException] = []
+    while error is not None and len(seen) < 8 and not any(error is one for one in seen):
+        seen.append(error)
+        code = getattr(error, "sqlite_errorcode", None)
+        if type(error).__module__ == "sqlite3" and isinstance(code, int) and code & 0xFF in SQLITE_STORAGE_ERRORS:
+            return error
+        error = getattr(error, "orig", None) or error.__cause__ or error.__context__
+    return None
 
 
 def _library(error: BaseException) -> str | None:

@@ -333,6 +333,72 @@ def test_the_file_size_limit_is_named_with_its_value(capsys, monkeypatch):
         "bytes)"])
 
 
+def _fill_database(path: Path):
+    """A SQLite database that may hold 3 pages, written past them: SQLite answers 'database or disk is full'
+    (SQLITE_FULL), as it does on a full disk."""
+    import sqlite3
+
+    def write():
+        database = sqlite3.connect(path)
+        database.execute("PRAGMA max_page_count = 3")
+        with database:
+            database.execute("CREATE TABLE rows (text)")
+            database.executemany("INSERT INTO rows VALUES (?)", [("x" * 1000,)] * 100)
+    return write
+
+
+def _fill_disk_cache(path: Path):
+    """DVC keeps its state in diskcache's SQLite databases: the same refusal, from inside that library."""
+    def write():
+        import diskcache
+
+        cache = diskcache.Cache(str(path), sqlite_max_page_count=20)
+        for key in range(1000):
+            cache[key] = "y" * 1000
+    return write
+
+
+def _fill_through_sqlalchemy(path: Path):
+    """Optuna's storage goes through SQLAlchemy, which wraps SQLite's error in its own (.orig)."""
+    def write():
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(f"sqlite:///{path}")
+        with engine.begin() as connection:
+            connection.exec_driver_sql("PRAGMA max_page_count = 3")
+            connection.exec_driver_sql("CREATE TABLE rows (text)")
+            for _ in range(100):
+                connection.exec_driver_sql("INSERT INTO rows VALUES (?)", ("x" * 1000,))
+    return write
+
+
+@pytest.mark.parametrize("write, writer", [(_fill_database, "a write to a"),
+                                           (_fill_disk_cache, "a write by diskcache to its"),
+                                           (_fill_through_sqlalchemy, "a write by sqlalchemy to its")])
+def test_a_librarys_database_that_the_disk_refuses_is_one_line_naming_the_library(write, writer, tmp_path, capsys):
+    assert _ended(write(tmp_path / "state.db"), capsys) == (1, [
+        f"probe: error: {writer} SQLite database failed: database or disk is full"])
+
+
+def test_a_database_write_past_the_file_size_limit_is_one_line_naming_the_limit(tmp_path, repo_root):
+    """Under `ulimit -f`, SQLite's write fails with EFBIG, which it reports as a disk I/O error: the line
+    says which limit the process has."""
+    program = ("import resource, sqlite3, sys\n"
+               "from betavae import errors\n"
+               "def main():\n"
+               "    resource.setrlimit(resource.RLIMIT_FSIZE, (65536, resource.RLIM_INFINITY))\n"
+               "    database = sqlite3.connect(sys.argv[1])\n"
+               "    with database:\n"
+               "        database.execute('CREATE TABLE rows (text)')\n"
+               "        database.executemany('INSERT INTO rows VALUES (?)', [('x' * 1000,)] * 1000)\n"
+               "errors.run(main, 'probe')\n")
+    ended = subprocess.run([sys.executable, "-c", program, str(tmp_path / "state.db")], cwd=repo_root,
+                           capture_output=True, text=True, timeout=120)
+    assert (ended.returncode, ended.stderr.splitlines()) == (1, [
+        "probe: error: a write to a SQLite database failed: disk I/O error (this process's file size limit, "
+        "`ulimit -f`, is 65,536 bytes)"])
+
+
 def test_dvclives_write_to_a_full_disk_is_one_line_naming_the_training_log(tmp_path):
     from betavae.training.loop import TrainingLog
     from betavae.training.state import Progress

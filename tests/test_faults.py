@@ -35,6 +35,13 @@ LEFT_BEHIND = re.compile(r"\..+\.([a-z0-9_]{8}\.tmp|old)")  # betavae/pipeline/a
 # --- helpers ---------------------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def own_dvc_state(tmp_path_factory, monkeypatch):
+    """Each case's processes keep DVC's state databases (DVCLive opens the repository) in a folder of their
+    own: a limit or a full disk meets what the case made, not a database that other tests grew."""
+    monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path_factory.mktemp("dvc-state")))
+
+
 class SmallDisk:
     """A tmpfs of `size` bytes mounted at path, filled on request to leave a given number of bytes free."""
 
@@ -229,6 +236,25 @@ def test_a_full_disk_under_a_stage_is_one_line_loses_nothing_and_a_rerun_ends_as
     assert ended.returncode == 0, ended.stderr[-3000:]
     assert _outputs(name, out, live) == _outputs(name, reference / "run")
     assert _left_behind(out) == []
+
+
+def test_dvcs_state_on_a_full_disk_stops_training_in_one_line_and_a_rerun_ends_as_an_uninterrupted_run(
+        small_disk, reference, stage_command, repo_root, tmp_path, monkeypatch):
+    """DVCLive opens the DVC repository, whose state databases (SQLite, through diskcache) live in DVC's
+    site cache folder: on a full disk the first write there is a library's, into a database."""
+    disk = small_disk(4 * 2**20)
+    monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(disk.path / "dvc"))
+    out = tmp_path / "out"
+    _previous_outputs("train", out, reference)
+    before = _files(out)
+    disk.fill(0)
+    line = _error_line(_run(stage_command("train", _arguments("train", reference, out)), repo_root), "train")
+    assert line == "train: error: a write by dvclive to its SQLite database failed: database or disk is full"
+    assert _kept(_files(out)) == before and _left_behind(out) == []
+    disk.unfill()
+    ended = _run(stage_command("train", _arguments("train", reference, out)), repo_root)
+    assert ended.returncode == 0, ended.stderr[-3000:]
+    assert _outputs("train", out) == _outputs("train", reference / "run")
 
 
 COMMANDS = {  # each command's arguments, given the model, an IDX file of images and the output directory

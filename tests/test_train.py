@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -38,6 +39,26 @@ def _interrupted(params, mnist_dir, root, after: int):
     with pytest.raises(KeyboardInterrupt):
         _train(params, mnist_dir, root, Epochs(stop_after=after))
     return torch.load(root / "checkpoint.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def three_epochs(tmp_path_factory, make_mnist, tiny_parsed):
+    """The tiny 3-epoch run the resume tests start from, made once: root/mnist; root/straight, run
+    through; root/after-1 and root/after-2, the same run interrupted after 1 and after 2 epochs (a test
+    works on a copy, _copy)."""
+    root = tmp_path_factory.mktemp("three-epochs")
+    make_mnist(root / "mnist")
+    params = tiny_parsed(epochs=3)
+    _train(params, root / "mnist", root / "straight")
+    for after in (1, 2):
+        _interrupted(params, root / "mnist", root / f"after-{after}", after)
+    return root
+
+
+def _copy(three_epochs, name: str, tmp_path):
+    """A copy of one of three_epochs' runs in tmp_path, and its training state."""
+    shutil.copytree(three_epochs / name, tmp_path / name)
+    return tmp_path / name, torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
 
 
 def test_training_writes_every_output_and_then_drops_its_state(tmp_path, mnist_dir, tiny_parsed):
@@ -82,20 +103,18 @@ def test_loss_is_the_beta_weighted_sum_in_the_history(tmp_path, mnist_dir, tiny_
             assert record[f"{split}/loss"] == pytest.approx(record[f"{split}/recon"] + 2.0 * record[f"{split}/kl"])
 
 
-def test_interrupted_then_resumed_run_gives_the_same_bytes(tmp_path, mnist_dir, tiny_parsed):
-    params = tiny_parsed(epochs=3)
-    _train(params, mnist_dir, tmp_path / "straight")
-    root = tmp_path / "resumed"
-    state = _interrupted(params, mnist_dir, root, after=2)
+def test_interrupted_then_resumed_run_gives_the_same_bytes(tmp_path, three_epochs, tiny_parsed):
+    root, state = _copy(three_epochs, "after-2", tmp_path)
     assert state["epoch"] == 2 and not (root / "model.pt").exists()
     lines, epochs = [], Epochs()
-    _train(params, mnist_dir, root, epochs, log=lines.append)
+    _train(tiny_parsed(epochs=3), three_epochs / "mnist", root, epochs, log=lines.append)
     assert any("resuming" in line and "after epoch 2 of 3" in line for line in lines)
     assert epochs.trained == 1
-    assert (root / "model.pt").read_bytes() == (tmp_path / "straight" / "model.pt").read_bytes()
+    straight = three_epochs / "straight"
+    assert (root / "model.pt").read_bytes() == (straight / "model.pt").read_bytes()
     for logged in ("plots/metrics/train/loss.tsv", "plots/metrics/val/kl.tsv", "plots/metrics/lr.tsv",
                    "plots/images/samples/1.png", "plots/images/reconstructions/3.png"):
-        assert (root / "live" / logged).read_bytes() == (tmp_path / "straight" / "live" / logged).read_bytes()
+        assert (root / "live" / logged).read_bytes() == (straight / "live" / logged).read_bytes()
 
 
 def test_a_finished_run_leaves_nothing_to_resume_so_a_rerun_trains_again(tmp_path, mnist_dir, tiny_parsed):
@@ -115,15 +134,15 @@ def test_a_finished_run_leaves_nothing_to_resume_so_a_rerun_trains_again(tmp_pat
     (lambda state: state.update(world_size=2), "starting fresh: checkpoint was written by 2 processes, this run has 1"),
     (lambda state: state.update(architecture="conv-beta-vae/0"), "written for model 'conv-beta-vae/0'"),
 ])
-def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path, mnist_dir, tiny_parsed, edit, message):
-    params = tiny_parsed(epochs=3)
-    state = _interrupted(params, mnist_dir, tmp_path, after=1)
+def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path, three_epochs, tiny_parsed, edit, message):
+    params, mnist = tiny_parsed(epochs=3), three_epochs / "mnist"
+    root, state = _copy(three_epochs, "after-1", tmp_path)
     edit(state)
-    torch.save(state, tmp_path / "checkpoint.pt")
+    torch.save(state, root / "checkpoint.pt")
     with pytest.raises(resume.ResumeRefused, match="cannot resume"):
-        _train(params, mnist_dir, tmp_path, resume_mode="require")
+        _train(params, mnist, root, resume_mode="require")
     lines, epochs = [], Epochs()
-    _train(params, mnist_dir, tmp_path, epochs, log=lines.append)
+    _train(params, mnist, root, epochs, log=lines.append)
     assert any(message in line for line in lines), lines
     assert epochs.trained == 3  # trained from the start; a resumed run would train 2
 
@@ -134,17 +153,14 @@ def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path, mnist_dir, tiny_pa
     lambda state: state["best"].update(weights={"nonsense": torch.zeros(1)}),
     lambda state: state.update(history=state["history"][:-1]),
 ])
-def test_a_refused_resume_gives_the_same_bytes_as_no_checkpoint(tmp_path, mnist_dir, tiny_parsed, damage):
-    params = tiny_parsed(epochs=3)
-    _train(params, mnist_dir, tmp_path / "fresh")
-    root = tmp_path / "damaged"
-    state = _interrupted(params, mnist_dir, root, after=2)
+def test_a_refused_resume_gives_the_same_bytes_as_no_checkpoint(tmp_path, three_epochs, tiny_parsed, damage):
+    root, state = _copy(three_epochs, "after-2", tmp_path)
     damage(state)
     torch.save(state, root / "checkpoint.pt")
     lines = []
-    _train(params, mnist_dir, root, log=lines.append)
+    _train(tiny_parsed(epochs=3), three_epochs / "mnist", root, log=lines.append)
     assert any("not resuming, starting fresh" in line for line in lines), lines
-    assert (root / "model.pt").read_bytes() == (tmp_path / "fresh" / "model.pt").read_bytes()
+    assert (root / "model.pt").read_bytes() == (three_epochs / "straight" / "model.pt").read_bytes()
 
 
 def test_a_corrupt_checkpoint_is_not_resumed(tmp_path, mnist_dir, tiny_parsed):

@@ -183,19 +183,26 @@ def os_reason(error: OSError) -> str:
     """Why an OSError failed, in words, with the process's own limit where that is the cause: the file
     size limit (`ulimit -f`) for EFBIG, the open-files limit (`ulimit -n`) for EMFILE."""
     reason = error.strerror or " ".join(str(error).split()) or type(error).__name__
+    return reason + _own_limit(error.errno)
+
+
+def _own_limit(number: int | None) -> str:
+    """" (this process's file size limit, `ulimit -f`, is 1,048,576 bytes)" where this process has a limit
+    that an error of this errno can come from (EFBIG, EMFILE), else ""."""
     limits = {errno.EFBIG: (resource.RLIMIT_FSIZE, "file size limit, `ulimit -f`", "bytes"),
               errno.EMFILE: (resource.RLIMIT_NOFILE, "open-files limit, `ulimit -n`", "files")}
-    if error.errno in limits:
-        limit, name, unit = limits[error.errno]
-        soft = resource.getrlimit(limit)[0]
-        if soft != resource.RLIM_INFINITY:
-            reason += f" (this process's {name}, is {soft:,} {unit})"
-    return reason
+    if number not in limits:
+        return ""
+    limit, name, unit = limits[number]
+    soft = resource.getrlimit(limit)[0]
+    return "" if soft == resource.RLIM_INFINITY else f" (this process's {name}, is {soft:,} {unit})"
 
 
-# SQLite's primary result codes for a write the machine refused (its own words say which): a read-only
-# database, an I/O error (a full disk, the file size limit), an unopenable file, a full disk or database.
-SQLITE_STORAGE_ERRORS = {8: "SQLITE_READONLY", 10: "SQLITE_IOERR", 13: "SQLITE_FULL", 14: "SQLITE_CANTOPEN"}
+# SQLite's primary result codes for a write the machine refused (its message says which): a read-only
+# database, an I/O error (a full disk, or the file size limit, which SQLite reports so), a full disk or
+# database, a file that cannot be opened.
+SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN = 8, 10, 13, 14
+SQLITE_STORAGE_ERRORS = (SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN)
 
 
 def storage_failure(error: BaseException) -> str | None:
@@ -205,10 +212,9 @@ def storage_failure(error: BaseException) -> str | None:
     database = _sqlite_refusal(error)
     if database is not None:
         library = _library(error) or _library(database)
-        reason = " ".join(str(database).split()) or SQLITE_STORAGE_ERRORS[database.sqlite_errorcode & 0xFF]
-        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-        if database.sqlite_errorcode & 0xFF == 10 and soft != resource.RLIM_INFINITY:
-            reason += f" (this process's file size limit, `ulimit -f`, is {soft:,} bytes)"
+        reason = " ".join(str(database).split()) or database.sqlite_errorname
+        if database.sqlite_errorcode & 0xFF == SQLITE_IOERR:
+            reason += _own_limit(errno.EFBIG)
         return f"{f'a write by {library} to its' if library else 'a write to a'} SQLite database failed: {reason}"
     if not isinstance(error, OSError) or error.errno not in STORAGE_ERRORS:
         return None

@@ -86,17 +86,21 @@ def dump_yaml(data: dict) -> str:
     return buffer.getvalue()
 
 
+POLL_S = 0.02  # between two looks: a file's appearance is seen within this
+
+
 def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 300,
-             process: subprocess.Popen | None = None) -> None:
-    """Poll condition until it holds; fail naming `what` after timeout_s, or as soon as process
-    (the one expected to make it true) has exited."""
+             process: subprocess.Popen | None = None, every_s: float = POLL_S) -> None:
+    """Poll condition every every_s seconds until it holds; fail naming `what` after timeout_s, or as
+    soon as process (the one expected to make it true) has exited. A look that costs CPU (a scan of
+    /proc, a process of its own) takes a longer every_s, so that waiting does not slow what it waits for."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         if process is not None and process.poll() is not None:
             raise AssertionError(f"{what}: the process exited with {process.returncode} first")
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not after {timeout_s} s")
-        time.sleep(0.02)
+        time.sleep(every_s)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,7 +238,10 @@ def pytest_configure(config) -> None:
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """Tests marked cuda skip, saying why, where there is no CUDA device."""
+    """The slow tests first (each keeps its place among them), so that the fast ones fill the
+    workers' last minutes instead of one long run ending alone (`make test-all` hands tests out in
+    this order, `--dist load`); tests marked cuda skip, saying why, where there is no CUDA device."""
+    items.sort(key=lambda item: "slow" not in item.keywords)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="no CUDA device here (`make gpu-check` runs these on a GPU)")
@@ -277,7 +284,7 @@ def yaml_text():
 
 @pytest.fixture(scope="session")
 def until():
-    """until(condition, what, timeout_s=300, process=None): wait for condition with a deadline."""
+    """until(condition, what, timeout_s=300, process=None, every_s=0.02): wait for condition with a deadline."""
     return wait_for
 
 

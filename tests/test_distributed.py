@@ -268,7 +268,7 @@ def test_a_killed_process_ends_the_run_in_one_line_naming_it_and_the_rerun_resum
     root = two_process_run.root
     process = _start(stage_command("train", two_process_run.train()), repo_root)
     until((root / "checkpoint.pt").exists, "the first epoch's checkpoint", process=process)
-    until(lambda: len(_workers(process)) == 2, "two training processes", process=process)
+    until(lambda: len(_workers(process)) == 2, "two training processes", process=process, every_s=0.2)  # scans /proc
     os.kill(_workers(process)[killed], signal.SIGKILL)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]

@@ -25,6 +25,7 @@ from betavae.pipeline import launch, yamlfile
 PORT = 29400
 PEER_TIMEOUT_S = 10  # BETAVAE_PEER_TIMEOUT in these runs: how long a process waits for a silent peer
 BOUND_S = 60  # the bound the faults must end within, counted from the fault
+LOOK_S = 0.5  # between two looks at a host's processes (`ip netns pids`, a process, and a scan of /proc)
 TWO_HOSTS = ("torchrun --nnodes 2 --nproc-per-node 1 --rdzv-backend c10d "
              f"--rdzv-endpoint host-a:{PORT} --rdzv-conf join_timeout=60")
 TRAINING = {"epochs": 3, "launcher": TWO_HOSTS}
@@ -234,7 +235,7 @@ def test_a_worker_killed_mid_trial_on_one_host_has_its_trial_run_once_by_the_wor
     database = postgres(c)
     _searchers((a, b), database, yaml_text)
     workers = [_search(a, database, 2), _search(b, database, 2)]
-    until(lambda: _running_experiment(b), "host-b's trial", process=workers[1])
+    until(lambda: _running_experiment(b), "host-b's trial", process=workers[1], every_s=LOOK_S)
     b.kill()  # the worker and its experiment, mid-trial
     status, stdout, stderr = _ended_within(workers[0], 600, since=time.monotonic())
     assert status == 0, stderr[-3000:]
@@ -255,7 +256,8 @@ def test_two_hosts_share_a_study_across_a_database_restart_and_their_experiments
     database = postgres(c)
     _searchers((a, b), database, yaml_text)
     workers = [_search(host, database, 2) for host in (a, b)]
-    until(lambda: _running_experiment(a) and _running_experiment(b), "a trial on each host", process=workers[0])
+    until(lambda: _running_experiment(a) and _running_experiment(b), "a trial on each host", process=workers[0],
+          every_s=LOOK_S)
     database.stop()
     for worker in workers:
         status, stdout, stderr = _ended_within(worker, 300, since=time.monotonic())
@@ -315,7 +317,8 @@ def test_a_queue_of_four_runs_on_two_workers_reports_a_killed_workers_run_failed
     a.run(["dvc", "repro", "download"])
     sweep = a.start([sys.executable, "scripts/sweep.py", "--grid", "beta=0.5,1,2,4", "--set", "epochs=1",
                      "--jobs", "2"])
-    until(lambda: len(_busy_workers(a)) == 2, "two queue workers each running an experiment", process=sweep)
+    until(lambda: len(_busy_workers(a)) == 2, "two queue workers each running an experiment", process=sweep,
+          every_s=LOOK_S)
     for pid in _descendants(_busy_workers(a)[0]):  # one worker and its experiment, like a power cut
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

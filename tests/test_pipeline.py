@@ -89,7 +89,8 @@ def test_an_experiment_with_other_beta_is_compared_by_metrics_diff_exp_show_and_
 
 def test_a_quick_run_with_schedules_longer_than_training_warns_and_runs(clone, run):
     repo, env = clone
-    result = run(["dvc", "exp", "run", "-S", "epochs=1", "-S", "warmup_epochs=3"], repo, env)
+    # `dvc exp run train`: the stages up to train, as DVC's targets select them; the warning is train's.
+    result = run(["dvc", "exp", "run", "train", "-S", "epochs=1", "-S", "warmup_epochs=3"], repo, env)
     assert "train: warning: warmup_epochs (3) is longer than training (1 epoch)" in result.stdout
 
 
@@ -131,7 +132,7 @@ def test_a_missing_or_empty_params_file_is_named(clone, run, text):
 
 def test_a_value_yaml_1_1_would_read_otherwise_trains_as_dvc_records_it(clone, run):
     repo, env = clone
-    run(["dvc", "exp", "run", "-S", "weight_decay=1e-6", "-S", "epochs=1"], repo, env)
+    run(["dvc", "exp", "run", "train", "-S", "weight_decay=1e-6", "-S", "epochs=1"], repo, env)  # up to train
     assert yamlfile.parse((repo / PARAMS_FILE).read_text(), PARAMS_FILE)["weight_decay"] == 1e-6
     trained = torch.load(repo / "models" / "model.pt", weights_only=True)["params"]
     shown = _flatten_runs(json.loads(run(["dvc", "exp", "show", "--json"], repo, env).stdout))
@@ -208,7 +209,7 @@ def test_the_model_is_a_dvc_artifact_that_artifacts_get_fetches_once_versioned(c
 def test_two_processes_train_through_dvc_with_torchrun(clone, run):
     repo, env = clone
     launcher = "launcher=torchrun --standalone --nproc-per-node 2"
-    result = run(["dvc", "exp", "run", "-S", launcher], repo, {**env, "OMP_NUM_THREADS": "1"})
+    result = run(["dvc", "exp", "run", "train", "-S", launcher], repo, {**env, "OMP_NUM_THREADS": "1"})  # up to train
     assert "train: starting torchrun --standalone --nproc-per-node=2 -m stages.train" in result.stdout
     assert result.stdout.count("model written to models/model.pt") == 1  # process 0 alone writes
     history = (repo / "reports" / "train" / "plots" / "metrics" / "val" / "loss.tsv").read_text().splitlines()
@@ -241,7 +242,7 @@ def _wait_for_queue(repo, env, run, until) -> str:
     def idle() -> bool:
         status = run(["dvc", "queue", "status"], repo, env).stdout
         return "Queued" not in status and "Running" not in status
-    until(idle, "the queue's runs to finish", timeout_s=600)
+    until(idle, "the queue's runs to finish", timeout_s=600, every_s=2)  # a DVC process each look
     return run(["dvc", "queue", "status"], repo, env).stdout
 
 

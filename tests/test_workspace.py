@@ -162,7 +162,7 @@ def test_a_failed_exp_run_leaves_no_invisible_values_and_the_next_run_refuses_th
 
     run(["git", "checkout", "HEAD", "--", "params.yaml"], repo, env)  # the one-line recipe now works
     assert _params(repo)["epochs"] == 2 and not _git_sees_params_modified(repo, env, run)
-    run(["dvc", "exp", "run", "-S", "beta=2"], repo, env)
+    run(["dvc", "exp", "run", "train", "-S", "beta=2"], repo, env)  # the stages up to train: the run starts
     shown = run(["dvc", "exp", "show", "--json"], repo, env).stdout
     assert '"beta": 2' in shown.replace("2.0", "2")
 
@@ -181,7 +181,7 @@ def test_two_exp_runs_at_once_fail_clearly_and_lose_nothing(clone, run, until):
     run(["dvc", "repro", "download"], repo, env)
     committed_model = (repo / "models" / "model.pt").read_bytes()
 
-    first = subprocess.Popen(["dvc", "exp", "run", "-S", "seed=7", "-S", "epochs=40"], cwd=repo, env=env,
+    first = subprocess.Popen(["dvc", "exp", "run", "train", "-S", "seed=7", "-S", "epochs=40"], cwd=repo, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     until((repo / "models" / "checkpoint.pt").exists, "the first run's first checkpoint", process=first)
     second = run(["dvc", "exp", "run", "-S", "seed=8"], repo, env, check=False)
@@ -198,7 +198,7 @@ def test_two_exp_runs_at_once_fail_clearly_and_lose_nothing(clone, run, until):
     assert (repo / "models" / "checkpoint.pt").exists()  # the epochs done so far, resumable
 
     run(["git", "checkout", "HEAD", "--", "params.yaml"], repo, env)
-    resumed = run(["dvc", "exp", "run", "-S", "seed=7", "-S", "epochs=40"], repo, env)
+    resumed = run(["dvc", "exp", "run", "train", "-S", "seed=7", "-S", "epochs=40"], repo, env)  # up to train
     assert "train: resuming from models/checkpoint.pt" in resumed.stdout
 
 

@@ -47,7 +47,7 @@ test: lint
 	python -m pytest -m "not slow" -n auto --dist worksteal
 
 test-all: lint
-	python -m pytest -n auto --dist load
+	python -m pytest -n auto --dist worksteal
 
 bench: setup
 	python benchmarks/train_speed.py

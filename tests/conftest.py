@@ -238,10 +238,7 @@ def pytest_configure(config) -> None:
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """The slow tests first (each keeps its place among them), so that the fast ones fill the
-    workers' last minutes instead of one long run ending alone (`make test-all` hands tests out in
-    this order, `--dist load`); tests marked cuda skip, saying why, where there is no CUDA device."""
-    items.sort(key=lambda item: "slow" not in item.keywords)
+    """Tests marked cuda skip, saying why, where there is no CUDA device."""
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="no CUDA device here (`make gpu-check` runs these on a GPU)")

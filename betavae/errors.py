@@ -8,7 +8,8 @@ machine refuses the process, wherever in the project's code or a library's it ha
 fails (a full disk, a quota, the file size limit, a read-only file system: `storage_failure`), an
 allocation that fails (`out_of_memory`, naming the settings that asked for the memory), an
 environment the process cannot run in (`check_environment`, checked first), and a signal that stops
-it (STOPPING_SIGNALS). Any other exception is a bug and keeps its traceback.
+it (STOPPING_SIGNALS). Any other exception is a bug and keeps its traceback. A process that torchrun
+started leaves why it stopped for the launcher on its machine as well (`LastWords`).
 
 Every message said through here (`line`, `one_line`, `tell`, `say`) is bounded (MAX_MESSAGE) and passes
 through `redact`, which hides what is a secret by what it is: the credentials of URLs
@@ -25,9 +26,11 @@ import argparse
 import contextlib
 import contextvars
 import copy
+import dataclasses
 import difflib
 import errno
 import gc
+import json
 import os
 import re
 import resource
@@ -37,6 +40,7 @@ import stat
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,6 +72,52 @@ def tell(message: str, stream=None) -> None:
     """Print message from process 0 only (stderr unless stream is given), at once, secrets hidden."""
     if is_main_process():
         _put(redact(message), stream or sys.stderr)
+
+
+@dataclasses.dataclass(frozen=True)
+class LastWords:
+    """Why a process that torchrun started stopped, and the status it exited with, for the launcher on its
+    machine (betavae/pipeline/launch.py), which says the run's one line from them: torchrun's error file
+    for the process (the path in TORCHELASTIC_ERROR_FILE, under the run's log folder; torchrun's agent
+    reads its "message" and "timestamp" too). Processes outside torchrun leave nothing."""
+
+    message: str
+    exitcode: int
+    rank: int
+    pid: int
+
+    VARIABLE = "TORCHELASTIC_ERROR_FILE"
+    FILE_NAME = "error.json"  # the name torchrun gives each process's error file in its log folder
+
+    @classmethod
+    def leave(cls, message: str, exitcode: int) -> None:
+        path = os.environ.get(cls.VARIABLE)
+        if not path:
+            return
+        rank = os.environ.get(RANK_VARIABLE, "")
+        words = {"message": message, "timestamp": int(time.time()), "exitcode": exitcode,
+                 "rank": int(rank) if rank.isdecimal() else None, "pid": os.getpid()}
+        with contextlib.suppress(OSError):  # the launcher still says what it can without them
+            Path(path).write_text(json.dumps(words), encoding="utf-8")
+
+    @classmethod
+    def found(cls, folder: Path, since: float = 0) -> dict[int, LastWords]:
+        """{rank: its last words} of the processes under folder that left them at `since` or later."""
+        found = {}
+        for path in sorted(folder.rglob(cls.FILE_NAME)):
+            try:
+                words = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if not isinstance(words, dict) or not isinstance(words.get("timestamp"), int) or \
+                    words["timestamp"] < int(since):
+                continue
+            fields = {name: words.get(name) for name in ("message", "exitcode", "rank", "pid")}
+            if isinstance(fields["message"], str) and all(
+                    isinstance(fields[name], int) and not isinstance(fields[name], bool)
+                    for name in ("exitcode", "rank", "pid")):
+                found[fields["rank"]] = cls(**fields)
+        return found
 
 
 def say(message: str) -> None:
@@ -441,6 +491,8 @@ def _described(error: BaseException, name: str) -> tuple[str, int, int | None] |
 
 
 def _exit(message: str, status: int, number: int | None, on_failure: Callable[[], None] | None) -> None:
+    if status == 1 and number is None:  # its own failure, not a stop from outside
+        LastWords.leave(message, status)
     if on_failure is not None:
         with contextlib.suppress(OSError):  # best effort, on a machine that may have refused a write already
             on_failure()

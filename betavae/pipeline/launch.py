@@ -28,7 +28,7 @@ import signal
 import sys
 from pathlib import Path
 
-from betavae.errors import BetaVAEError
+from betavae.errors import BetaVAEError, LastWords
 
 # Accepted options and the values each takes (a full-match pattern, and what it is in words); a
 # value-less option maps to None. A value may name an environment variable, checked once it is
@@ -295,7 +295,6 @@ PEER_TIMEOUT_VARIABLE = "BETAVAE_PEER_TIMEOUT"
 DEFAULT_PEER_TIMEOUT_S = 300  # the longest process 0's validation between two epochs may keep the others waiting
 MAX_PEER_TIMEOUT_S = 86_400
 AGENT_GRACE_S = 10  # after this machine's processes stopped for a lost peer, torchrun's agent has this long to end
-_ERROR_FILE_VARIABLE = "TORCHELASTIC_ERROR_FILE"  # where torchrun's agent reads a process's last words
 
 
 class ProcessStopped(BetaVAEError, RuntimeError):
@@ -384,19 +383,9 @@ def _importable(module: str) -> bool:
 
 
 def report_to_launcher(message: str) -> None:
-    """Leave a process's reason for stopping where torchrun's agent reads it (its error file), for the
-    launcher's one line; nothing outside torchrun."""
-    import json
-    import time
-
-    path = os.environ.get(_ERROR_FILE_VARIABLE)
-    if path:
-        try:
-            with open(path, "w", encoding="utf-8") as file:
-                json.dump({"message": message, "timestamp": int(time.time()), "rank": os.environ.get("RANK"),
-                           "pid": os.getpid()}, file)
-        except OSError:
-            pass  # the launcher still says the process lost its peers, without the detail
+    """Leave, where the launcher on this machine reads it, that this process stops (PEER_LOST_STATUS)
+    because it lost another process of the run, and what its transport said (errors.LastWords)."""
+    LastWords.leave(message, PEER_LOST_STATUS)
 
 
 def run_torchrun(launcher: Launcher, module: str, arguments: list[str], hint: str = "") -> None:
@@ -408,9 +397,12 @@ def run_torchrun(launcher: Launcher, module: str, arguments: list[str], hint: st
     their own error (exit status 1) leave the talking to it; Ctrl-C or SIGTERM to this process stops
     them all and raises KeyboardInterrupt. When this machine's processes have stopped for a lost peer
     and torchrun's agent cannot reach the rendezvous to end the run (a cut network), the line is said
-    AGENT_GRACE_S later and this process ends."""
+    AGENT_GRACE_S later and this process ends. When the agent loses the rendezvous after this
+    machine's processes stopped (the machine holding it ended its part of the run first), the line
+    is said from what those processes left (errors.LastWords), as if the agent had seen them stop."""
     import logging
     import tempfile
+    import time
 
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -423,9 +415,12 @@ def run_torchrun(launcher: Launcher, module: str, arguments: list[str], hint: st
     args = torchrun.parse_args([*launcher.torchrun_arguments(environ), "-m", module, *arguments])
     # torchrun logs a summary per failed process; the one line below says what happened instead.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    _quiet_native_logs(environ)
+    started = time.time()
     with tempfile.TemporaryDirectory(prefix="betavae-torchrun-") as scratch:
         args.log_dir = args.log_dir or scratch
-        watchdog = _Watchdog(Path(args.log_dir), module.rsplit(".", 1)[-1], launcher.world_size, hint)
+        logs = Path(args.log_dir)
+        watchdog = _Watchdog(logs, started, module.rsplit(".", 1)[-1], launcher.world_size, hint)
         if not args.max_restarts:  # a restart stops and starts the processes again: the agent is not stuck
             watchdog.start()
         try:
@@ -437,11 +432,44 @@ def run_torchrun(launcher: Launcher, module: str, arguments: list[str], hint: st
         except RendezvousTimeoutError:
             raise ProcessStopped(_unmet(launcher, environ) + _then(hint)) from None
         except (RendezvousError, _dist_error()) as error:
+            reported = _reported(logs, started, launcher.world_size, hint)
+            if reported is not None:
+                raise reported from None
             place = dict(launcher.torchrun).get("rdzv-endpoint") or dict(launcher.torchrun).get("master-addr")
             raise ProcessStopped(f"the rendezvous at {expand(place or 'localhost', environ)} failed: "
                                  f"{_cause(error)}{_then(hint)}") from None
         finally:
             watchdog.stop.set()
+
+
+def _reported(logs: Path, since: float, size: int | None, hint: str) -> BaseException | None:
+    """What to raise, from the last words this machine's processes left in logs since the run started;
+    None where they left none."""
+    found = LastWords.found(logs, since)
+    return stop_reason(found, size, hint) if found else None
+
+
+def _quiet_native_logs(environ: dict[str, str]) -> None:
+    """torchrun's agent runs in this process, and torch's C++ side logs what the agent meets (a
+    rendezvous host that went away, one not yet there) as warnings and errors with C++ stack traces,
+    before the Python error that becomes this launcher's one line. TORCH_CPP_LOG_LEVEL would keep them
+    to fatal ones, but torch reads it only when it is imported, which the stage has done by now; so
+    the flag it sets (c10's FLAGS_caffe2_log_level) is set here, unless the user set the variable."""
+    import ctypes
+
+    import torch
+
+    if "TORCH_CPP_LOG_LEVEL" in environ:
+        return
+    for library in sorted((Path(torch.__file__).parent / "lib").glob("*c10.*")):
+        try:
+            ctypes.c_int.in_dll(ctypes.CDLL(str(library)), "FLAGS_caffe2_log_level").value = FATAL_ONLY
+            return
+        except (OSError, ValueError):
+            continue
+
+
+FATAL_ONLY = 3  # c10's log level of TORCH_CPP_LOG_LEVEL=FATAL
 
 
 def _dist_error() -> type:
@@ -517,14 +545,14 @@ def lost_peer(message: object) -> str:
 
 
 class _Watchdog:
-    """Ends this process with the one line once every process torchrun started here has stopped after
-    losing its peers and torchrun's agent, waiting on a rendezvous it cannot reach, has not ended
-    within AGENT_GRACE_S."""
+    """Ends this process with the one line once every process torchrun started here has stopped, leaving
+    its last words (a lost peer, or an error of its own), and torchrun's agent, waiting on a rendezvous
+    it cannot reach, has not ended within AGENT_GRACE_S."""
 
-    def __init__(self, logs: Path, name: str, size: int | None, hint: str):
+    def __init__(self, logs: Path, since: float, name: str, size: int | None, hint: str):
         import threading
 
-        self.logs, self.name, self.size, self.hint = logs, name, size, hint
+        self.logs, self.since, self.name, self.size, self.hint = logs, since, name, size, hint
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._watch, name="betavae-torchrun-watchdog", daemon=True)
 
@@ -537,7 +565,7 @@ class _Watchdog:
 
         quiet_since = None
         while not self.stop.wait(0.5):
-            if _children(os.getpid()) or not any(self.logs.rglob("error.json")):
+            if _children(os.getpid()) or not LastWords.found(self.logs, self.since):
                 quiet_since = None
                 continue
             quiet_since = quiet_since or time.monotonic()
@@ -545,23 +573,14 @@ class _Watchdog:
                 self._end()
 
     def _end(self) -> None:
-        import json
-
         from betavae import errors
 
-        reports = []
-        for path in sorted(self.logs.rglob("error.json")):
-            try:
-                report = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if isinstance(report, dict) and isinstance(report.get("message"), str):
-                reports.append(report)
-        report = min(reports, key=lambda found: str(found.get("rank")), default={})
         of = f" of {self.size}" if self.size else ""
-        who = f"process {report.get('rank')}{of} (pid {report.get('pid')})" if report else f"a process{of}"
-        errors.tell(errors.line(self.name, f"{who} on this machine {lost_peer(report.get('message'))}; torchrun "
-                                           f"stopped this machine's processes{_then(self.hint)}"))
+        reported = _reported(self.logs, self.since, self.size, self.hint) or ProcessStopped(
+            f"a process{of} on this machine {lost_peer(None)}; torchrun stopped this machine's processes"
+            f"{_then(self.hint)}")
+        if isinstance(reported, ProcessStopped):
+            errors.tell(errors.line(self.name, reported))
         os._exit(1)
 
 

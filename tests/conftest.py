@@ -256,6 +256,17 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tier_timer():
+    """benchmarks/test_tiers.py, the script that times both tiers, loaded as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark_test_tiers", REPO / "benchmarks" / "test_tiers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
 def make_mnist():
     """write_mnist(directory, train=400, test=100) -> md5s: tiny synthetic IDX files."""
     return write_mnist

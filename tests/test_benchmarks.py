@@ -96,19 +96,14 @@ def _step_gflop() -> float:
     return counter.get_total_flops() / 1e9
 
 
-def _tiers_module(repo_root):
-    spec = importlib.util.spec_from_file_location("benchmark_test_tiers", repo_root / "benchmarks" / "test_tiers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_tier_timer_records_what_pytest_counted_and_refuses_a_failed_tier(repo_root):
-    tiers = _tiers_module(repo_root)
+def test_the_tier_timer_records_what_pytest_counted_and_refuses_a_failed_tier(tier_timer):
+    tiers = tier_timer
     output = "tests/x.py::y 1.0s\n== 659 passed, 5 skipped, 3 deselected in 126.21s (0:02:06) ==\n"
     assert tiers.summary(output) == {"seconds": 126, "tests": 664}
     for bad in ("== 3 failed, 659 passed in 126.21s ==", "== 1 error in 2.00s ==", "no summary at all"):
         with pytest.raises(tiers.TimingError):
             tiers.summary(bad)
+    with pytest.raises(tiers.TimingError, match=r"1 failed, 9 passed \(tests/test_x\.py::test_y\)$"):
+        tiers.summary("FAILED tests/test_x.py::test_y - AssertionError\n== 1 failed, 9 passed in 3.00s ==")
     machine = {"cpu": "AMD EPYC Processor", "cpu_count": 2, "cpu_family": 25, "cpu_model": 1, "isa": ["avx2"]}
     assert tiers.machine_text(machine) == "the 2-core AMD EPYC machine (family 25 model 1, AVX2)"

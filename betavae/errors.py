@@ -109,14 +109,12 @@ class LastWords:
                 words = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue
-            if not isinstance(words, dict) or not isinstance(words.get("timestamp"), int) or \
+            if not isinstance(words, dict) or type(words.get("timestamp")) is not int or \
                     words["timestamp"] < int(since):
                 continue
-            fields = {name: words.get(name) for name in ("message", "exitcode", "rank", "pid")}
-            if isinstance(fields["message"], str) and all(
-                    isinstance(fields[name], int) and not isinstance(fields[name], bool)
-                    for name in ("exitcode", "rank", "pid")):
-                found[fields["rank"]] = cls(**fields)
+            numbers = {name: words.get(name) for name in ("exitcode", "rank", "pid")}  # ints, not bools
+            if type(words.get("message")) is str and all(type(value) is int for value in numbers.values()):
+                found[numbers["rank"]] = cls(words["message"], **numbers)
         return found
 
 

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import hashlib
 import importlib
+import importlib.util
 import io
 import json
 import os
@@ -255,15 +256,18 @@ def repo_root() -> Path:
     return REPO
 
 
-@pytest.fixture(scope="session")
-def tier_timer():
-    """benchmarks/test_tiers.py, the script that times both tiers, loaded as a module."""
-    import importlib.util
+@pytest.fixture
+def benchmark(monkeypatch):
+    """benchmark(name) -> benchmarks/<name>.py loaded as a module (the benchmarks are scripts, not a
+    package; they import machine.py beside them)."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
 
-    spec = importlib.util.spec_from_file_location("benchmark_test_tiers", REPO / "benchmarks" / "test_tiers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"benchmark_{name}", REPO / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load
 
 
 @pytest.fixture(scope="session")

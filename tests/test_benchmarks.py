@@ -4,19 +4,10 @@ the benchmarks, never in tests); what they record beside them is."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 
 import pytest
-
-
-def _machine_module(repo_root):
-    spec = importlib.util.spec_from_file_location("benchmark_machine", repo_root / "benchmarks" / "machine.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 CPUINFO = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -32,8 +23,8 @@ flags\t\t: fpu
 """
 
 
-def test_the_machine_is_described_by_its_first_processor(repo_root, tmp_path, monkeypatch):
-    machine = _machine_module(repo_root)
+def test_the_machine_is_described_by_its_first_processor(benchmark, tmp_path, monkeypatch):
+    machine = benchmark("machine")
     (tmp_path / "cpuinfo").write_text(CPUINFO)
     monkeypatch.setattr(machine, "CPUINFO", tmp_path / "cpuinfo")
     described = machine.describe()
@@ -44,8 +35,8 @@ def test_the_machine_is_described_by_its_first_processor(repo_root, tmp_path, mo
     assert "(family 25 model 17)" in machine.summary(described)
 
 
-def test_a_machine_without_cpuinfo_is_still_described(repo_root, tmp_path, monkeypatch):
-    machine = _machine_module(repo_root)
+def test_a_machine_without_cpuinfo_is_still_described(benchmark, tmp_path, monkeypatch):
+    machine = benchmark("machine")
     monkeypatch.setattr(machine, "CPUINFO", tmp_path / "absent")
     described = machine.describe()
     assert described["isa"] == [] and described["cpu_family"] is None and not described["amx"]
@@ -96,8 +87,8 @@ def _step_gflop() -> float:
     return counter.get_total_flops() / 1e9
 
 
-def test_the_tier_timer_records_what_pytest_counted_and_refuses_a_failed_tier(tier_timer):
-    tiers = tier_timer
+def test_the_tier_timer_records_what_pytest_counted_and_refuses_a_failed_tier(benchmark):
+    tiers = benchmark("test_tiers")
     output = "tests/x.py::y 1.0s\n== 659 passed, 5 skipped, 3 deselected in 126.21s (0:02:06) ==\n"
     assert tiers.summary(output) == {"seconds": 126, "tests": 664}
     for bad in ("== 3 failed, 659 passed in 126.21s ==", "== 1 error in 2.00s ==", "no summary at all"):

@@ -197,10 +197,10 @@ def test_the_readme_and_the_docs_state_what_holds_not_how_it_came_about(repo_roo
 
 
 @pytest.mark.slow
-def test_the_recorded_test_counts_are_the_suites(repo_root, run, tier_timer):
+def test_the_recorded_test_counts_are_the_suites(repo_root, run, benchmark):
     """reports/test_times.json (the README's tests line) counts the tests there are now; while
     benchmarks/test_tiers.py times the tiers to write it, the counts it writes are pytest's own."""
-    if os.environ.get(tier_timer.RECORDING_VARIABLE):
+    if os.environ.get(benchmark("test_tiers").RECORDING_VARIABLE):
         pytest.skip("benchmarks/test_tiers.py is timing the tiers to record their counts")
 
     def collected(*selection: str) -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -197,14 +196,6 @@ def test_an_output_file_in_directories_yet_to_be_made_is_accepted_and_nothing_is
     assert list(tmp_path.iterdir()) == []
 
 
-def _benchmark(repo_root, name, monkeypatch):
-    monkeypatch.syspath_prepend(str(repo_root / "benchmarks"))  # they import machine.py beside them
-    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", repo_root / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("command, argv, option", [
     ("compare", ["--csv", "{out}"], "--csv"),
     ("compare", ["--figure", "{out}"], "--figure"),
@@ -219,10 +210,10 @@ def _benchmark(repo_root, name, monkeypatch):
     ("screenshot_explorer", ["--out", "s.png", "--frames", "1"], "--frames"),
 ])
 def test_every_command_refuses_an_unusable_argument_before_any_work(command, argv, option, tmp_path, monkeypatch,
-                                                                   capsys, repo_root):
+                                                                   capsys, benchmark):
     import scripts
 
-    module = _benchmark(repo_root, command, monkeypatch) if command in ("train_speed", "profile_step") \
+    module = benchmark(command) if command in ("train_speed", "profile_step") \
         else importlib.import_module(f"{scripts.__name__}.{command}")
     (tmp_path / "out.json").mkdir()
     before = sorted(tmp_path.rglob("*"))

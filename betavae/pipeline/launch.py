@@ -294,6 +294,7 @@ PEER_LOST_STATUS = 3  # a process that stops because another one did: a conseque
 PEER_TIMEOUT_VARIABLE = "BETAVAE_PEER_TIMEOUT"
 DEFAULT_PEER_TIMEOUT_S = 300  # the longest process 0's validation between two epochs may keep the others waiting
 MAX_PEER_TIMEOUT_S = 86_400
+FATAL_ONLY = 3  # c10's log level of TORCH_CPP_LOG_LEVEL=FATAL: the launcher's C++ logs (_quiet_native_logs)
 AGENT_GRACE_S = 10  # after this machine's processes stopped for a lost peer, torchrun's agent has this long to end
 
 
@@ -468,8 +469,6 @@ def _quiet_native_logs(environ: dict[str, str]) -> None:
         except (OSError, ValueError):
             continue
 
-
-FATAL_ONLY = 3  # c10's log level of TORCH_CPP_LOG_LEVEL=FATAL
 
 
 def _dist_error() -> type:

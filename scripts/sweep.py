@@ -22,6 +22,7 @@ part (ssh, a Slurm array, SkyPilot) only has to start this command on each machi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import math
 import os
@@ -35,7 +36,8 @@ from betavae.experiments import tools
 from betavae.pipeline import overrides
 from betavae.pipeline.params import ParamsError, load_params
 
-POLL_S = 2
+POLL_S = 2  # between two looks at DVC's queue files
+STATUS_EVERY_S = 30  # `dvc queue status` at least this often, whatever the files say
 MAX_JOBS = 64
 MAX_RUNS = 10_000
 STALLED_S = 60  # queued runs with no worker for this long: start the workers again
@@ -159,10 +161,17 @@ def _same_params(remote: str, ref: str, local_commit: str) -> bool:
 
 
 def _run_queue(jobs: int, env: dict) -> None:
+    """Wait for the queue, asking DVC only when its files show a run taken, started or ended, a run's
+    process gone, or STATUS_EVERY_S passed: each `dvc queue status` is a DVC process, over a second of
+    CPU, which a look every POLL_S would take from the runs it waits for."""
     _dvc(["queue", "start", "-j", str(jobs)], env)
-    idle_since = None
+    idle_since, seen, asked = None, None, -math.inf
     while True:
         time.sleep(POLL_S)
+        now = (queue_files(Path.cwd()), _gone_runs(Path.cwd()))
+        if now == seen and time.monotonic() - asked < STATUS_EVERY_S:
+            continue
+        seen, asked = now, time.monotonic()
         status = _dvc(["queue", "status"], env)
         for name in lost_runs(status, Path.cwd()):
             say(f"sweep: {name}: its process stopped mid-run (its queue worker was killed or its machine lost it): "
@@ -177,29 +186,57 @@ def _run_queue(jobs: int, env: dict) -> None:
             idle_since = None
 
 
-RUN_INFO = Path(".dvc") / "tmp" / "exps" / "run"  # DVC's record of each queued run's process: {task}/{task}.json
+EXPERIMENTS = Path(".dvc") / "tmp" / "exps"  # DVC's experiment state
+RUN_INFO = EXPERIMENTS / "run"  # DVC's record of each queued run's process: {task}/{task}.json
+# DVC's Celery queue: a message per queued run in broker/in, moved to broker/processed when a worker
+# takes it, and a result file per run that ended. `dvc queue status` itself leaves "pidbox" messages there.
+QUEUE_FOLDERS = ("celery/broker/in", "celery/broker/processed", "celery/result")
+
+
+def queue_files(repo: Path) -> tuple:
+    """What changes in DVC's queue files when a run is queued, taken by a worker, started or ended: the
+    names of its messages and results, and each run record's size and time; a few stat calls."""
+    found: list = []
+    for folder in QUEUE_FOLDERS:
+        with contextlib.suppress(OSError):
+            found += sorted(name for name in os.listdir(repo / EXPERIMENTS / folder) if "pidbox" not in name)
+    for record in sorted((repo / RUN_INFO).glob("*/*.json")):
+        with contextlib.suppress(OSError):
+            stat = record.stat()
+            found.append((record.name, stat.st_size, stat.st_mtime_ns))
+    return tuple(found)
+
+
+def _unfinished_runs(repo: Path, task: str = "") -> list[int]:
+    """The process ids DVC recorded for runs (of tasks starting with task) that have not ended."""
+    import json
+
+    pids = []
+    for info in (repo / RUN_INFO).glob(f"{task}*/{task}*.json"):
+        try:
+            record = json.loads(info.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("returncode") is None and isinstance(record.get("pid"), int):
+            pids.append(record["pid"])  # a pid not recorded: not known gone
+    return pids
+
+
+def _gone_runs(repo: Path) -> frozenset[int]:
+    """The recorded processes of unfinished runs that no longer exist: a worker killed mid-run."""
+    return frozenset(pid for pid in _unfinished_runs(repo) if not tools.process_exists(pid))
 
 
 def lost_runs(status: str, repo: Path) -> list[str]:
     """The runs `dvc queue status` says are running whose process no longer exists: DVC keeps showing a
     run as running when the worker that ran it was killed, and its workers would wait for it forever."""
-    import json
-
     lost = []
     for line in status.splitlines():
         words = line.split()
         if len(words) < 3 or words[-1] != "Running" or not re.fullmatch(r"[0-9a-f]{7,40}", words[0]):
             continue
-        for info in (repo / RUN_INFO).glob(f"{words[0]}*/{words[0]}*.json"):
-            try:
-                record = json.loads(info.read_text())
-            except (OSError, ValueError):
-                continue
-            if not isinstance(record, dict) or record.get("returncode") is not None:
-                continue
-            pid = record.get("pid")
-            if isinstance(pid, int) and not tools.process_exists(pid):  # a pid not recorded: not known gone
-                lost.append(words[1])
+        if any(not tools.process_exists(pid) for pid in _unfinished_runs(repo, words[0])):
+            lost.append(words[1])
     return lost
 
 

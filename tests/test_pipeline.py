@@ -67,26 +67,6 @@ def test_repro_force_trains_again_and_a_killed_run_resumes(clone, run, kill_tree
     assert run(["git", "status", "--porcelain", "models"], repo, env).stdout == ""
 
 
-def test_an_experiment_with_other_beta_is_compared_by_metrics_diff_exp_show_and_plots(clone, run):
-    repo, env = clone
-    run(["dvc", "exp", "run", "-S", "beta=1.0"], repo, env)
-    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo, env).stdout)
-    assert {f"test.{m}" for m in ("recon", "kl", "loss", "neg_elbo", "nll")} <= set(diff["reports/metrics.json"])
-    runs = _flatten_runs(json.loads(run(["dvc", "exp", "show", "--json"], repo, env).stdout))
-    assert sorted(r["params"]["params.yaml"]["data"]["beta"] for r in runs) == [0.8, 1.0]
-    for entry in runs:
-        assert set(entry["metrics"]["reports/metrics.json"]["data"]["test"]) == set(METRICS)
-    experiment = run(["dvc", "exp", "list", "--name-only"], repo, env).stdout.split()[0]
-    plots = json.loads(run(["dvc", "plots", "diff", "HEAD", experiment, "--json"], repo, env).stdout)["data"]
-    for name in ("train/loss.tsv", "val/loss.tsv", "lr.tsv"):  # DVCLive's folder, a chart a metric
-        series = plots[f"reports/train/plots/metrics/{name}"][0]["content"]["data"]["values"]
-        assert {row["rev"] for row in series} == {"HEAD", experiment}, name
-    snapshots = [name for name in plots if name.startswith("reports/train/plots/images/samples/")]
-    assert sorted(snapshots) == ["reports/train/plots/images/samples/1.png", "reports/train/plots/images/samples/2.png"]
-    traversals = plots["reports/figures/traversal.png"]
-    assert sorted(image["revisions"][0] for image in traversals) == sorted(["HEAD", experiment])
-
-
 def test_a_quick_run_with_schedules_longer_than_training_warns_and_runs(clone, run):
     repo, env = clone
     # `dvc exp run train`: the stages up to train, as DVC's targets select them; the warning is train's.
@@ -217,33 +197,6 @@ def test_two_processes_train_through_dvc_with_torchrun(clone, run):
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo, env).stdout)
     launchers = {r["params"]["params.yaml"]["data"]["launcher"] for r in _flatten_runs(shown)}
     assert launchers == {"python", "torchrun --standalone --nproc-per-node 2"}
-
-
-def test_a_queued_sweep_runs_and_compare_draws_the_rate_distortion_plane(clone, run, repo_root, until):
-    repo, env = clone
-    run(["dvc", "repro", "download"], repo, env)  # queued runs reuse the baseline's data from the cache
-    run(["dvc", "exp", "run", "--queue", "-S", "beta=0.5,2"], repo, env)  # 2: an int, accepted as 2.0
-    try:
-        run(["dvc", "queue", "start", "-j", "1"], repo, env)
-        status = _wait_for_queue(repo, env, run, until)
-    finally:
-        subprocess.run(["dvc", "queue", "stop"], cwd=repo, env=env, capture_output=True)
-    assert status.count("Success") == 2, status
-    csv_path, figure = repo / "rd.csv", repo / "rd.png"
-    run([sys.executable, str(repo_root / "scripts" / "compare.py"), "--repo", str(repo), "--csv", str(csv_path),
-         "--figure", str(figure), "--title", "tiny sweep"], repo, env)
-    rows = csv_path.read_text().splitlines()
-    assert rows[0] == "name,beta,z_dim,epochs,seed,recon,kl,loss,neg_elbo,nll,active_units,kl_dims_90"
-    assert [float(row.split(",")[1]) for row in rows[1:]] == [0.5, 0.8, 2.0]
-    assert figure.stat().st_size > 10_000
-
-
-def _wait_for_queue(repo, env, run, until) -> str:
-    def idle() -> bool:
-        status = run(["dvc", "queue", "status"], repo, env).stdout
-        return "Queued" not in status and "Running" not in status
-    until(idle, "the queue's runs to finish", timeout_s=600, every_s=2)  # a DVC process each look
-    return run(["dvc", "queue", "status"], repo, env).stdout
 
 
 def test_push_then_a_fresh_clone_pulls_and_shares_experiments(clone, tmp_path, run):

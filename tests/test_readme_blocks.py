@@ -151,6 +151,34 @@ def _after_an_experiment(clone: Clone, printed: str) -> None:
     assert not too_wide, f"README's `dvc exp show` is wider than {SHOW_WIDTH} columns:\n" + "\n".join(table)
     header = next(line for line in table if "Experiment" in line)
     assert all(name in header for name in ("test.nll", "test.recon", "test.kl", "beta")), header
+    _compared_as_dvc_compares(clone)
+
+
+METRICS = {"recon", "kl", "loss", "neg_elbo", "nll"}  # test metrics every run records and DVC compares
+
+
+def _compared_as_dvc_compares(clone: Clone) -> None:
+    """The experiment beside HEAD in what the README's neighbours print: `dvc metrics diff` has every test
+    metric, `dvc exp show` both runs' β and metrics, `dvc plots diff HEAD <exp>` the training curves,
+    the snapshots and the figures of both."""
+    diff = json.loads(clone.sh(["dvc", "metrics", "diff", "--json"]))["reports/metrics.json"]
+    assert {f"test.{metric}" for metric in METRICS} <= set(diff), diff
+    data = [revision["data"] for baseline in json.loads(clone.sh(["dvc", "exp", "show", "--json"]))
+            if baseline["rev"] != "workspace"  # the workspace: a copy of the run applied last
+            for revision in [baseline, *(r for e in baseline.get("experiments") or [] for r in e["revs"])]
+            if revision["data"].get("metrics")]
+    assert sorted(entry["params"]["params.yaml"]["data"]["beta"] for entry in data) == [0.8, 1.0]
+    assert all(set(entry["metrics"]["reports/metrics.json"]["data"]["test"]) >= METRICS for entry in data)
+    (experiment,) = clone.sh(["dvc", "exp", "list", "--name-only"]).split()
+    plots = json.loads(clone.sh(["dvc", "plots", "diff", "HEAD", experiment, "--json"]))["data"]
+    for name in ("train/loss.tsv", "val/loss.tsv", "lr.tsv"):  # DVCLive's folder, a chart a metric
+        series = plots[f"reports/train/plots/metrics/{name}"][0]["content"]["data"]["values"]
+        assert {row["rev"] for row in series} == {"HEAD", experiment}, name
+    snapshots = {image["revisions"][0] for name, images in plots.items()
+                 if name.startswith("reports/train/plots/images/samples/") for image in images}
+    assert snapshots == {"HEAD", experiment}, sorted(plots)
+    assert sorted(image["revisions"][0] for image in plots["reports/figures/traversal.png"]) == \
+        sorted(["HEAD", experiment])
 
 
 def _after_the_queue(clone: Clone, printed: str) -> None:
@@ -158,7 +186,12 @@ def _after_the_queue(clone: Clone, printed: str) -> None:
     done = [run for baseline in experiments for run in baseline.get("experiments") or []
             if all(revision.get("error") is None for revision in run["revs"])]
     assert len(done) >= 3, f"README: the queued experiments ran\n{printed}"
-    assert (clone.root / "out" / "rate_distortion.csv").is_file()
+    rows = (clone.root / "out" / "rate_distortion.csv").read_text().splitlines()
+    assert rows[0] == "name,beta,z_dim,epochs,seed,recon,kl,loss,neg_elbo,nll,active_units,kl_dims_90"
+    # One run length: the smoke-sized runs, not HEAD's reference run; "2.0" from -S is the float 2.0.
+    assert [float(row.split(",")[1]) for row in rows[1:]] == [0.5, 1.0, 2.0], rows
+    assert {row.split(",")[3] for row in rows[1:]} == {"2"}, rows
+    assert (clone.root / "out" / "rate_distortion.png").stat().st_size > 10_000
 
 
 def _after_reference(clone: Clone, printed: str) -> None:

@@ -113,27 +113,8 @@ def _experiments(repo, env, run) -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_study_runs_its_trials_as_experiments_and_a_rerun_adds_only_the_difference(searched, run):
-    repo, env, storage = searched
-    first = _search(repo, env, storage, 1)
-    assert first.returncode == 0, first.stderr[-2000:]
-    assert _experiments(repo, env, run) == ["search-tiny-0"]
-    shown = run(["dvc", "exp", "show", "--csv", "--only-changed"], repo, env).stdout
-    assert shown.count("search-tiny-") == 1
-    again = _search(repo, env, storage, 2)
-    assert again.returncode == 0, again.stderr[-2000:]
-    study = _study(storage)
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 2
-    assert _experiments(repo, env, run) == [f"search-tiny-{n}" for n in range(2)]
-    assert len({t.params["beta"] for t in study.trials}) == 2  # the rerun did not draw the first trial's params again
-    front = (repo / "out" / "search" / "tiny_front.csv").read_text().splitlines()  # the committed study untouched
-    assert front[0] == "number,state,beta,test.kl,test.recon,experiment,error" and len(front) >= 2
-    assert (repo / "out" / "search" / "tiny_front.png").stat().st_size > 5_000
-    assert run(["git", "status", "--porcelain", "reports"], repo, env).stdout == ""
-
-
-@pytest.mark.slow
-def test_a_killed_search_resumes_its_interrupted_trial_under_the_same_number(searched, run, until, kill_tree):
+def test_a_killed_study_resumes_its_trial_under_the_same_number_and_a_rerun_adds_only_the_difference(
+        searched, run, until, kill_tree):
     import optuna
 
     repo, env, storage = searched
@@ -153,6 +134,19 @@ def test_a_killed_search_resumes_its_interrupted_trial_under_the_same_number(sea
     assert "trial 0 (search-tiny-0) was interrupted: running it again" in resumed.stdout
     assert [t.state.name for t in _study(storage).trials] == ["COMPLETE"]
     assert _experiments(repo, env, run) == ["search-tiny-0"]
+    shown = run(["dvc", "exp", "show", "--csv", "--only-changed"], repo, env).stdout
+    assert shown.count("search-tiny-") == 1
+
+    again = _search(repo, env, storage, 2)
+    assert again.returncode == 0, again.stderr[-2000:]
+    study = _study(storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 2
+    assert _experiments(repo, env, run) == [f"search-tiny-{n}" for n in range(2)]
+    assert len({t.params["beta"] for t in study.trials}) == 2  # the rerun did not draw the first trial's params again
+    front = (repo / "out" / "search" / "tiny_front.csv").read_text().splitlines()  # the committed study untouched
+    assert front[0] == "number,state,beta,test.kl,test.recon,experiment,error" and len(front) >= 2
+    assert (repo / "out" / "search" / "tiny_front.png").stat().st_size > 5_000
+    assert run(["git", "status", "--porcelain", "reports"], repo, env).stdout == ""
 
 
 @pytest.mark.slow
@@ -193,9 +187,10 @@ def test_a_trial_dvc_finished_but_the_study_did_not_record_is_recovered_not_run_
     for key, value in (("experiment", "search-tiny-0"), ("host", __import__("socket").gethostname()),
                        ("pid", int(gone.stdout))):
         trial.set_user_attr(key, value)
-    # What a search killed after DVC committed the experiment, before it told the study, leaves behind.
-    run(["dvc", "exp", "run", "--temp", "-n", "search-tiny-0", "-S", "epochs=1", "-S", f"beta={trial.params['beta']}"],
-        repo, env)
+    # What a search killed after DVC committed the experiment, before it told the study, leaves behind: an
+    # experiment of the trial's name with the trial's params and test metrics (DVC's target: up to evaluate).
+    run(["dvc", "exp", "run", "--temp", "-n", "search-tiny-0", "evaluate", "-S", "epochs=1",
+         "-S", f"beta={trial.params['beta']}"], repo, env)
     resumed = _search(repo, env, storage, 1)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "trial 0 (search-tiny-0) finished before its process died: recorded" in resumed.stdout

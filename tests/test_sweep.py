@@ -4,6 +4,8 @@ git repository and a local-directory DVC remote."""
 from __future__ import annotations
 
 import csv
+import json
+import subprocess
 import sys
 
 import pytest
@@ -32,6 +34,32 @@ def test_compare_draws_one_training_budget_and_names_the_runs_it_leaves_out():
     assert compare.one_budget(smoke, 120) == ([run("main", 120)], [run("exp-a", 2), run("exp-b", 2)])
     assert compare.one_budget([run("main", 120), run("exp", 10)], None)[0] == [run("exp", 10)]  # a tie: the shorter
     assert compare.one_budget([], None) == ([], [])
+
+
+def test_the_queue_files_change_when_a_run_is_taken_started_or_ended_not_when_dvc_is_asked(tmp_path):
+    """The sweep asks `dvc queue status` (a DVC process) only when these change, or a run's process is gone."""
+    experiments = tmp_path / sweep.EXPERIMENTS
+    for folder in sweep.QUEUE_FOLDERS:
+        (experiments / folder).mkdir(parents=True)
+    empty = sweep.queue_files(tmp_path)
+    (experiments / "celery" / "broker" / "in" / "1_a.celery.msg").write_text("a queued run")
+    queued = sweep.queue_files(tmp_path)
+    (experiments / "celery" / "broker" / "in" / "2_b.reply.celery.pidbox.msg").write_text("`dvc queue status`")
+    assert sweep.queue_files(tmp_path) == queued != empty
+
+    task = "0123456789abcdef0123456789abcdef01234567"
+    record = tmp_path / sweep.RUN_INFO / task / f"{task}.json"
+    record.parent.mkdir(parents=True)
+    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    record.write_text(json.dumps({"pid": gone, "returncode": None}))
+    started = sweep.queue_files(tmp_path)
+    assert started != queued
+    status = f"Task     Name             Created    Status\n{task[:7]}  epochs-1_beta-2  12:00 AM   Running\n"
+    assert sweep.lost_runs(status, tmp_path) == ["epochs-1_beta-2"]  # its process is gone
+    record.write_text(json.dumps({"pid": gone, "returncode": 0}))
+    assert sweep.queue_files(tmp_path) != started
+    assert sweep.lost_runs(status, tmp_path) == []  # it ended
 
 
 @pytest.fixture
@@ -78,7 +106,7 @@ def test_a_remote_that_cannot_take_the_runs_fails_before_anything_runs(tiny_repo
 
 
 @pytest.mark.slow
-def test_two_machines_run_their_shards_and_an_analyst_pulls_and_compares_all_four(machines, tmp_path, run):
+def test_two_machines_run_their_shards_and_an_analyst_pulls_and_compares_them_all(machines, tmp_path, run):
     origin, storage, (first, second), env = machines
     for index, clone in enumerate((first, second), start=1):
         result = _sweep(clone, env, run, "--shard", f"{index}/2")
@@ -99,7 +127,9 @@ def test_two_machines_run_their_shards_and_an_analyst_pulls_and_compares_all_fou
 def test_a_run_the_remote_has_with_other_params_fails_the_shard_naming_it(machines, run):
     _, _, (first, second), env = machines
     clash = "epochs-1_beta-0.5"  # what the sweep will call its first run
-    run(["dvc", "exp", "run", "-n", clash, "-S", "epochs=1", "-S", "beta=9"], second, env)
+    # An experiment of that name with other params; what clashes is its name and params.yaml, so DVC's
+    # target runs only the first stage of it.
+    run(["dvc", "exp", "run", "check_params", "-n", clash, "-S", "epochs=1", "-S", "beta=9"], second, env)
     run(["dvc", "exp", "push", "origin", clash], second, env)
 
     result = _sweep(first, env, run, check=False)

@@ -1,5 +1,6 @@
-"""The README as an executable spec: every bash, python and console block of README.md runs, in the
-README's order, in a fresh clone of this repository, and what the README says around them holds.
+"""The README as an executable spec: every bash, python and console block of README.md, then of the
+page its errors section links (docs/troubleshooting.md), runs in order in a fresh clone of this
+repository, and what the README says around them holds.
 
 The blocks are read by pytest-codeblocks (its parser of Markdown code blocks; its runner would run
 them in pytest's own directory, so they run here, in the clone). A bash block runs as a script with
@@ -27,6 +28,7 @@ from pytest_codeblocks import extract_from_file
 from scripts.workspace import SMOKE
 
 RUN = ("bash", "python", "console")  # the block languages that run; any other is text
+SPEC = ("README.md", "docs/troubleshooting.md")  # the files whose blocks run, in this order
 BLOCK_TIMEOUT_S = 1800  # a bound on one block, far above what the smoke-sized runs take
 SHOW_WIDTH = 100  # the README's `dvc exp show` must fit this terminal
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -36,12 +38,14 @@ ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 class Block:
     language: str
     code: str
-    line: int  # where it starts in README.md
+    line: int  # where it starts in its file
+    file: str = "README.md"
 
 
-def readme_blocks(readme: Path) -> list[Block]:
-    return [Block(block.syntax.split()[0] if block.syntax else "", block.code, block.lineno)
-            for block in extract_from_file(readme)]
+def spec_blocks(root: Path) -> list[Block]:
+    """The blocks of SPEC's files under root, in order."""
+    return [Block(block.syntax.split()[0] if block.syntax else "", block.code, block.lineno, name)
+            for name in SPEC for block in extract_from_file(root / name)]
 
 
 def transcript(code: str) -> list[tuple[str, list[str]]]:
@@ -82,7 +86,7 @@ def test_a_block_runs_a_command_only_where_a_line_starts_with_it():
 
 
 def test_the_readme_has_blocks_of_every_kind_and_only_kinds_that_run(repo_root):
-    languages = [block.language for block in readme_blocks(repo_root / "README.md")]
+    languages = [block.language for block in spec_blocks(repo_root)]
     assert set(languages) <= set(RUN), f"a block in another language than {RUN} would not be run: {languages}"
     assert set(languages) == set(RUN)
 
@@ -234,7 +238,7 @@ def runs(block: Block, command: str) -> bool:
 
 
 def run_block(clone: Clone, block: Block) -> str:
-    where = f"README.md line {block.line}"
+    where = f"{block.file} line {block.line}"
     if block.language == "bash":
         return clone.sh(["bash", "-e", "-o", "pipefail", "-c", block.code])
     if block.language == "python":
@@ -256,7 +260,7 @@ def test_every_block_of_the_readme_runs_in_a_fresh_clone_and_does_what_it_says(c
     stale = _stale_before_the_data(clone)
     assert not stale, f"dvc.lock is stale ({stale}): `make repro` would retrain (see tests/test_committed_outputs.py)"
     checked = set()
-    for block in readme_blocks(clone.root / "README.md"):
+    for block in spec_blocks(clone.root):
         printed = run_block(clone, block)
         for marker, check in CLAIMS:
             if runs(block, marker) and marker not in checked:

@@ -47,7 +47,7 @@ ROOT_VARIABLE = "DVC_ROOT"  # the repository the experiment belongs to
 RECORD = Path(".dvc") / "tmp" / "betavae-failed-experiment.json"
 RESTORE = f"`git checkout HEAD -- {PARAMS_FILE}`"
 SIDE_BY_SIDE = ("run experiments side by side with `dvc exp run --queue` and `dvc queue start`, restore "
-                f"{PARAMS_FILE} with {RESTORE} (README, When things go wrong), then rerun")
+                f"{PARAMS_FILE} with {RESTORE} (docs/troubleshooting.md), then rerun")
 
 
 def run_stage(main: Callable[[], None], name: str) -> None:
@@ -100,7 +100,7 @@ def refuse_leftovers() -> None:
     undo = " ".join(_setting_back(key, leftovers["baseline"], root) for key in stale)
     raise ParamsError(f"{PARAMS_FILE} still holds {values} from a failed `dvc exp run`, not from this "
                       f"run's -S: set it again in this run ({undo} is HEAD's), or restore the file with "
-                      f"{RESTORE} and rerun (README, When things go wrong)")
+                      f"{RESTORE} and rerun (docs/troubleshooting.md)")
 
 
 def _setting_back(key: str, baseline: str, root: Path) -> str:

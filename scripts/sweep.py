@@ -217,8 +217,9 @@ def _unfinished_runs(repo: Path, task: str = "") -> list[int]:
             record = json.loads(info.read_text())
         except (OSError, ValueError):
             continue
+        # A record without a pid is skipped: its process is not known to be gone.
         if isinstance(record, dict) and record.get("returncode") is None and isinstance(record.get("pid"), int):
-            pids.append(record["pid"])  # a pid not recorded: not known gone
+            pids.append(record["pid"])
     return pids
 
 

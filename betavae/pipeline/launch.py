@@ -470,7 +470,6 @@ def _quiet_native_logs(environ: dict[str, str]) -> None:
             continue
 
 
-
 def _dist_error() -> type:
     import torch.distributed
 
